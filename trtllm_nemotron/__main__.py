@@ -1,0 +1,3 @@
+from trtllm_nemotron.cli import main
+
+main()
