@@ -1,0 +1,405 @@
+"""HF checkpoint -> engine directory, in stages, atomically, resumably.
+
+Stages (each records its status, time and result in the staging dir's `.state.json`):
+
+    inspect        open + validate the source checkpoint, hash its files, plan memory (refuses an
+                   impossible plan with the numbers)
+    quantize       `quant.quantize_checkpoint(src, staging/checkpoint, recipe=...)`; `bf16` copies
+    checkpoint     complete checkpoint/ (tokenizer files), re-validate it, accuracy report
+    plugins        AOT-compile the plugin kernels for the target SM into plugins/sm_<N>/  (GPU targets)
+    trtllm_config  trtllm/llm_api.yaml sized from the plan                                (GPU targets)
+    validate       load the staged engine dir with `tensorrt_llm.LLM` and run one prompt, when
+                   `validate=True`, `tensorrt_llm` imports and a GPU is present; else skipped, with why
+    manifest       hash every output and write build.json (last)
+
+Atomicity: everything is written to `<parent>/.<name>.building/`; only after build.json exists is it
+renamed to `<out>` (a previous engine dir there is moved aside first and deleted after). An
+interrupted build therefore never leaves a half-written `<out>`: the staging dir stays, and
+`resume=True` continues it, skipping stages already done (same model, target, recipe and sizes;
+otherwise it refuses). Without `resume`, a stale staging dir is discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from builder import manifest as mf
+from builder.plan import Plan, model_family, plan_for_build, plan_memory, recipe_formats
+from builder.targets import Target, get_target
+from builder.trtllm_config import TRTLLM_SOURCE, llm_api_config, write_llm_api_yaml
+from trtllm_nemotron.config import NemotronHConfig
+from trtllm_nemotron.errors import BuildError, NemotronError
+
+STAGES = ("inspect", "quantize", "checkpoint", "plugins", "trtllm_config", "validate", "manifest")
+STATE_FILE = ".state.json"
+CPU_PLAN_SEQ_LEN = 4096
+VALIDATE_PROMPT = "def fibonacci(n):"
+_TOOLS = {
+    "trtllm_nemotron": "trtllm-nemotron",
+    "torch": "torch",
+    "safetensors": "safetensors",
+    "tokenizers": "tokenizers",
+    "numpy": "numpy",
+    "triton": "triton",
+    "nvidia_modelopt": "nvidia-modelopt",
+    "transformers": "transformers",
+    "tensorrt_llm": "tensorrt_llm",
+    "tensorrt": "tensorrt",
+}
+
+
+def staging_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir).absolute()
+    return out.parent / f".{out.name}.building"
+
+
+def tool_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for key, dist in _TOOLS.items():
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    """Copy a checkpoint's top-level files (no hidden files, no subdirs) into a fresh `dst`."""
+    dst.mkdir(parents=True)
+    for p in sorted(src.iterdir()):
+        if p.is_file() and not p.name.startswith("."):
+            shutil.copy2(p, dst / p.name)
+
+
+class _Build:
+    """One build: its parameters, its staging dir and the state carried between stages."""
+
+    def __init__(self, model_dir: Path, out_dir: Path, target: Target, recipe: str, mtp: int, *,
+                 validate: bool, progress: bool, gpus: int | None, max_seq_len: int | None,
+                 max_batch_size: int | None) -> None:  # fmt: skip
+        self.model_dir, self.out_dir, self.target, self.recipe, self.mtp = model_dir, out_dir, target, recipe, mtp
+        self.validate, self.progress = validate, progress
+        self.gpus, self.max_seq_len, self.max_batch_size = gpus, max_seq_len, max_batch_size
+        self.stage_dir = staging_dir(out_dir)
+        self.state: dict[str, Any] = {"params": self.params(), "done": {}}
+        self.cfg: NemotronHConfig | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "model_dir": str(self.model_dir), "target": self.target.name, "recipe": self.recipe, "mtp": self.mtp,
+            "gpus": self.gpus, "max_seq_len": self.max_seq_len, "max_batch_size": self.max_batch_size,
+            "validate": self.validate,
+        }  # fmt: skip
+
+    # ---- state ----
+    def load_state(self, resume: bool) -> None:
+        state_path = self.stage_dir / STATE_FILE
+        if self.stage_dir.exists() and not resume:
+            shutil.rmtree(self.stage_dir)
+        if resume and state_path.is_file():
+            saved = json.loads(state_path.read_text())
+            if saved.get("params") != self.params():
+                raise BuildError(
+                    f"the partial build at {self.stage_dir} was started with {saved.get('params')}, not "
+                    f"{self.params()}; rerun without --resume to start over"
+                )
+            self.state = saved
+        elif self.stage_dir.exists():  # resume asked, but nothing recorded: start clean
+            shutil.rmtree(self.stage_dir)
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        self.save_state()
+
+    def save_state(self) -> None:
+        tmp = self.stage_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1, default=str))
+        tmp.replace(self.stage_dir / STATE_FILE)
+
+    def data(self, stage: str) -> dict[str, Any]:
+        return self.state["done"][stage]["data"]
+
+    # ---- stages: each returns (status, detail, data) ----
+    def stage_inspect(self) -> tuple[str, str, dict[str, Any]]:
+        from trtllm_nemotron.checkpoint import check_checkpoint, open_checkpoint
+
+        reader = open_checkpoint(self.model_dir)
+        try:
+            check_checkpoint(reader)
+            cfg = reader.config
+            quantized = reader.quantization is not None
+        finally:
+            reader.close()
+        if quantized and self.recipe != "bf16":
+            raise BuildError(
+                f"{self.model_dir} is already quantized (hf_quant_config / quantization_config present); "
+                "build it with --recipe bf16 (copies it as is) or point --model at the BF16 checkpoint"
+            )
+        if self.mtp and not cfg.num_nextn_predict_layers:
+            raise BuildError(f"--mtp {self.mtp}: the model has no MTP layers (num_nextn_predict_layers = 0); "
+                             "use --mtp 0")  # fmt: skip
+        if self.target.is_gpu:
+            plan = plan_for_build(cfg, self.target, recipe=self.recipe, mtp=self.mtp, gpus=self.gpus,
+                                  max_seq_len=self.max_seq_len, batch=self.max_batch_size)  # fmt: skip
+        else:
+            seq = self.max_seq_len or min(cfg.max_position_embeddings, CPU_PLAN_SEQ_LEN)
+            plan = plan_memory(cfg, self.target, recipe=self.recipe, gpus=1, max_seq_len=seq,
+                               batch=self.max_batch_size or 1, mtp=self.mtp).check()  # fmt: skip
+        inputs = mf.hash_tree(self.model_dir, exclude=())
+        detail = (f"{len(inputs)} files, {cfg.num_hidden_layers} layers, plan: {plan.gpus} x {plan.target}, "
+                  f"batch {plan.batch} at {plan.max_seq_len} tokens")  # fmt: skip
+        return "done", detail, {"inputs": inputs, "plan": plan.to_dict()}
+
+    def stage_quantize(self) -> tuple[str, str, dict[str, Any]]:
+        out = self.stage_dir / "checkpoint"
+        if out.exists():  # left by an interrupted attempt of this stage
+            shutil.rmtree(out)
+        if self.recipe == "bf16":
+            _copy_checkpoint(self.model_dir, out)
+            return "done", "bf16: checkpoint copied unchanged", {"summary": None}
+        from trtllm_nemotron.quant import quantize_checkpoint
+
+        summary = quantize_checkpoint(self.model_dir, out, recipe=self.recipe, progress=self.progress)
+        return "done", f"recipe {self.recipe}", {"summary": json.loads(json.dumps(summary, default=str))}
+
+    def stage_checkpoint(self) -> tuple[str, str, dict[str, Any]]:
+        from trtllm_nemotron.checkpoint import check_checkpoint, open_checkpoint
+
+        ckpt = self.stage_dir / "checkpoint"
+        added = []
+        for p in sorted(self.model_dir.iterdir()):  # tokenizer / generation files the quantizer did not copy
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".safetensors") \
+                    and p.name not in ("config.json", "model.safetensors.index.json") and not (ckpt / p.name).exists():
+                shutil.copy2(p, ckpt / p.name)
+                added.append(p.name)
+        reader = open_checkpoint(ckpt)
+        try:
+            check_checkpoint(reader)
+        finally:
+            reader.close()
+        accuracy = None
+        summary = self.data("quantize")["summary"]
+        if self.recipe != "bf16":
+            accuracy = (summary or {}).get("accuracy") if isinstance(summary, dict) else None
+            if accuracy is None:
+                from trtllm_nemotron.quant.accuracy import accuracy_report
+
+                accuracy = json.loads(json.dumps(accuracy_report(ckpt, self.model_dir), default=str))
+        detail = "validated" + (f", added {added}" if added else "")
+        return "done", detail, {"accuracy": accuracy}
+
+    def stage_plugins(self) -> tuple[str, str, dict[str, Any]]:
+        if not self.target.is_gpu:
+            return "skipped", "cpu target: no plugin kernels (the embedded runtime uses torch references)", {}
+        from plugins.aot import compile_all
+
+        summary = compile_all(self.stage_dir / "plugins", sms=(self.target.sm,), config=self.cfg)
+        sm_dir = self.stage_dir / "plugins" / self.target.sm_name
+        if not sm_dir.is_dir():
+            raise BuildError(f"plugins.aot.compile_all did not write {sm_dir}; expected plugins/{self.target.sm_name}/")
+        n = sum(1 for p in sm_dir.rglob("*") if p.is_file())
+        return "done", f"{n} files in plugins/{self.target.sm_name}", {
+            "summary": json.loads(json.dumps(summary, default=str))}  # fmt: skip
+
+    def stage_trtllm_config(self) -> tuple[str, str, dict[str, Any]]:
+        if not self.target.is_gpu:
+            return "skipped", "cpu target: no TensorRT-LLM config", {}
+        assert self.cfg is not None
+        plan = self.plan()
+        fmts, _ = recipe_formats(self.cfg, self.recipe)
+        expert_fmt = next((f for n, f in fmts.items() if ".experts.0.up_proj." in n and n.startswith("backbone.")), None)
+        cfg_dict = llm_api_config(self.cfg, self.target, recipe=self.recipe, mtp=self.mtp, plan=plan,
+                                  expert_format=expert_fmt)  # fmt: skip
+        write_llm_api_yaml(cfg_dict, self.stage_dir / "trtllm" / "llm_api.yaml")
+        backend, reason = (self.target.moe_backend(expert_fmt) if "E" in self.cfg.pattern else (None, "no MoE layers"))
+        detail = f"TP {plan.gpus}, batch {plan.batch}, seq {plan.max_seq_len}, moe {backend}"
+        return "done", detail, {"moe_backend": backend, "moe_backend_reason": reason}
+
+    def stage_validate(self) -> tuple[str, str, dict[str, Any]]:
+        why = self.validate_unavailable()
+        if why:
+            return "skipped", why, {"status": "skipped", "reason": why, "output": None}
+        from tensorrt_llm import LLM, SamplingParams  # GPU hosts only
+
+        from builder.trtllm_config import read_llm_api_yaml
+
+        opts = read_llm_api_yaml(self.stage_dir / "trtllm" / "llm_api.yaml")
+        llm = LLM(model=str(self.stage_dir / "checkpoint"), **opts)
+        try:
+            outs = llm.generate([VALIDATE_PROMPT], SamplingParams(max_tokens=8))
+            text = outs[0].outputs[0].text
+        finally:
+            llm.shutdown()
+        return "done", f"one prompt ran: {text!r}", {"status": "passed", "reason": "tensorrt_llm.LLM", "output": text}
+
+    def validate_unavailable(self) -> str | None:
+        if not self.validate:
+            return "not requested (pass --validate on a GPU host with tensorrt_llm)"
+        if not self.target.is_gpu:
+            return "cpu target: TensorRT-LLM validation needs a GPU target"
+        try:
+            import tensorrt_llm  # noqa: F401
+        except Exception as e:  # ImportError, or a CUDA-less import failure (libcuda.so.1 missing)
+            return f"tensorrt_llm does not import here ({type(e).__name__}: {e})"
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA GPU visible"
+        major, minor = torch.cuda.get_device_capability()
+        if major * 10 + minor != self.target.sm:
+            return f"this GPU is sm_{major}{minor}, the engine targets {self.target.sm_name}"
+        return None
+
+    def stage_manifest(self) -> tuple[str, str, dict[str, Any]]:
+        assert self.cfg is not None
+        plan = self.plan()
+        inspect, ckpt = self.data("inspect"), self.data("checkpoint")
+        quant = self.data("quantize")["summary"]
+        _, kv_fmt = recipe_formats(self.cfg, self.recipe)
+        n = self.cfg.num_nextn_predict_layers
+        stages = [
+            {"name": s, **{k: v for k, v in self.state["done"][s].items() if k != "data"}}
+            for s in STAGES if s in self.state["done"] and s != "manifest"
+        ]  # fmt: skip
+        stages.append({"name": "manifest", "status": "done", "seconds": 0.0, "detail": "build.json written last"})
+        trt = None
+        if self.target.is_gpu:
+            trt = {"yaml": "trtllm/llm_api.yaml", **self.data("trtllm_config"), "llm_args_keys_source": TRTLLM_SOURCE}
+        m = {
+            "format_version": mf.FORMAT_VERSION,
+            "kind": mf.KIND,
+            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "target": self.target.to_dict(),
+            "recipe": {"name": self.recipe, "kv_cache": kv_fmt, "weight_modes": plan.weight_modes},
+            "mtp": {"max_draft_len": self.mtp, "num_nextn_predict_layers": n,
+                    "mode": None if not self.mtp else ("MTP_EAGLE_ONE_MODEL" if n == 1 else "MTP")},
+            "model": {"source": str(self.model_dir), "family": model_family(self.cfg),
+                      "architecture": (self.cfg.to_dict().get("architectures") or ["NemotronHForCausalLM"])[0],
+                      "parameters": self.cfg.parameter_counts()},
+            "plan": plan.to_dict(),
+            "trtllm": trt,
+            "plugins": ({"dir": f"plugins/{self.target.sm_name}", "summary": self.data("plugins").get("summary")}
+                        if self.target.is_gpu else None),
+            "tools": tool_versions(),
+            "inputs": {"dir": str(self.model_dir), "files": inspect["inputs"]},
+            "outputs": {"files": mf.hash_tree(self.stage_dir)},
+            "stages": stages,
+            "quantization": quant,
+            "accuracy": ckpt["accuracy"],
+            "validation": self.data("validate"),
+        }  # fmt: skip
+        if not m["validation"]:
+            m["validation"] = {"status": "skipped", "reason": self.state["done"]["validate"]["detail"], "output": None}
+        mf.write_manifest(self.stage_dir, m)
+        return "done", "build.json written last", {}
+
+    def plan(self) -> Plan:
+        d = self.data("inspect")["plan"]
+        return plan_memory(self.cfg, self.target, recipe=self.recipe, gpus=d["gpus"], max_seq_len=d["max_seq_len"],
+                           batch=d["batch"], mtp=self.mtp, max_num_tokens=d["max_num_tokens"])  # fmt: skip
+
+    # ---- driver ----
+    def run(self, resume: bool) -> Path:
+        from tqdm import tqdm
+
+        self.load_state(resume)
+        from trtllm_nemotron.checkpoint.reader import read_config
+
+        self.cfg = read_config(self.model_dir / "config.json")
+        bar = tqdm(total=len(STAGES), desc="build", unit="stage", file=sys.stderr, disable=not self.progress,
+                   bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar}| {elapsed}<{remaining}")  # fmt: skip
+        try:
+            for i, name in enumerate(STAGES, 1):
+                bar.set_description_str(f"build [{name}]")
+                done = self.state["done"].get(name)
+                if done is not None and name != "manifest":
+                    self._log(bar, f"[{i}/{len(STAGES)}] {name}: already done (resumed), skipped")
+                    bar.update(1)
+                    continue
+                fn: Callable[[], tuple[str, str, dict[str, Any]]] = getattr(self, f"stage_{name}")
+                t0 = time.perf_counter()
+                try:
+                    status, detail, data = fn()
+                except NemotronError as e:
+                    raise type(e)(f"{e}\n(build stage '{name}' failed; {self._hint()})") from e
+                except Exception as e:
+                    raise BuildError(f"build stage '{name}' failed: {type(e).__name__}: {e}; {self._hint()}") from e
+                secs = round(time.perf_counter() - t0, 3)
+                self.state["done"][name] = {"status": status, "seconds": secs, "detail": detail, "data": data}
+                self.save_state()
+                self._log(bar, f"[{i}/{len(STAGES)}] {name}: {status} in {secs:.1f}s - {detail}")
+                bar.update(1)
+        finally:
+            bar.close()
+        return self.finalize()
+
+    def _hint(self) -> str:
+        return f"the partial build is kept at {self.stage_dir}: rerun with --resume to continue, or without to restart"
+
+    def _log(self, bar: Any, msg: str) -> None:
+        if self.progress:
+            bar.write(msg, file=sys.stderr)
+
+    def finalize(self) -> Path:
+        """Rename the finished staging dir to the output path (moving a previous engine dir aside)."""
+        (self.stage_dir / STATE_FILE).unlink(missing_ok=True)
+        out = self.out_dir
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.replace(old)
+        try:
+            self.stage_dir.replace(out)
+        except BaseException:
+            if old is not None:
+                old.replace(out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return out
+
+
+def build_engine(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    target: str = "b200",
+    recipe: str | None = None,
+    mtp: int = 3,
+    resume: bool = False,
+    validate: bool = False,
+    progress: bool = True,
+    gpus: int | None = None,
+    max_seq_len: int | None = None,
+    max_batch_size: int | None = None,
+) -> Path:
+    """Build the engine dir for `model_dir` at `out_dir` (see module docstring); returns `out_dir`.
+
+    `recipe` defaults to the target's default recipe. Raises BuildError (and the library's other
+    NemotronErrors) with what failed and how to fix it; never leaves a half-written `out_dir`.
+    """
+    t = get_target(target)
+    model = Path(model_dir).absolute()
+    out = Path(out_dir).absolute()
+    if not model.is_dir():
+        raise BuildError(f"model dir {model} does not exist; pass a HF checkpoint directory with config.json")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / mf.MANIFEST).is_file())):
+        raise BuildError(
+            f"{out} exists and is not an engine dir (no {mf.MANIFEST}); refusing to replace it. "
+            "Choose another --out or remove it"
+        )
+    if out == model or model in out.parents:
+        raise BuildError(f"--out {out} must not be the model dir or inside it ({model})")
+    if mtp < 0:
+        raise BuildError(f"--mtp must be >= 0, got {mtp}")
+    b = _Build(model, out, t, recipe or t.default_recipe, mtp, validate=validate, progress=progress,
+               gpus=gpus, max_seq_len=max_seq_len, max_batch_size=max_batch_size)  # fmt: skip
+    return b.run(resume)

@@ -1,0 +1,168 @@
+"""The TensorRT-LLM LLM-API options (`trtllm/llm_api.yaml`) for a GPU target.
+
+TensorRT-LLM serves Nemotron-H through its PyTorch backend from a HF checkpoint plus a YAML of
+`TorchLlmArgs` keys (`trtllm-serve --config`, or the Triton `llmapi` model's `model.yaml`; spec §2.5).
+What we write follows NVIDIA's Super recipes (spec §2.5, §6.1):
+
+    tensor_parallel_size / moe_expert_parallel_size   G GPUs (TP = EP = G)
+    kv_cache_config      enable_block_reuse: false (forced for Mamba models by `get_model_defaults`),
+                         free_gpu_memory_fraction (0.8, the recipes' value), mamba_ssm_cache_dtype
+                         (+ stochastic rounding, 5 Philox rounds, when the SSM cache is fp16: the
+                         Blackwell MTP recipe)
+    speculative_config   {decoding_type: MTP, max_draft_len: N}  (N > 0 only)
+    moe_config.backend   TRTLLM for NVFP4 experts on sm_100, CUTLASS otherwise (TRTLLM-gen MoE runs
+                         only on sm_100/103 and only quantized experts)
+    cuda_graph_config    {enable_padding: true, max_batch_size: min(batch, 64 with MTP / 256 without)}
+    max_batch_size, max_num_tokens, max_seq_len      from the memory plan
+    enable_chunked_prefill: true, trust_remote_code: true   (the recipes)
+
+TensorRT-LLM's config classes are pydantic models with `extra="forbid"`, so an unknown key is a load
+failure on the GPU host. Every key we write is checked against the field names kept in
+`builder/data/trtllm_llm_args.json`, copied from `tensorrt_llm/llmapi/llm_args.py` at the commit
+recorded in that file (`TRTLLM_SOURCE`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder.plan import Plan
+from builder.targets import Target, get_target
+from trtllm_nemotron.config import NemotronHConfig
+from trtllm_nemotron.errors import BuildError
+
+_KEYS_FILE = Path(__file__).parent / "data" / "trtllm_llm_args.json"
+CUDA_GRAPH_BATCH_MTP = 64  # super_v3 MTP recipe
+CUDA_GRAPH_BATCH = 256  # throughput recipe
+
+
+@lru_cache(maxsize=1)
+def llm_args_keys() -> dict[str, Any]:
+    """The TensorRT-LLM field-name table (see module docstring)."""
+    return json.loads(_KEYS_FILE.read_text())
+
+
+TRTLLM_SOURCE: dict[str, str] = llm_args_keys()["source"]
+
+
+def unknown_keys(config: dict[str, Any]) -> list[str]:
+    """Dotted names of keys (and enumerated values) TensorRT-LLM's TorchLlmArgs would reject."""
+    table = llm_args_keys()
+    classes, nested = table["classes"], table["nested"]
+    problems: list[str] = []
+    top = set(classes["TorchLlmArgs"]["fields"])
+    for key, value in config.items():
+        if key not in top:
+            problems.append(key)
+            continue
+        cls = nested.get(key)
+        if cls is None or value is None:
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{key} (expected a mapping for {cls})")
+            continue
+        fields = set(classes[cls]["fields"])
+        for sub, subval in value.items():
+            if sub not in fields:
+                problems.append(f"{key}.{sub}")
+            allowed = classes[cls].get("values", {}).get(sub) or table["values"].get(f"{key}.{sub}")
+            if allowed is not None and subval not in allowed:
+                problems.append(f"{key}.{sub}={subval!r} (allowed: {allowed})")
+    return problems
+
+
+def llm_api_config(
+    config: NemotronHConfig,
+    target: str | Target,
+    *,
+    recipe: str,
+    mtp: int,
+    plan: Plan,
+    expert_format: str | None = None,
+) -> dict[str, Any]:
+    """The LLM-API options dict for `config` on `target`, sized by `plan`.
+
+    `expert_format` is the routed experts' weight format under `recipe` ("nvfp4" | "fp8" | None); it
+    decides the MoE backend. The returned dict holds only known TensorRT-LLM keys (checked).
+    """
+    t = target if isinstance(target, Target) else get_target(target)
+    if not t.is_gpu:
+        raise BuildError(f"target {t.name!r} has no TensorRT-LLM config: only GPU targets get trtllm/llm_api.yaml")
+    if mtp and not config.num_nextn_predict_layers:
+        raise BuildError(f"MTP {mtp} asked for, but the model has no MTP layers; use --mtp 0")
+    batch = plan.batch
+    kv: dict[str, Any] = {
+        "enable_block_reuse": False,
+        "free_gpu_memory_fraction": plan.free_fraction,
+        "mamba_ssm_cache_dtype": plan.ssm_dtype,
+    }
+    if plan.ssm_dtype == "float16":  # NVIDIA's Blackwell MTP recipe ("requires fp16 cache")
+        kv.update(mamba_ssm_stochastic_rounding=True, mamba_ssm_philox_rounds=5)
+    out: dict[str, Any] = {
+        "trust_remote_code": True,
+        "tensor_parallel_size": plan.gpus,
+        "moe_expert_parallel_size": plan.gpus,
+        "max_batch_size": batch,
+        "max_num_tokens": plan.max_num_tokens,
+        "max_seq_len": plan.max_seq_len,
+        "enable_chunked_prefill": True,
+        "kv_cache_config": kv,
+    }
+    if "E" in config.pattern:
+        backend, _reason = t.moe_backend(expert_format)
+        out["moe_config"] = {"backend": backend}
+    out["cuda_graph_config"] = {
+        "enable_padding": True,
+        "max_batch_size": min(batch, CUDA_GRAPH_BATCH_MTP if mtp else CUDA_GRAPH_BATCH),
+    }
+    if mtp:
+        out["speculative_config"] = {"decoding_type": "MTP", "max_draft_len": int(mtp)}
+    bad = unknown_keys(out)
+    if bad:  # a bug here, not user input: the table or this function drifted
+        raise BuildError(f"generated TensorRT-LLM options have unknown keys {bad}; update builder/trtllm_config.py")
+    return out
+
+
+def write_llm_api_yaml(config: dict[str, Any], path: str | Path) -> Path:
+    """Check `config`'s keys against TorchLlmArgs and write it as YAML atomically; returns the path."""
+    bad = unknown_keys(config)
+    if bad:
+        raise BuildError(
+            f"TensorRT-LLM would reject these LLM-API keys: {bad}; known keys come from "
+            f"{TRTLLM_SOURCE['repo']}@{TRTLLM_SOURCE['commit'][:12]} {TRTLLM_SOURCE['path']}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        "# TensorRT-LLM LLM-API options (trtllm-serve --config / Triton llmapi model.yaml), written by\n"
+        "# trtllm-nemotron. Keys checked against TorchLlmArgs of "
+        f"{TRTLLM_SOURCE['repo']}@{TRTLLM_SOURCE['commit']}.\n"
+    )
+    text = header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_llm_api_yaml(path: str | Path) -> dict[str, Any]:
+    """Load a YAML written by `write_llm_api_yaml`."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise BuildError(f"cannot read TensorRT-LLM options {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise BuildError(f"{path} must hold a YAML mapping of TorchLlmArgs keys, got {type(data).__name__}")
+    return data

@@ -1,0 +1,140 @@
+"""Serving overhead: the Triton path against the in-process runtime, same engine, same load, same clock.
+
+Both sides run the same closed loop (`concurrency` workers, `requests` streaming requests, fixed length via
+`ignore_eos`) and are summarized by `clients.bench.summarize`, so tokens/s, TTFT and inter-token latency are
+measured identically: in-process, a worker submits to `engine.scheduler()` and times the `StreamEvent`s;
+through Triton, a worker streams over gRPC (or HTTP SSE) and times the responses. The in-process run goes
+first and its engine is freed before the server starts (both share the same CPU cores).
+
+overhead = 1 - triton tokens/s / in-process tokens/s (target: <= 15 % at concurrency 8).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from clients.bench import LoadReport, run_load, summarize
+from clients.client import ClientResult
+
+PROMPTS = (
+    "def fibonacci(n):",
+    "The capital of France is",
+    "import numpy as np\n\ndef softmax(x):",
+    "Once upon a time, in a small village,",
+    "class Stack:\n    def __init__(self):",
+    "SELECT name, count(*) FROM users",
+    "Mamba is a state space model that",
+    "for i in range(10):",
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    concurrencies: tuple[int, ...] = (1, 8)
+    requests_per_client: int = 3
+    max_tokens: int = 48
+    protocol: str = "grpc"
+    max_batch_size: int = 8
+
+
+def _inprocess_load(engine, concurrency: int, requests: int, max_tokens: int) -> LoadReport:
+    from trtllm_nemotron.runtime import SamplingParams
+
+    sched = engine.scheduler()
+    lock = threading.Lock()
+    nxt = [0]
+    results: list[ClientResult] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = nxt[0]
+                if i >= requests:
+                    return
+                nxt[0] += 1
+            params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+            r = ClientResult(protocol="in-process")
+            t0 = time.perf_counter()
+            t_last = None
+            for ev in sched.submit(PROMPTS[i % len(PROMPTS)], params):
+                n = len(ev.token_ids)
+                if n:
+                    now = time.perf_counter()
+                    if t_last is None:
+                        r.ttft_s = now - t0
+                    else:
+                        r.itl_s += [(now - t_last) / n] * n
+                    t_last = now
+                    r.num_tokens += n
+                r.text += ev.text
+                if ev.finish_reason is not None:
+                    r.finish_reason = ev.finish_reason
+            r.e2e_s = time.perf_counter() - t0
+            with lock:
+                results.append(r)
+
+    try:
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+    finally:
+        sched.shutdown()
+    return summarize("in-process runtime", concurrency, results, 0, wall)
+
+
+def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=print) -> dict:
+    """Run both sides at each concurrency; returns {"reports": [...], "overhead": {c: fraction}, ...}."""
+    from triton_repo.package import PackageConfig, package
+    from triton_repo.server import ServerConfig, TritonServer, free_ports
+    from trtllm_nemotron.runtime import Engine, SamplingParams
+
+    cfg = cfg or BenchConfig()
+    engine_dir = Path(engine_dir)
+    reports: list[LoadReport] = []
+
+    engine = Engine.load(engine_dir, device="cpu", max_batch_size=cfg.max_batch_size)
+    engine.generate(PROMPTS[0], SamplingParams(max_tokens=4))  # warm-up
+    inproc = {}
+    for c in cfg.concurrencies:
+        rep = _inprocess_load(engine, c, c * cfg.requests_per_client, cfg.max_tokens)
+        inproc[c] = rep
+        reports.append(rep)
+        echo(rep.line())
+    del engine
+    gc.collect()
+
+    overhead: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        repo = package(engine_dir, Path(tmp) / "repo", PackageConfig(max_batch_size=cfg.max_batch_size, device="cpu"))
+        h, g, m = free_ports(3)
+        scfg = ServerConfig(repo, http_port=h, grpc_port=g, metrics_port=m)
+        url = scfg.grpc_url if cfg.protocol == "grpc" else scfg.http_url
+        with TritonServer(scfg, log_path=Path(tmp) / "server.log"):
+            run_load([PROMPTS[0]], url=url, protocol=cfg.protocol, concurrency=1, requests=1, max_tokens=4,
+                     progress=False)  # warm-up
+            for c in cfg.concurrencies:
+                rep = run_load(list(PROMPTS), url=url, protocol=cfg.protocol, concurrency=c,
+                               requests=c * cfg.requests_per_client, max_tokens=cfg.max_tokens,
+                               label=f"triton {cfg.protocol}", progress=sys.stderr.isatty())
+                reports.append(rep)
+                echo(rep.line())
+                base = inproc[c]
+                overhead[c] = {
+                    "tokens_per_s": 1.0 - rep.tokens_per_s / base.tokens_per_s if base.tokens_per_s else None,
+                    "ttft_p50_s": rep.ttft_p50_s - base.ttft_p50_s,
+                }
+    for c, o in overhead.items():
+        echo(f"concurrency {c}: serving overhead {o['tokens_per_s'] * 100:5.1f} % tokens/s, "
+             f"TTFT p50 +{o['ttft_p50_s'] * 1e3:.1f} ms")
+    return {"engine_dir": str(engine_dir), "config": cfg.__dict__, "reports": [r.to_json() for r in reports],
+            "overhead": {str(c): o for c, o in overhead.items()}}

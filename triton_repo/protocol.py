@@ -1,0 +1,191 @@
+"""The serving protocol: TensorRT-LLM's `llmapi` tensor names, shared by our `nemotron` model and `tensorrt_llm`.
+
+Source: TensorRT-LLM `triton_backend/all_models/llmapi/tensorrt_llm/config.pbtxt` and `1/helpers.py`
+(spec `deployment.md` §7.2). Both models are Python-backend, `max_batch_size: 0` (dims are the full shape),
+decoupled (N responses per request, then the final flag). Semantics we match exactly, so one client serves both:
+- `text_input` STRING [-1]: the prompt (first element). Every other input is optional.
+- `streaming` BOOL [1]: one response per step; otherwise a single response when finished.
+- `text_output` is the *cumulative* generated text (TensorRT-LLM sends `CompletionOutput.text`, not the delta);
+  a client takes the delta as `new[len(previous):]`. With `sampling_param_exclude_input_from_output` false
+  (llmapi's default) the prompt is prepended, as TensorRT-LLM does.
+- `finish_reason` / `stop_reason` come only when `return_finish_reason` / `return_stop_reason` are true.
+- timing (`*_time_ns`) and speculative-decoding outputs (`acceptance_rate`, `total_accepted_draft_tokens`,
+  `total_draft_tokens`) come only when `sampling_param_return_perf_metrics` is true.
+- `stop` BOOL [1] with a request id cancels the earlier request carrying that id.
+Our `nemotron` model adds two things the llmapi model lacks, both optional so the protocol stays a superset:
+input `sampling_param_ignore_eos` (BOOL, fixed-length benchmarks) and output `num_output_tokens` (INT32,
+cumulative generated-token count; clients fall back to counting responses when it is absent).
+
+This module is pure numpy: `model.py` feeds it the request's tensors, the tests feed it arrays directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from triton_repo.model_config import TensorSpec
+
+_S, _B, _I32, _U64, _F32, _I64 = "TYPE_STRING", "TYPE_BOOL", "TYPE_INT32", "TYPE_UINT64", "TYPE_FP32", "TYPE_INT64"
+
+# TensorRT-LLM's llmapi model, in its order.
+LLMAPI_INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("text_input", _S, (-1,)),
+    TensorSpec("image_url", _S, (-1,), optional=True),
+    TensorSpec("streaming", _B, (1,), optional=True),
+    TensorSpec("sampling_param_best_of", _I32, (1,), optional=True),
+    TensorSpec("sampling_param_temperature", _F32, (1,), optional=True),
+    TensorSpec("sampling_param_top_k", _I32, (1,), optional=True),
+    TensorSpec("sampling_param_top_p", _F32, (1,), optional=True),
+    TensorSpec("sampling_param_frequency_penalty", _F32, (1,), optional=True),
+    TensorSpec("sampling_param_presence_penalty", _F32, (1,), optional=True),
+    TensorSpec("sampling_param_max_tokens", _I32, (1,), optional=True),
+    TensorSpec("sampling_param_stop", _S, (-1,), optional=True),
+    TensorSpec("sampling_param_seed", _U64, (1,), optional=True),
+    TensorSpec("sampling_param_exclude_input_from_output", _B, (1,), optional=True),
+    TensorSpec("sampling_param_return_perf_metrics", _B, (1,), optional=True),
+    TensorSpec("return_finish_reason", _B, (1,), optional=True),
+    TensorSpec("return_stop_reason", _B, (1,), optional=True),
+    TensorSpec("return_cumulative_logprob", _B, (1,), optional=True),
+    TensorSpec("stop", _B, (1,), optional=True),
+    TensorSpec("lora_id", _U64, (1,), optional=True),
+    TensorSpec("lora_name", _S, (1,), optional=True),
+    TensorSpec("lora_path", _S, (1,), optional=True),
+    TensorSpec("lora_ckpt_source", _S, (1,), optional=True),
+)
+LLMAPI_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("text_output", _S, (-1,)),
+    TensorSpec("finish_reason", _S, (-1,)),
+    TensorSpec("stop_reason", _S, (-1,)),
+    TensorSpec("cumulative_logprob", _F32, (-1,)),
+    TensorSpec("kv_cache_reused_block", _I32, (-1,)),
+    TensorSpec("kv_cache_missed_block", _I32, (-1,)),
+    TensorSpec("kv_cache_alloc_new_blocks", _I32, (-1,)),
+    TensorSpec("kv_cache_alloc_total_blocks", _I32, (-1,)),
+    TensorSpec("kv_cache_hit_rate", _F32, (-1,)),
+    TensorSpec("arrival_time_ns", _I64, (1,)),
+    TensorSpec("first_scheduled_time_ns", _I64, (1,)),
+    TensorSpec("first_token_time_ns", _I64, (1,)),
+    TensorSpec("last_token_time_ns", _I64, (1,)),
+    TensorSpec("acceptance_rate", _F32, (1,)),
+    TensorSpec("total_accepted_draft_tokens", _I32, (1,)),
+    TensorSpec("total_draft_tokens", _I32, (1,)),
+)
+
+# What our runtime implements: the llmapi names it can honour, plus the two extensions above.
+_NEMOTRON_INPUT_NAMES = (
+    "text_input", "streaming", "sampling_param_temperature", "sampling_param_top_k", "sampling_param_top_p",
+    "sampling_param_max_tokens", "sampling_param_stop", "sampling_param_seed",
+    "sampling_param_exclude_input_from_output", "sampling_param_return_perf_metrics", "return_finish_reason",
+    "return_stop_reason", "stop",
+)
+_NEMOTRON_OUTPUT_NAMES = (
+    "text_output", "finish_reason", "stop_reason", "arrival_time_ns", "first_scheduled_time_ns",
+    "first_token_time_ns", "last_token_time_ns", "acceptance_rate", "total_accepted_draft_tokens",
+    "total_draft_tokens",
+)
+NEMOTRON_INPUTS: tuple[TensorSpec, ...] = tuple(t for t in LLMAPI_INPUTS if t.name in _NEMOTRON_INPUT_NAMES) + (
+    TensorSpec("sampling_param_ignore_eos", _B, (1,), optional=True),
+)
+NEMOTRON_OUTPUTS: tuple[TensorSpec, ...] = tuple(t for t in LLMAPI_OUTPUTS if t.name in _NEMOTRON_OUTPUT_NAMES) + (
+    TensorSpec("num_output_tokens", _I32, (1,)),
+)
+
+# sampling_param_<x> -> SamplingParams field (ours), with the Python type the value is cast to
+SAMPLING_FIELDS: dict[str, tuple[str, type]] = {
+    "sampling_param_max_tokens": ("max_tokens", int),
+    "sampling_param_temperature": ("temperature", float),
+    "sampling_param_top_k": ("top_k", int),
+    "sampling_param_top_p": ("top_p", float),
+    "sampling_param_seed": ("seed", int),
+    "sampling_param_ignore_eos": ("ignore_eos", bool),
+}
+
+
+class RequestError(ValueError):
+    """A request the model answers with an error response (bad shape, missing prompt)."""
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    prompt: str
+    sampling: dict  # SamplingParams keyword arguments; absent keys keep the runtime's defaults
+    streaming: bool = False
+    exclude_input: bool = False  # llmapi default: the prompt is echoed in text_output
+    return_finish_reason: bool = False
+    return_stop_reason: bool = False
+    return_perf_metrics: bool = False
+    stop_request: bool = False  # `stop: true`: cancel the request with this request id
+
+
+def _decode(v: object) -> str:
+    return v.decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v)
+
+
+def _scalar(name: str, arr: np.ndarray) -> object:
+    if arr.size != 1:
+        raise RequestError(f"input {name!r}: expected one value (shape [1]), got shape {list(arr.shape)}")
+    value = arr.reshape(-1)[0]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def parse_request(get: Callable[[str], np.ndarray | None]) -> ParsedRequest:
+    """Read one request through `get(name) -> array | None` (the tensor, or None when absent)."""
+    stop_arr = get("stop")
+    stop_request = bool(_scalar("stop", stop_arr)) if stop_arr is not None else False
+    text = get("text_input")
+    if text is None:
+        if stop_request:
+            return ParsedRequest(prompt="", sampling={}, stop_request=True)
+        raise RequestError("input 'text_input' is missing: send the prompt as a STRING tensor of shape [1]")
+    if text.ndim != 1 or text.size < 1:
+        raise RequestError(f"input 'text_input': expected a 1-D STRING tensor with one prompt, got shape {list(text.shape)}")
+    prompt = _decode(text[0])
+
+    sampling: dict = {}
+    for name, (fld, cast) in SAMPLING_FIELDS.items():
+        arr = get(name)
+        if arr is not None:
+            sampling[fld] = cast(_scalar(name, arr))
+    stop_words = get("sampling_param_stop")
+    if stop_words is not None:
+        sampling["stop"] = tuple(s for s in (_decode(v) for v in stop_words.reshape(-1)) if s)
+
+    def flag(name: str, default: bool = False) -> bool:
+        arr = get(name)
+        return default if arr is None else bool(_scalar(name, arr))
+
+    return ParsedRequest(
+        prompt=prompt, sampling=sampling, streaming=flag("streaming"),
+        exclude_input=flag("sampling_param_exclude_input_from_output"),
+        return_finish_reason=flag("return_finish_reason"), return_stop_reason=flag("return_stop_reason"),
+        return_perf_metrics=flag("sampling_param_return_perf_metrics"), stop_request=stop_request,
+    )
+
+
+def response_arrays(req: ParsedRequest, *, text: str, num_tokens: int, finish_reason: str | None,
+                    stop_reason: str | None, stats: dict | None, times_ns: dict[str, int]) -> dict[str, np.ndarray]:
+    """The output tensors of one response (name -> numpy array), honouring the request's `return_*` flags.
+
+    `text` is the cumulative generated text; `times_ns` holds the `*_time_ns` outputs known so far.
+    """
+    out_text = text if req.exclude_input else req.prompt + text
+    arrays: dict[str, np.ndarray] = {
+        "text_output": np.array([out_text.encode("utf-8")], dtype=np.object_),
+        "num_output_tokens": np.array([num_tokens], dtype=np.int32),
+    }
+    if req.return_finish_reason and finish_reason is not None:
+        arrays["finish_reason"] = np.array([finish_reason.encode()], dtype=np.object_)
+    if req.return_stop_reason and finish_reason is not None:
+        arrays["stop_reason"] = np.array([(stop_reason or "None").encode()], dtype=np.object_)
+    if req.return_perf_metrics:
+        for name, value in times_ns.items():
+            arrays[name] = np.array([value], dtype=np.int64)
+        if stats is not None:
+            rate = stats.get("acceptance_rate")
+            arrays["acceptance_rate"] = np.array([rate if rate is not None else 0.0], dtype=np.float32)
+            arrays["total_accepted_draft_tokens"] = np.array([stats.get("accepted_draft_tokens") or 0], dtype=np.int32)
+            arrays["total_draft_tokens"] = np.array([stats.get("draft_tokens") or 0], dtype=np.int32)
+    return arrays

@@ -1,0 +1,218 @@
+"""Triton Python-backend model `nemotron`: our runtime on an engine dir, behind TensorRT-LLM's llmapi protocol.
+
+Written into `<repo>/nemotron/1/model.py` by `trtllm-nemotron package`; the tensors and their semantics are
+`triton_repo.protocol` (the llmapi model's names: `text_input`, `streaming`, `sampling_param_*` in;
+cumulative `text_output`, `finish_reason`, timing and acceptance outputs out).
+
+Design:
+- The model is decoupled and `max_batch_size: 0`: Triton hands each request to `execute()` on its own, and
+  batching is the runtime's continuous-batching scheduler (`engine.scheduler()`), which interleaves all
+  requests in flight over `max_batch_size` engine slots. `execute()` only parses, validates and submits,
+  then returns; one pump thread per request iterates its `RequestHandle` and sends the responses.
+- A bad request (missing/ill-shaped input, invalid sampling option, over-long prompt) gets an error response
+  with the final flag; nothing a request does raises out of `execute()`, so the server stays up.
+- Cancellation: a watcher thread polls `response_sender.is_cancelled()` (set by Triton when a gRPC client
+  cancels or drops its stream) every 50 ms and calls `handle.cancel()`, which frees the slot. A `stop: true`
+  request carrying the same request id cancels too, as in the llmapi model.
+- Custom metric `nemotron_active_requests` (gauge, on the metrics port) counts requests holding a slot or
+  queued; tests use it to see that a dropped client freed its slot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from triton_repo.protocol import RequestError, parse_request, response_arrays
+
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+_CANCEL_POLL_S = 0.05
+
+
+class _Live:
+    """One request in flight: its Triton sender, runtime handle and bookkeeping."""
+
+    def __init__(self, sender, handle, user_id: str) -> None:
+        self.sender = sender
+        self.handle = handle
+        self.user_id = user_id
+        self.cancelled = False
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        model_dir = Path(args["model_repository"])
+        engine_dir = Path(params["engine_dir"])
+        if not engine_dir.is_absolute():
+            engine_dir = (model_dir / engine_dir).resolve()
+        engine_dir = Path(os.environ.get("NEMOTRON_ENGINE_DIR", engine_dir))
+        if not engine_dir.is_dir():
+            raise pb_utils.TritonModelException(
+                f"engine dir {engine_dir} does not exist; re-run `trtllm-nemotron package ENGINE --out REPO` "
+                f"or set NEMOTRON_ENGINE_DIR")
+
+        import torch
+
+        from trtllm_nemotron.runtime import Engine, SamplingParams
+
+        device = params.get("device", "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        mtp = int(params["mtp"]) if params.get("mtp", "") != "" else None
+        max_seq_len = int(params["max_seq_len"]) if params.get("max_seq_len", "") != "" else None
+        t0 = time.perf_counter()
+        self.engine = Engine.load(engine_dir, device=device, max_batch_size=int(params.get("max_batch_size", "8")),
+                                  max_seq_len=max_seq_len, mtp=mtp)
+        self.SamplingParams = SamplingParams
+        self.scheduler = self.engine.scheduler()
+        pb_utils.Logger.log_info(
+            f"[nemotron] engine {engine_dir} on {device}: max_batch_size={self.engine.max_batch_size} "
+            f"max_seq_len={self.engine.max_seq_len} mtp={self.engine.mtp} ({time.perf_counter() - t0:.1f} s)")
+
+        self.lock = threading.Lock()
+        self.live: dict[int, _Live] = {}
+        self.next_id = 0
+        self.running = True
+        self.metric_family = pb_utils.MetricFamily(name="nemotron_active_requests",
+                                       description="requests queued or holding an engine slot",
+                                       kind=pb_utils.MetricFamily.GAUGE)
+        self.active_metric = self.metric_family.Metric(labels={"model": args["model_name"]})
+        self.active_metric.set(0)
+        self.watcher = threading.Thread(target=self._watch_cancellation, name="nemotron-cancel", daemon=True)
+        self.watcher.start()
+
+    # -- request intake ------------------------------------------------------------------------------------
+    def execute(self, requests):
+        for request in requests:
+            self._accept(request)
+        return None
+
+    def _accept(self, request) -> None:
+        arrival_ns = time.time_ns()
+        sender = request.get_response_sender()
+
+        def get(name: str):
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            return None if t is None else t.as_numpy()
+
+        try:
+            req = parse_request(get)
+            if req.stop_request:
+                self._stop_by_id(request.request_id())
+                self._send(sender, error=("Request cancelled by client", "CANCELLED"), final=True)
+                return
+            params = self.SamplingParams(**req.sampling)
+            params.validate()
+            handle = self.scheduler.submit(req.prompt, params, request_id=request.request_id() or None)
+        except Exception as e:  # noqa: BLE001 - every request problem becomes that request's error response
+            kind = "INVALID_ARG" if isinstance(e, (RequestError, ValueError, TypeError)) or _is_user_error(e) else None
+            self._send(sender, error=(f"bad request: {e}", kind), final=True)
+            return
+        live = _Live(sender, handle, request.request_id())
+        with self.lock:
+            key = self.next_id
+            self.next_id += 1
+            self.live[key] = live
+            self.active_metric.set(len(self.live))
+        threading.Thread(target=self._pump, args=(key, live, req, arrival_ns), name=f"nemotron-req-{key}",
+                         daemon=True).start()
+
+    # -- responses ---------------------------------------------------------------------------------------------
+    def _pump(self, key: int, live: _Live, req, arrival_ns: int) -> None:
+        times = {"arrival_time_ns": arrival_ns, "first_scheduled_time_ns": arrival_ns}
+        text, num_tokens = "", 0
+        try:
+            for ev in live.handle:
+                if ev.token_ids:
+                    num_tokens += len(ev.token_ids)
+                    now = time.time_ns()
+                    times.setdefault("first_token_time_ns", now)
+                    times["last_token_time_ns"] = now
+                text += ev.text
+                if ev.finish_reason is None:
+                    if req.streaming and ev.text and not live.cancelled:
+                        arrays = response_arrays(req, text=text, num_tokens=num_tokens, finish_reason=None,
+                                                 stop_reason=None, stats=None, times_ns=times)
+                        if not self._send(live.sender, arrays=arrays):
+                            live.cancelled = True
+                            live.handle.cancel()
+                    continue
+                if ev.finish_reason == "error":
+                    self._send(live.sender, error=(f"generation failed: {ev.error}", None), final=True)
+                elif ev.finish_reason == "cancelled" or live.cancelled:
+                    self._send(live.sender, error=("Request cancelled by client", "CANCELLED"), final=True)
+                else:
+                    arrays = response_arrays(req, text=text, num_tokens=num_tokens, finish_reason=ev.finish_reason,
+                                             stop_reason=None, stats=ev.stats, times_ns=times)
+                    self._send(live.sender, arrays=arrays, final=True)
+                break
+        except Exception as e:  # noqa: BLE001 - report, never kill the stub
+            pb_utils.Logger.log_error(f"[nemotron] request {key} failed: {e!r}")
+            self._send(live.sender, error=(f"generation failed: {e}", None), final=True)
+        finally:
+            with self.lock:
+                self.live.pop(key, None)
+                self.active_metric.set(len(self.live))
+
+    def _send(self, sender, *, arrays: dict | None = None, error: tuple[str, str | None] | None = None,
+              final: bool = False) -> bool:
+        tensors = [pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in (arrays or {}).items()]
+        err = None
+        if error is not None:
+            msg, code = error
+            err = pb_utils.TritonError(msg, getattr(pb_utils.TritonError, code)) if code else pb_utils.TritonError(msg)
+        try:
+            sender.send(pb_utils.InferenceResponse(output_tensors=tensors, error=err), flags=_FINAL if final else 0)
+            return True
+        except Exception as e:  # noqa: BLE001 - the client went away; the caller cancels the request
+            pb_utils.Logger.log_warn(f"[nemotron] could not send a response: {e}")
+            return False
+
+    # -- cancellation ------------------------------------------------------------------------------------------
+    def _watch_cancellation(self) -> None:
+        while self.running:
+            time.sleep(_CANCEL_POLL_S)
+            with self.lock:
+                items = list(self.live.values())
+            for live in items:
+                if live.cancelled:
+                    continue
+                try:
+                    gone = live.sender.is_cancelled()
+                except Exception:  # noqa: BLE001 - a finished sender; the pump cleans up
+                    continue
+                if gone:
+                    live.cancelled = True
+                    live.handle.cancel()
+
+    def _stop_by_id(self, user_id: str) -> None:
+        if not user_id:
+            raise RequestError("a `stop` request needs the request id of the request to cancel")
+        with self.lock:
+            targets = [x for x in self.live.values() if x.user_id == user_id]
+        for live in targets:
+            live.cancelled = True
+            live.handle.cancel()
+
+    def finalize(self) -> None:
+        self.running = False
+        with self.lock:
+            items = list(self.live.values())
+        for live in items:
+            live.handle.cancel()
+        self.scheduler.shutdown()
+        pb_utils.Logger.log_info("[nemotron] finalized")
+
+
+def _is_user_error(e: Exception) -> bool:
+    from trtllm_nemotron.errors import NemotronError
+
+    return isinstance(e, NemotronError)

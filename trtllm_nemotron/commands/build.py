@@ -1,0 +1,43 @@
+"""`trtllm-nemotron build`: HF checkpoint -> engine dir (checkpoint/, trtllm/llm_api.yaml, plugins/, build.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from trtllm_nemotron.commands import user_errors
+
+_TARGETS = ("b200", "h200", "h100", "cpu")
+
+
+@click.command("build")
+@click.option("--model", "model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="HF checkpoint dir (default: the embedded tiny model).")
+@click.option("--target", type=click.Choice(_TARGETS), default="b200", show_default=True)
+@click.option("--recipe", default=None, help="Quantization recipe, or bf16 (default: the target's default).")
+@click.option("--mtp", type=int, default=3, show_default=True, help="MTP draft length (0 = no speculation).")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("build/engine"), show_default=True,
+              help="Engine dir to write (replaced atomically).")
+@click.option("--gpus", type=int, default=None, help="GPUs to plan for (default: fewest that fit).")
+@click.option("--max-seq-len", type=int, default=None, help="Context length (default: min(model max, 131072)).")
+@click.option("--max-batch-size", type=int, default=None, help="Batch (default: the planner's choice).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted build, skipping completed stages.")
+@click.option("--validate", is_flag=True, help="Load the engine with tensorrt_llm.LLM and run one prompt (GPU).")
+@click.option("--no-progress", is_flag=True, help="No progress display.")
+@user_errors
+def build(model: Path | None, target: str, recipe: str | None, mtp: int, out: Path, gpus: int | None,
+          max_seq_len: int | None, max_batch_size: int | None, resume: bool, validate: bool,
+          no_progress: bool) -> None:  # fmt: skip
+    """Build an engine dir for a target: quantize, compile plugin kernels, write the TensorRT-LLM config.
+
+    Stages: inspect, quantize, checkpoint, plugins, trtllm_config, validate, manifest (build.json, last).
+    The output appears only when complete; --resume continues an interrupted build.
+    """
+    from builder.defaults import default_model_dir
+    from builder.pipeline import build_engine
+
+    path = build_engine(model or default_model_dir(), out, target=target, recipe=recipe, mtp=mtp, resume=resume,
+                        validate=validate, progress=not no_progress, gpus=gpus, max_seq_len=max_seq_len,
+                        max_batch_size=max_batch_size)  # fmt: skip
+    click.echo(f"engine dir: {path}")

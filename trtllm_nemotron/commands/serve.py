@@ -1,0 +1,36 @@
+"""`trtllm-nemotron serve REPO`: a real tritonserver on a model repository, in the foreground."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from trtllm_nemotron.commands import user_errors
+
+
+@click.command("serve")
+@click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes the server).")
+@click.option("--model", "models", multiple=True, help="Load only these models (default: all this host can run).")
+@click.option("--log-verbose", type=int, default=0, show_default=True, help="tritonserver --log-verbose level.")
+@click.option("--startup-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for readiness.")
+@user_errors
+def serve(repo: Path, http_port: int, grpc_port: int, metrics_port: int, host: str, models: tuple[str, ...],
+          log_verbose: int, startup_timeout: float) -> None:
+    """Start tritonserver on REPO (explicit model control; loopback; Triton's default ports) until Ctrl-C.
+
+    CPU hosts run the server shipped in the nvidia-pytriton wheel; GPU hosts NVIDIA's /opt/tritonserver.
+    Models this host cannot run are skipped, with the reason. SIGINT/SIGTERM stop it cleanly.
+    """
+    from triton_repo.server import ServerConfig
+    from triton_repo.server import serve as run_server
+
+    cfg = ServerConfig(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
+                       models=models or None, log_verbose=log_verbose, startup_timeout_s=startup_timeout)
+    rc = run_server(cfg, echo=lambda m: click.echo(m, err=True))
+    sys.exit(rc)

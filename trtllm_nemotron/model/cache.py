@@ -1,0 +1,172 @@
+"""HybridCache: per-row decoding state for a batch of sequences (spec §4.2, §4.3.3).
+
+One cache serves one layer stack (the backbone, or the MTP block via `allocate_mtp`). Rows are sequence
+slots; each row has its own length, so rows at different positions decode together:
+- attention layer i: `kv[i] = (k, v)`, each `[rows, nkv, max_seq_len, hd]` in the model dtype; positions
+  `>= lengths[row]` are garbage and masked;
+- Mamba layer i: `conv[i]` `[rows, conv_dim, K-1]` (last K-1 raw pre-conv inputs, model dtype) and
+  `ssm[i]` `[rows, H, P, N]` (float32 by default, float16 as an option);
+- `lengths` `[rows]` int64: tokens already consumed by each row.
+
+The network writes new KV at `lengths[row]..`, updates Mamba states, then advances `lengths` for the rows it
+ran. Speculative verification appends T>1 tokens and then rolls back: `set_lengths(rows, n)` rolls back
+attention (stale KV beyond the length is masked), while the Mamba states, which cannot be rolled back, are
+saved with `snapshot(rows)` before the verify and put back with `restore(rows, snap)` (then re-run the
+accepted tokens), or recomputed by the runtime through `ops.mamba_decode_step`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from trtllm_nemotron.config import NemotronHConfig
+from trtllm_nemotron.errors import RuntimeStateError
+
+
+def _rows(rows, n: int, device) -> torch.Tensor:
+    if rows is None:
+        return torch.arange(n, device=device)
+    return torch.as_tensor(rows, dtype=torch.long, device=device).reshape(-1)
+
+
+@dataclass
+class HybridCache:
+    pattern: str
+    max_seq_len: int
+    lengths: torch.Tensor  # [rows] int64
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    conv: dict[int, torch.Tensor] = field(default_factory=dict)
+    ssm: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def allocate(
+        cls,
+        cfg: NemotronHConfig,
+        batch_size: int,
+        max_seq_len: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        ssm_dtype: torch.dtype = torch.float32,
+        *,
+        pattern: str | None = None,
+    ) -> HybridCache:
+        """Zeroed state for `batch_size` rows of up to `max_seq_len` tokens; `pattern` defaults to the backbone's."""
+        if ssm_dtype not in (torch.float32, torch.float16):
+            raise RuntimeStateError(f"ssm_dtype must be torch.float32 or torch.float16, got {ssm_dtype}")
+        if batch_size < 1 or max_seq_len < 1:
+            raise RuntimeStateError(f"cache needs batch_size >= 1 and max_seq_len >= 1, got {batch_size}, {max_seq_len}")
+        pattern = cfg.pattern if pattern is None else pattern
+        c = cls(pattern, max_seq_len, torch.zeros(batch_size, dtype=torch.long, device=device))
+        for i, ch in enumerate(pattern):
+            if ch == "*":
+                shape = (batch_size, cfg.num_key_value_heads, max_seq_len, cfg.head_dim)
+                c.kv[i] = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            elif ch == "M":
+                c.conv[i] = torch.zeros(batch_size, cfg.conv_dim, cfg.conv_kernel - 1, dtype=dtype, device=device)
+                c.ssm[i] = torch.zeros(
+                    batch_size, cfg.mamba_num_heads, cfg.mamba_head_dim, cfg.ssm_state_size,
+                    dtype=ssm_dtype, device=device,
+                )
+        return c
+
+    @classmethod
+    def allocate_mtp(
+        cls,
+        cfg: NemotronHConfig,
+        batch_size: int,
+        max_seq_len: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        ssm_dtype: torch.dtype = torch.float32,
+    ) -> HybridCache:
+        """Cache for the MTP block's sublayers (keys = index into `model.mtp.layers`)."""
+        pattern = cfg.mtp_pattern * cfg.num_nextn_predict_layers
+        return cls.allocate(cfg, batch_size, max_seq_len, dtype, device, ssm_dtype, pattern=pattern)
+
+    @staticmethod
+    def bytes_per_row(cfg: NemotronHConfig, max_seq_len: int, dtype=torch.bfloat16, ssm_dtype=torch.float32,
+                      pattern: str | None = None) -> int:
+        """Memory one row needs, without allocating (for capacity planning)."""
+        pattern = cfg.pattern if pattern is None else pattern
+        es, ss = torch.tensor([], dtype=dtype).element_size(), torch.tensor([], dtype=ssm_dtype).element_size()
+        n_attn, n_mamba = pattern.count("*"), pattern.count("M")
+        kv = n_attn * 2 * cfg.num_key_value_heads * max_seq_len * cfg.head_dim * es
+        conv = n_mamba * cfg.conv_dim * (cfg.conv_kernel - 1) * es
+        ssm = n_mamba * cfg.mamba_num_heads * cfg.mamba_head_dim * cfg.ssm_state_size * ss
+        return kv + conv + ssm + 8
+
+    # ---- bookkeeping ----
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.lengths.device
+
+    def tensors(self) -> list[torch.Tensor]:
+        out = [self.lengths]
+        for k, v in self.kv.values():
+            out += [k, v]
+        return out + list(self.conv.values()) + list(self.ssm.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all state tensors."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def memory_report(self) -> dict[str, int]:
+        kv = sum(k.numel() * k.element_size() * 2 for k, _ in self.kv.values())
+        conv = sum(t.numel() * t.element_size() for t in self.conv.values())
+        ssm = sum(t.numel() * t.element_size() for t in self.ssm.values())
+        return {"kv": kv, "conv": conv, "ssm": ssm, "total": self.nbytes}
+
+    def rows(self, rows=None) -> torch.Tensor:
+        """Row indices as an int64 tensor on the cache device (None = all rows)."""
+        return _rows(rows, self.batch_size, self.device)
+
+    def check_room(self, rows: torch.Tensor, T: int) -> None:
+        if int(rows.min()) < 0 or int(rows.max()) >= self.batch_size:
+            raise RuntimeStateError(f"cache rows {rows.tolist()} out of range 0..{self.batch_size - 1}")
+        need = int(self.lengths[rows].max()) + T
+        if need > self.max_seq_len:
+            raise RuntimeStateError(
+                f"sequence would reach {need} tokens but the cache holds max_seq_len={self.max_seq_len}; "
+                "allocate a larger cache or shorten the prompt/generation"
+            )
+
+    def advance(self, rows: torch.Tensor, T: int) -> None:
+        self.lengths[rows] += T
+
+    def set_lengths(self, rows, lengths) -> None:
+        """Roll attention back (or forward over already-written KV): lengths[rows] = lengths."""
+        r = self.rows(rows)
+        self.lengths[r] = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
+
+    def reset(self, rows=None) -> None:
+        """Zero the state of `rows` (None = all): a fresh sequence. KV need not be cleared (masked by length)."""
+        r = self.rows(rows)
+        self.lengths[r] = 0
+        for t in list(self.conv.values()) + list(self.ssm.values()):
+            t[r] = 0
+
+    def snapshot(self, rows=None) -> dict:
+        """Copy of the Mamba conv/SSM states and lengths of `rows` (in the given row order)."""
+        r = self.rows(rows)
+        return {
+            "lengths": self.lengths[r].clone(),
+            "conv": {i: t[r].clone() for i, t in self.conv.items()},
+            "ssm": {i: t[r].clone() for i, t in self.ssm.items()},
+        }
+
+    def restore(self, rows, snap: dict, *, lengths: bool = True) -> None:
+        """Put a `snapshot(rows)` back into `rows` (the same number of rows, possibly different slots)."""
+        r = self.rows(rows)
+        for i, t in self.conv.items():
+            t[r] = snap["conv"][i]
+        for i, t in self.ssm.items():
+            t[r] = snap["ssm"][i]
+        if lengths:
+            self.lengths[r] = snap["lengths"]

@@ -1,0 +1,448 @@
+"""`Engine`: load an engine dir or a checkpoint, then generate: prefill, decode, sampling, MTP speculation.
+
+Flow of one request (a `_Seq`), driven by `Engine._iterate` (one scheduler iteration; `generate` and the
+continuous-batching `Scheduler` both call it):
+1. prefill: the prompt runs through the reference network (`model.hidden_states` with the slot's cache
+   row; chunked SSD scan) in chunks of `prefill_chunk` tokens, one chunk per iteration, so a long prompt
+   never stalls the decoding requests. The last chunk's logits give the first token. With MTP, every chunk
+   also runs the MTP block over its (h_t, x_{t+1}) pairs, and the last position drafts `max_draft_len`
+   tokens by applying the MTP block recursively (spec §4.7, TRT-LLM MTP_EAGLE_ONE_MODEL).
+2. decode: all decoding requests run together in one batched `step.forward_step`:
+   - without MTP: T = 1 token per row (the last sampled one); the Mamba state is updated in place;
+   - with MTP: T = 1 + K tokens per row ([last token, d_1..d_K]); the step records the Mamba state after
+     every position; the target tokens are sampled at every position and the longest prefix with
+     d_i == target_{i-1} is accepted plus one target token (spec §6.2, greedy strict acceptance; with
+     sampling, target tokens are drawn from the target distribution, so the output distribution is the
+     target's). Attention rolls back by setting the length; the Mamba state of the last accepted position
+     is committed from the record. The MTP block then runs over the K+1 new (h, token) pairs and the entry
+     of the last accepted position drafts the next K tokens.
+3. every new token goes through EOS / stop-string / max_tokens checks and the UTF-8-safe detokenizer.
+
+Acceptance accounting follows trtllm-bench (spec §6.3): with `iters` verification forwards after prefill,
+acceptance_length = tokens / (iters + 1), draft_tokens = K·(iters + 1), accepted = tokens − iters − 1,
+acceptance_rate = accepted / draft_tokens (tokens counts an EOS token too).
+
+Speed: `compile=True` wraps the decode/verify step and the MTP step in `torch.compile` (lazily, on first
+use; inductor caches its artifacts on disk), attention context lengths are bucketed to multiples of 128 so
+the graph sees few shapes. Tests run eager; one test checks compiled == eager.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trtllm_nemotron.errors import CheckpointError, RuntimeStateError
+from trtllm_nemotron.runtime import step as S
+from trtllm_nemotron.runtime.sampling import SamplingParams, sample_tokens
+from trtllm_nemotron.runtime.slots import SlotPool
+from trtllm_nemotron.runtime.tokenizer import IncrementalDetokenizer, StopStringFilter, Tokenizer
+
+log = logging.getLogger(__name__)
+
+CTX_BUCKET = 128
+KERNEL_CHOICES = (None, "auto", "torch", "triton")
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length" | "cancelled" | "error"
+    stats: dict[str, Any]
+
+
+@dataclass
+class StreamEvent:
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    stats: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Seq:
+    """One request inside the engine."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator | None
+    detok: IncrementalDetokenizer
+    stops: StopStringFilter
+    t_submit: float = field(default_factory=time.perf_counter)
+    slot: int = -1
+    prefilled: int = 0  # prompt tokens already in the cache
+    pending: int | None = None  # last sampled token, not yet in the cache
+    drafts: list[int] = field(default_factory=list)
+    out_ids: list[int] = field(default_factory=list)
+    n_generated: int = 0  # tokens produced, EOS included
+    iters: int = 0  # decode forwards after the prefill
+    t_first: float | None = None
+    t_end: float | None = None
+    finish_reason: str | None = None
+    cancel_requested: bool = False
+
+    @property
+    def in_prefill(self) -> bool:
+        return self.prefilled < len(self.prompt_ids)
+
+
+class Engine:
+    """A loaded model, its slot pool, tokenizer and generation loop (see the module docstring)."""
+
+    def __init__(self, model, tokenizer: Tokenizer, *, max_batch_size: int = 8, max_seq_len: int | None = None,
+                 mtp: int = 0, ssm_dtype: torch.dtype = torch.float32, prefill_chunk: int = 256,
+                 compile: bool = False, eos_token_ids: list[int] | None = None, source: str = "") -> None:
+        cfg = model.config
+        self.model = model
+        self.config = cfg
+        self.tokenizer = tokenizer
+        self.source = source
+        if max_seq_len is None:
+            max_seq_len = min(cfg.max_position_embeddings, 4096)
+        if max_seq_len < 2:
+            raise RuntimeStateError(f"max_seq_len must be >= 2, got {max_seq_len}")
+        if mtp < 0 or mtp > 16:
+            raise RuntimeStateError(f"mtp (max_draft_len) must be in 0..16, got {mtp}")
+        if mtp and not cfg.num_nextn_predict_layers:
+            raise RuntimeStateError(
+                f"mtp={mtp} asked for, but this model has no MTP layers (num_nextn_predict_layers = 0); use mtp=0"
+            )
+        if mtp and set(cfg.mtp_pattern) - set("*E-"):
+            raise RuntimeStateError(f"MTP pattern {cfg.mtp_pattern!r} has Mamba layers; the runtime supports * E -")
+        if prefill_chunk < 1:
+            raise RuntimeStateError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.max_seq_len = max_seq_len
+        self.max_batch_size = max_batch_size
+        self.mtp = mtp
+        self.prefill_chunk = prefill_chunk
+        self.device = model.backbone.embeddings.weight.device
+        self.pool = SlotPool(model, max_batch_size, max_seq_len, mtp=mtp, ssm_dtype=ssm_dtype)
+        self.fw = S.FlatWeights(model)
+        self.mw = S.FlatWeights(model, mtp=True) if mtp else None
+        ids = set(cfg.eos_token_ids) if eos_token_ids is None else set(eos_token_ids)
+        ids.update(tokenizer.eos_token_ids())
+        self.eos_token_ids = sorted(ids)
+        self.lock = threading.RLock()
+        self._compile = compile
+        self._step_fn = S.forward_step
+        self._mtp_fn = S.mtp_step
+        self._next_id = 0
+        if compile:
+            self.enable_compile()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu", dtype: torch.dtype | str | None = None,
+             max_batch_size: int = 8, max_seq_len: int | None = None, mtp: int | None = None,
+             kernels: str | None = None, ssm_dtype: torch.dtype | str = "float32", prefill_chunk: int = 256,
+             compile: bool = False) -> Engine:
+        """Load an engine dir (build.json + checkpoint/) or a plain HF checkpoint dir (BF16 / FP8 / NVFP4).
+
+        dtype None: float32 on CPU, bfloat16 on CUDA. mtp None: the engine's MTP setting (build.json
+        `mtp.max_draft_len`); for a plain checkpoint with MTP layers, 3 (the build default); 0 turns it off.
+        kernels: None / "auto" / "torch" (the reference ops) / "triton" (CUDA only).
+        """
+        from trtllm_nemotron.model import load_model
+
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointError(f"model path {path} does not exist; pass an engine dir or a HF checkpoint dir")
+        if kernels not in KERNEL_CHOICES:
+            raise RuntimeStateError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeStateError("device 'cuda' asked for, but no CUDA GPU is visible; use --device cpu")
+        if kernels == "triton" and dev.type != "cuda":
+            raise RuntimeStateError("kernels='triton' needs a CUDA device; use kernels='torch' on CPU")
+        if isinstance(dtype, str):
+            dtype = _DTYPES.get(dtype) or _bad_dtype(dtype)
+        if isinstance(ssm_dtype, str):
+            ssm_dtype = _DTYPES.get(ssm_dtype) or _bad_dtype(ssm_dtype)
+        ckpt = path / "checkpoint" if (path / "build.json").is_file() else path
+        engine_mtp = None
+        if (path / "build.json").is_file():
+            try:
+                manifest = json.loads((path / "build.json").read_text())
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{path / 'build.json'} is not valid JSON ({e}); rebuild the engine") from e
+            m = manifest.get("mtp")
+            engine_mtp = int(m.get("max_draft_len") or 0) if isinstance(m, dict) else int(m or 0)
+        t0 = time.perf_counter()
+        model = load_model(ckpt, dtype=dtype, device=dev)
+        cfg = model.config
+        if mtp is None:
+            mtp = engine_mtp if engine_mtp is not None else (3 if cfg.num_nextn_predict_layers else 0)
+        tok = Tokenizer.from_dir(ckpt, vocab_size=cfg.vocab_size)
+        eos = set(cfg.eos_token_ids)
+        gen_cfg = ckpt / "generation_config.json"
+        if gen_cfg.is_file():
+            try:
+                e = json.loads(gen_cfg.read_text()).get("eos_token_id")
+                eos.update([e] if isinstance(e, int) else list(e or []))
+            except (json.JSONDecodeError, TypeError):
+                log.warning("ignoring unreadable %s", gen_cfg)
+        eng = cls(model, tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len, mtp=mtp,
+                  ssm_dtype=ssm_dtype, prefill_chunk=prefill_chunk, compile=compile,
+                  eos_token_ids=sorted(eos), source=str(path))
+        log.info("loaded %s in %.2fs (%s, %s, mtp=%d, %d slots x %d tokens, cache %.1f MiB)", path,
+                 time.perf_counter() - t0, dev, model.backbone.embeddings.weight.dtype, mtp, max_batch_size,
+                 eng.max_seq_len, eng.pool.memory_report()["total"] / 2**20)
+        return eng
+
+    def enable_compile(self) -> None:
+        """Capture the decode/verify step and the MTP step with torch.compile (compiled on first use)."""
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        self._step_fn = torch.compile(S.forward_step, dynamic=True, fullgraph=False)
+        self._mtp_fn = torch.compile(S.mtp_step, dynamic=True, fullgraph=False)
+        self._compile = True
+
+    def memory_report(self) -> dict[str, int]:
+        return self.pool.memory_report()
+
+    # ------------------------------------------------------------------ requests
+    def new_request(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> _Seq:
+        """Validate and tokenize a request (raises RuntimeStateError for bad options or an over-long prompt)."""
+        if not isinstance(params, SamplingParams):
+            raise RuntimeStateError(f"params must be a SamplingParams, got {type(params).__name__}")
+        params.validate()
+        ids = list(prompt) if isinstance(prompt, (list, tuple)) else self.tokenizer.encode(prompt)
+        if not ids:
+            raise RuntimeStateError("the prompt is empty (0 tokens); give at least one token of text")
+        bad = [i for i in ids if not 0 <= int(i) < self.config.vocab_size]
+        if bad:
+            raise RuntimeStateError(f"prompt token ids {bad[:5]} are outside the vocabulary 0..{self.config.vocab_size - 1}")
+        if len(ids) >= self.max_seq_len:
+            raise RuntimeStateError(
+                f"prompt is {len(ids)} tokens but the engine's max_seq_len is {self.max_seq_len} (prompt + at least "
+                f"one generated token must fit); shorten the prompt or load with a larger max_seq_len"
+            )
+        if request_id is None:
+            request_id = f"req-{self._next_id}"
+        self._next_id += 1
+        gen = None if params.greedy else params.make_generator()
+        return _Seq(request_id, ids, params, gen, IncrementalDetokenizer(self.tokenizer), StopStringFilter(params.stop))
+
+    def generate(self, prompt: str | list[int], params: SamplingParams | None = None) -> Completion:
+        """Blocking, single request."""
+        params = params or SamplingParams()
+        seq = self.new_request(prompt, params)
+        pieces: list[str] = []
+        with self.lock:
+            self.admit(seq)
+            try:
+                while seq.finish_reason is None:
+                    for s, ev in self.iterate([seq]):
+                        pieces.append(ev.text)
+            finally:
+                self.release(seq)
+        return Completion("".join(pieces), list(seq.out_ids), seq.finish_reason, self.stats(seq))
+
+    def admit(self, seq: _Seq) -> None:
+        seq.slot = self.pool.acquire()
+
+    def release(self, seq: _Seq) -> None:
+        if seq.slot >= 0:
+            self.pool.release(seq.slot)
+            seq.slot = -1
+
+    # ------------------------------------------------------------------ one iteration
+    @torch.inference_mode()
+    def iterate(self, seqs: list[_Seq]) -> list[tuple[_Seq, StreamEvent]]:
+        """One scheduler iteration over admitted, unfinished seqs: one prefill chunk (the oldest request still
+        in prefill) and one batched decode step for every request that was already decoding. Returns the
+        events produced, in order; a finished seq's last event has finish_reason and stats."""
+        events: list[tuple[_Seq, StreamEvent]] = []
+        decoding = [s for s in seqs if not s.in_prefill and s.finish_reason is None]
+        pre = next((s for s in seqs if s.in_prefill and s.finish_reason is None), None)
+        if pre is not None:
+            self._prefill_chunk(pre, events)
+        if decoding:
+            if self.mtp:
+                self._verify(decoding, events)
+            else:
+                self._decode(decoding, events)
+        return events
+
+    def _ctx(self, need: int) -> int:
+        return min(self.pool.capacity, -(-need // CTX_BUCKET) * CTX_BUCKET)
+
+    def _prefill_chunk(self, seq: _Seq, events) -> None:
+        cache = self.pool.cache
+        s, e = seq.prefilled, min(len(seq.prompt_ids), seq.prefilled + self.prefill_chunk)
+        rows = torch.tensor([seq.slot], device=self.device)
+        ids = torch.tensor([seq.prompt_ids[s:e]], device=self.device)
+        h = self.model.hidden_states(ids, cache, rows=rows)  # [1, T, hidden]
+        seq.prefilled = e
+        last = e == len(seq.prompt_ids)
+        if not last:
+            if self.mtp:
+                nxt = torch.tensor([seq.prompt_ids[s + 1:e + 1]], device=self.device)
+                self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
+            return
+        logits = self.model.logits(h[:, -1])  # [1, vocab]
+        tok = self._sample(seq, logits)[0]
+        seq.pending = tok
+        if self.mtp:
+            nxt = torch.tensor([seq.prompt_ids[s + 1:e] + [tok]], device=self.device)
+            dl, g = self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
+            seq.drafts = self._draft_rest(rows, g[:, -1:], dl[:, -1], self.pool.mtp_cache.lengths[rows].clone())[0]
+        self._emit(seq, [tok], events)
+
+    def _decode(self, seqs: list[_Seq], events) -> None:
+        cache = self.pool.cache
+        rows = torch.tensor([s.slot for s in seqs], device=self.device)
+        ids = torch.tensor([[s.pending] for s in seqs], device=self.device)
+        start = cache.lengths[rows].clone()
+        _, logits, _ = self._step_fn(self.fw, ids, rows, start, cache.kv, cache.conv, cache.ssm,
+                                     self._ctx(int(start.max()) + 1), False)
+        cache.lengths[rows] = start + 1
+        toks = self._sample_batch(seqs, logits[:, 0])
+        for s, t in zip(seqs, toks):
+            s.iters += 1
+            s.pending = t
+            self._emit(s, [t], events)
+
+    def _verify(self, seqs: list[_Seq], events) -> None:
+        cache, mcache = self.pool.cache, self.pool.mtp_cache
+        K = self.mtp
+        rows = torch.tensor([s.slot for s in seqs], device=self.device)
+        ids = torch.tensor([[s.pending] + s.drafts for s in seqs], device=self.device)  # [batch, K+1]
+        start = cache.lengths[rows].clone()
+        h, logits, rec = self._step_fn(self.fw, ids, rows, start, cache.kv, cache.conv, cache.ssm,
+                                       self._ctx(int(start.max()) + K + 1), True)
+        targets = []
+        accept = []
+        greedy = [s.params.greedy for s in seqs]
+        argmax = logits.argmax(-1).tolist() if any(greedy) else None
+        for b, s in enumerate(seqs):
+            y = argmax[b] if greedy[b] else self._sample(s, logits[b])
+            j = 0
+            while j < K and s.drafts[j] == y[j]:
+                j += 1
+            targets.append(y)
+            accept.append(j)
+        acc = torch.tensor(accept, device=self.device)
+        S.commit_mamba(rec, cache.conv, cache.ssm, rows, acc)
+        cache.lengths[rows] = start + acc + 1
+        # MTP over the K+1 new (h_t, x_{t+1}) pairs; entry j (the last accepted position) drafts next
+        tgt = torch.tensor(targets, device=self.device)  # [batch, K+1]
+        g, dl = self._mtp_fn(self.fw, self.mw, h, tgt, rows, start, mcache.kv, self._ctx(int(start.max()) + K + 1))
+        b = torch.arange(len(seqs), device=self.device)
+        mcache.lengths[rows] = start + acc + 1
+        drafts = self._draft_rest(rows, g[b, acc][:, None], dl[b, acc], start + acc + 1)
+        for i, s in enumerate(seqs):
+            s.iters += 1
+            new = targets[i][: accept[i] + 1]
+            s.pending = new[-1]
+            s.drafts = drafts[i]
+            self._emit(s, new, events)
+
+    def _draft_rest(self, rows, g, first_logits, pos) -> list[list[int]]:
+        """Greedy drafts: d_1 from first_logits [batch, vocab], then K-1 recursive MTP applications at MTP
+        positions pos, pos+1, ... (provisional KV; the committed MTP length is left unchanged)."""
+        d = first_logits.argmax(-1)  # [batch]
+        out = [d]
+        for i in range(self.mtp - 1):
+            g, dl = self._mtp_fn(self.fw, self.mw, g, d[:, None], rows, pos + i, self.pool.mtp_cache.kv,
+                                 self._ctx(int(pos.max()) + i + 1))
+            d = dl[:, 0].argmax(-1)
+            out.append(d)
+        return torch.stack(out, dim=1).tolist()
+
+    # ------------------------------------------------------------------ sampling and output
+    def _sample(self, seq: _Seq, logits: torch.Tensor) -> list[int]:
+        if seq.params.greedy:
+            return logits.argmax(-1).tolist()
+        return sample_tokens(logits.float().cpu(), seq.params, seq.generator)
+
+    def _sample_batch(self, seqs: list[_Seq], logits: torch.Tensor) -> list[int]:
+        """logits [batch, vocab] -> one token per seq."""
+        if all(s.params.greedy for s in seqs):
+            return logits.argmax(-1).tolist()
+        return [self._sample(s, logits[b:b + 1])[0] for b, s in enumerate(seqs)]
+
+    def _emit(self, seq: _Seq, new: list[int], events) -> None:
+        if seq.t_first is None:
+            seq.t_first = time.perf_counter()
+        p = seq.params
+        text, ids = "", []
+        for t in new:
+            seq.n_generated += 1
+            if t in self.eos_token_ids and not p.ignore_eos:
+                seq.finish_reason = "stop"
+                break
+            seq.out_ids.append(t)
+            ids.append(t)
+            text += seq.stops.push(seq.detok.push([t]))
+            if seq.stops.matched:
+                seq.finish_reason = "stop"
+                break
+            if len(seq.out_ids) >= p.max_tokens or len(seq.prompt_ids) + len(seq.out_ids) >= self.max_seq_len:
+                seq.finish_reason = "length"
+                break
+        if seq.finish_reason is not None:
+            if not seq.stops.matched:
+                text += seq.stops.push(seq.detok.flush())
+                text += seq.stops.flush() if not seq.stops.matched else ""
+            seq.t_end = time.perf_counter()
+            events.append((seq, StreamEvent(text, ids, seq.finish_reason, self.stats(seq))))
+        elif text or ids:
+            events.append((seq, StreamEvent(text, ids)))
+
+    def finish(self, seq: _Seq, reason: str, error: str | None = None) -> StreamEvent:
+        """End a seq from outside the loop (cancel / error)."""
+        seq.finish_reason = reason
+        seq.t_end = time.perf_counter()
+        return StreamEvent("", [], reason, self.stats(seq), error)
+
+    def stats(self, seq: _Seq) -> dict[str, Any]:
+        end = seq.t_end or time.perf_counter()
+        n = len(seq.out_ids)
+        ttft = (seq.t_first - seq.t_submit) if seq.t_first is not None else None
+        e2e = end - seq.t_submit
+        decode_s = end - seq.t_first if seq.t_first is not None else 0.0
+        st: dict[str, Any] = {
+            "num_tokens": n,
+            "prompt_tokens": len(seq.prompt_ids),
+            "ttft_s": ttft,
+            "e2e_s": e2e,
+            # decode speed: tokens after the first over the time after the first (all of them if only one)
+            "tokens_per_s": ((n - 1) / decode_s if n > 1 and decode_s > 0 else (n / e2e if e2e > 0 else 0.0)),
+            "acceptance_rate": None,
+            "acceptance_length": None,
+            "accepted_draft_tokens": 0,
+            "draft_tokens": 0,
+            "decode_iterations": seq.iters,
+        }
+        if self.mtp and seq.n_generated:
+            fwd = seq.iters + 1
+            drafted = self.mtp * fwd
+            accepted = max(0, seq.n_generated - fwd)
+            st.update(acceptance_length=seq.n_generated / fwd, draft_tokens=drafted, accepted_draft_tokens=accepted,
+                      acceptance_rate=accepted / drafted)
+        return st
+
+    def scheduler(self, **kw: Any):
+        from trtllm_nemotron.runtime.scheduler import Scheduler
+
+        return Scheduler(self, **kw)
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
+
+
+def _bad_dtype(name: str):
+    raise RuntimeStateError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")

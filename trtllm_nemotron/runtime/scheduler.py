@@ -1,0 +1,175 @@
+"""Continuous batching: one background thread stepping every active request of an `Engine`.
+
+Loop (one iteration = `Engine.iterate`): admit waiting requests into free slots (FIFO), drop cancelled ones
+(their slot is freed at once), run one iteration (one prefill chunk of the oldest prefilling request and one
+batched decode step for every decoding request), route each event to its request's queue, free the slots of
+finished requests. Requests therefore join and leave between steps, and prefill and decode interleave.
+
+`submit` validates and tokenizes on the caller's thread, so an over-long prompt or an invalid option raises
+`RuntimeStateError` there. A `RequestHandle` is an iterator of `StreamEvent`s ending with one whose
+`finish_reason` is set; `cancel()` ends it with "cancelled". An exception inside the loop ends every active
+request with finish_reason "error" (and its message), and the loop keeps serving new requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from typing import TYPE_CHECKING
+
+from trtllm_nemotron.errors import RuntimeStateError
+from trtllm_nemotron.runtime.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from trtllm_nemotron.runtime.engine import Completion, Engine, StreamEvent, _Seq
+
+log = logging.getLogger(__name__)
+
+
+class RequestHandle:
+    """Iterate for `StreamEvent`s; the last one has `finish_reason` and `stats`."""
+
+    def __init__(self, sched: Scheduler, seq: _Seq) -> None:
+        self._sched = sched
+        self._seq = seq
+        self._events: queue.Queue[StreamEvent] = queue.Queue()
+        self._done = False
+        self.request_id = seq.request_id
+
+    def __iter__(self) -> RequestHandle:
+        return self
+
+    def __next__(self) -> StreamEvent:
+        if self._done:
+            raise StopIteration
+        ev = self._events.get()
+        if ev.finish_reason is not None:
+            self._done = True
+        return ev
+
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed and the iteration ends with finish_reason "cancelled"."""
+        self._sched._cancel(self)
+
+    def result(self) -> Completion:
+        """Drain the stream into a `Completion`."""
+        from trtllm_nemotron.runtime.engine import Completion
+
+        text, ids, last = [], [], None
+        for ev in self:
+            text.append(ev.text)
+            ids += ev.token_ids
+            last = ev
+        return Completion("".join(text), ids, last.finish_reason, last.stats or {})
+
+    @property
+    def finished(self) -> bool:
+        return self._seq.finish_reason is not None
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, *, idle_wait_s: float = 0.05) -> None:
+        self.engine = engine
+        self._cv = threading.Condition()
+        self._waiting: deque[RequestHandle] = deque()
+        self._active: list[RequestHandle] = []
+        self._cancel_set: set[RequestHandle] = set()
+        self._stop = False
+        self._idle_wait_s = idle_wait_s
+        self.iterations = 0
+        self._thread = threading.Thread(target=self._loop, name="trtllm-nemotron-scheduler", daemon=True)
+        self._thread.start()
+
+    # ---- public
+    def submit(self, prompt: str | list[int], params: SamplingParams | None = None, *,
+               request_id: str | None = None) -> RequestHandle:
+        if self._stop:
+            raise RuntimeStateError("the scheduler has been shut down; create a new one with engine.scheduler()")
+        seq = self.engine.new_request(prompt, params or SamplingParams(), request_id)
+        h = RequestHandle(self, seq)
+        with self._cv:
+            self._waiting.append(h)
+            self._cv.notify()
+        return h
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Stop the loop; requests still running or waiting end with "cancelled"."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    @property
+    def num_active(self) -> int:
+        return len(self._active)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # ---- internals
+    def _cancel(self, h: RequestHandle) -> None:
+        with self._cv:
+            if h._seq.finish_reason is None:
+                self._cancel_set.add(h)
+                self._cv.notify()
+
+    def _end(self, h: RequestHandle, reason: str, error: str | None = None) -> None:
+        ev = self.engine.finish(h._seq, reason, error)
+        self.engine.release(h._seq)
+        h._events.put(ev)
+
+    def _loop(self) -> None:
+        eng = self.engine
+        while True:
+            with self._cv:
+                while not (self._stop or self._waiting or self._active or self._cancel_set):
+                    self._cv.wait(self._idle_wait_s)
+                if self._stop:
+                    for h in list(self._active) + list(self._waiting):
+                        with eng.lock:
+                            self._end(h, "cancelled")
+                    self._active.clear()
+                    self._waiting.clear()
+                    return
+                cancels, self._cancel_set = self._cancel_set, set()
+                for h in cancels:
+                    if h in self._waiting:
+                        self._waiting.remove(h)
+                with eng.lock:
+                    for h in cancels:
+                        if h in self._active:
+                            self._active.remove(h)
+                        if h._seq.finish_reason is None:
+                            self._end(h, "cancelled")
+                    while self._waiting and eng.pool.num_free > 0:
+                        h = self._waiting.popleft()
+                        eng.admit(h._seq)
+                        self._active.append(h)
+            if not self._active:
+                continue
+            with eng.lock:
+                by_seq = {id(h._seq): h for h in self._active}
+                try:
+                    events = eng.iterate([h._seq for h in self._active])
+                except Exception as e:  # a bug or an OOM: fail the active requests, keep serving
+                    log.exception("scheduler iteration failed")
+                    for h in self._active:
+                        self._end(h, "error", f"{type(e).__name__}: {e}")
+                    self._active.clear()
+                    continue
+                self.iterations += 1
+                for seq, ev in events:
+                    h = by_seq[id(seq)]
+                    if ev.finish_reason is not None:
+                        eng.release(seq)
+                    h._events.put(ev)
+                self._active = [h for h in self._active if h._seq.finish_reason is None]

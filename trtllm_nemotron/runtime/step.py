@@ -1,0 +1,252 @@
+"""The decode / verify step: a few new tokens per sequence slot, batched, on the network's own weights.
+
+Why not call the modules: the reference MoE sorts tokens by expert with a data-dependent Python loop, and the
+reference Mamba step commits its state at once. A decode step must (a) be one straight-line function of
+tensors, so `torch.compile` can capture it as one graph (per-token Python overhead dominates at small sizes),
+and (b) for MTP verification, keep the Mamba state after *every* one of the T = 1 + max_draft_len tokens so
+that the state of the last accepted position can be committed afterwards (TRT-LLM's `intermediate_ssm` /
+`intermediate_conv_window`, the plugin's multi-token mode). Prefill stays on the reference network (chunked
+SSD scan).
+
+`FlatWeights` reads the module weights once (experts stacked into [E, F, X] / [E, X, F] tensors and the
+module parameters re-pointed at views of the stack, so the weights are held once). `forward_step` is the
+step itself:
+
+    ids [batch, T] at positions start[b] .. start[b]+T-1 of cache rows `rows` [batch]
+    -> final-normed hidden [batch, T, hidden], and with record=True, per Mamba layer the raw conv window
+       [batch, conv_dim, K-1+T] and the SSM states after each token [batch, T, H, P, N] (state not written);
+       with record=False the Mamba state is written back in place. Attention KV is always written at the
+       token positions (rolling back = setting the length).
+
+`commit_mamba` writes the recorded state of position `accept[b]` back into the pool. The maths follow the
+reference ops exactly (spec §4.2, §4.3.3, §4.4-4.6); only the order of fp32 additions may differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trtllm_nemotron.model.norms import gated_rms_norm, rms_norm
+from trtllm_nemotron.model.ops import route
+
+
+@dataclass
+class _Layer:
+    char: str
+    cache_idx: int  # key of this layer's state in its HybridCache
+    norm_w: torch.Tensor
+    eps: float
+    w: dict[str, torch.Tensor | None]
+    meta: dict
+
+
+def _lin(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    return F.linear(x, w, b)
+
+
+class FlatWeights:
+    """The weights of a backbone (or the MTP block) as plain tensors, per layer."""
+
+    def __init__(self, model, *, mtp: bool = False) -> None:
+        cfg = model.config
+        self.cfg = cfg
+        self.eps = cfg.layer_norm_epsilon
+        mods = model.mtp.layers if mtp else model.backbone.layers
+        self.layers = [self._flatten(i, m) for i, m in enumerate(mods)]
+        self.embed = model.backbone.embeddings.weight
+        self.norm_f = model.backbone.norm_f.weight
+        self.lm_head = model.backbone.embeddings.weight if model.lm_head is None else model.lm_head.weight
+        if mtp:
+            first, last = model.mtp.layers[0], model.mtp.layers[len(cfg.mtp_pattern) - 1]
+            self.enorm, self.hnorm = first.enorm.weight, first.hnorm.weight
+            self.eh_proj = first.eh_proj.weight
+            self.final_norm = last.final_layernorm.weight
+
+    def _flatten(self, i: int, block) -> _Layer:
+        m = block.mixer
+        ch = block.char
+        if ch == "M":
+            w = {"in_proj": m.in_proj.weight, "in_bias": m.in_proj.bias,
+                 "conv_w": m.conv1d.weight.reshape(m.conv_dim, m.K), "conv_b": m.conv1d.bias,
+                 "A_log": m.A_log, "D": m.D, "dt_bias": m.dt_bias, "norm": m.norm.weight,
+                 "out_proj": m.out_proj.weight, "out_bias": m.out_proj.bias}
+            dt_min = m.time_step_min if m.clamp_dt_min is True else None
+            meta = {"H": m.H, "P": m.P, "G": m.G, "N": m.N, "K": m.K, "d_inner": m.d_inner,
+                    "conv_dim": m.conv_dim, "dt_min": dt_min, "group": m.norm.group_size}
+        elif ch == "*":
+            w = {n: getattr(m, n).weight for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+            w.update({n + "_b": getattr(m, n).bias for n in ("q_proj", "k_proj", "v_proj", "o_proj")})
+            meta = {"nh": m.nh, "nkv": m.nkv, "hd": m.hd}
+        elif ch == "E":
+            w = {"gate": m.gate.weight, "bias": m.gate.e_score_correction_bias,
+                 "up": _stack_experts(m, "up_proj"), "down": _stack_experts(m, "down_proj"),
+                 "fc1": m.fc1_latent_proj.weight if m.latent else None,
+                 "fc2": m.fc2_latent_proj.weight if m.latent else None,
+                 "sh_up": m.shared_experts.up_proj.weight if m.shared_experts is not None else None,
+                 "sh_down": m.shared_experts.down_proj.weight if m.shared_experts is not None else None}
+            g = m.gate
+            meta = {"top_k": g.top_k, "n_group": g.n_group, "topk_group": g.topk_group,
+                    "norm_topk_prob": g.norm_topk_prob, "scale": g.routed_scaling_factor}
+            if any(e.up_proj.bias is not None for e in m.experts):
+                raise NotImplementedError("expert biases (mlp_bias=True) are not supported by the runtime step")
+        elif ch == "-":
+            w = {"up": m.up_proj.weight, "up_b": m.up_proj.bias, "down": m.down_proj.weight, "down_b": m.down_proj.bias}
+            meta = {}
+        else:  # pragma: no cover - the config validates the pattern
+            raise ValueError(ch)
+        return _Layer(ch, i, block.norm.weight, block.norm.eps, w, meta)
+
+
+@torch.no_grad()
+def _stack_experts(moe, proj: str) -> torch.Tensor:
+    """[E, out, in] stack of the experts' `proj` weights; the module parameters become views of it."""
+    ws = [getattr(e, proj).weight for e in moe.experts]
+    stack = torch.stack([w.detach() for w in ws])
+    for e, expert in enumerate(moe.experts):
+        getattr(expert, proj).weight.data = stack[e]
+    return stack
+
+
+def _attention(L: _Layer, x, kv, rows, pos, n_ctx: int):
+    """x [batch, T, hidden]; pos [batch, T] absolute positions; attends over the first n_ctx cache positions."""
+    batch, T, _ = x.shape
+    nh, nkv, hd = L.meta["nh"], L.meta["nkv"], L.meta["hd"]
+    w = L.w
+    q = _lin(x, w["q_proj"], w["q_proj_b"]).view(batch, T, nh, hd).transpose(1, 2)  # [batch, nh, T, hd]
+    k = _lin(x, w["k_proj"], w["k_proj_b"]).view(batch, T, nkv, hd)
+    v = _lin(x, w["v_proj"], w["v_proj_b"]).view(batch, T, nkv, hd)
+    kc, vc = kv
+    r = rows[:, None]
+    kc[r, :, pos] = k.to(kc.dtype)  # [batch, T, nkv, hd] at (row, :, pos)
+    vc[r, :, pos] = v.to(vc.dtype)
+    keys = kc[rows, :, :n_ctx].to(q.dtype)  # [batch, nkv, n_ctx, hd]
+    vals = vc[rows, :, :n_ctx].to(q.dtype)
+    mask = torch.arange(n_ctx, device=x.device)[None, None, :] <= pos[:, :, None]  # [batch, T, n_ctx]
+    o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask[:, None], enable_gqa=nh != nkv)
+    return _lin(o.transpose(1, 2).reshape(batch, T, nh * hd), w["o_proj"], w["o_proj_b"])
+
+
+def _mamba(L: _Layer, x, conv_state, ssm_state, rows, record: bool):
+    """x [batch, T, hidden] -> (out [batch, T, hidden], record or None)."""
+    batch, T, _ = x.shape
+    m, w = L.meta, L.w
+    H, P, G, N, K = m["H"], m["P"], m["G"], m["N"], m["K"]
+    d_inner, conv_dim = m["d_inner"], m["conv_dim"]
+    z, xBC, dt = _lin(x, w["in_proj"], w["in_bias"]).split([d_inner, conv_dim, H], dim=-1)
+    window = torch.cat([conv_state[rows].to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)  # [batch, C, K-1+T]
+    cw = w["conv_w"].float()  # [C, K]
+    cols = [(window[:, :, t:t + K].float() * cw).sum(-1) for t in range(T)]  # T x [batch, C]
+    xc = torch.stack(cols, dim=1)  # [batch, T, C] fp32
+    if w["conv_b"] is not None:
+        xc = xc + w["conv_b"].float()
+    xc = F.silu(xc)
+    xs, Bm, Cm = xc.split([d_inner, G * N, G * N], dim=-1)
+    xs = xs.view(batch, T, H, P)
+    hpg = H // G
+    Bm = Bm.view(batch, T, G, N).repeat_interleave(hpg, dim=2)  # [batch, T, H, N]
+    Cm = Cm.view(batch, T, G, N).repeat_interleave(hpg, dim=2)
+    d = F.softplus(dt.float() + w["dt_bias"].float())  # [batch, T, H]
+    if m["dt_min"] is not None:
+        d = d.clamp(min=m["dt_min"])
+    A = -torch.exp(w["A_log"].float())
+    dA = torch.exp(d * A)  # [batch, T, H]
+    Df = w["D"].float()
+    state = ssm_state[rows].float()  # [batch, H, P, N]
+    ys, states = [], []
+    for t in range(T):
+        state = state * dA[:, t, :, None, None] + (d[:, t, :, None] * xs[:, t])[..., None] * Bm[:, t, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", state, Cm[:, t]) + Df[:, None] * xs[:, t])
+        if record:
+            states.append(state)
+    y = torch.stack(ys, dim=1).reshape(batch, T, d_inner)  # fp32
+    y = gated_rms_norm(y, z, w["norm"], m["group"], L.eps)
+    out = _lin(y.to(x.dtype), w["out_proj"], w["out_bias"])
+    if record:
+        return out, (window, torch.stack(states, dim=1))
+    conv_state[rows] = window[:, :, T:].to(conv_state.dtype)
+    ssm_state[rows] = state.to(ssm_state.dtype)
+    return out, None
+
+
+def _moe(L: _Layer, x):
+    """x [batch, T, hidden] -> [batch, T, hidden]; routed experts gathered from the stacked weights."""
+    shape = x.shape
+    xf = x.reshape(-1, shape[-1])  # [n, hidden]
+    w, m = L.w, L.meta
+    logits = F.linear(xf.float(), w["gate"].float())
+    wts, idx = route(logits, w["bias"], top_k=m["top_k"], n_group=m["n_group"], topk_group=m["topk_group"],
+                     norm_topk_prob=m["norm_topk_prob"], routed_scaling_factor=m["scale"])  # [n, k]
+    r = _lin(xf, w["fc1"]) if w["fc1"] is not None else xf  # [n, X]
+    up = w["up"][idx]  # [n, k, F, X]
+    h = F.relu(torch.einsum("nkfx,nx->nkf", up, r)).square()
+    down = w["down"][idx]  # [n, k, X, F]
+    y = torch.einsum("nkxf,nkf->nkx", down, h)  # [n, k, X]
+    acc = (y.float() * wts[..., None]).sum(1)  # [n, X] fp32
+    routed = acc.to(x.dtype)
+    if w["fc2"] is not None:
+        routed = _lin(routed, w["fc2"])
+    out = routed.view(shape)
+    if w["sh_up"] is not None:
+        out = out + _lin(F.relu(_lin(x, w["sh_up"])).square(), w["sh_down"])
+    return out
+
+
+def _mlp(L: _Layer, x):
+    w = L.w
+    return _lin(F.relu(_lin(x, w["up"], w["up_b"])).square(), w["down"], w["down_b"])
+
+
+def run_layers(layers: list[_Layer], h, cache_kv, cache_conv, cache_ssm, rows, pos, n_ctx: int, record: bool):
+    """The residual stack over `layers`. Returns (h, {cache_idx: mamba record})."""
+    records = {}
+    for L in layers:
+        x = rms_norm(h, L.norm_w, L.eps)
+        if L.char == "*":
+            h = h + _attention(L, x, cache_kv[L.cache_idx], rows, pos, n_ctx)
+        elif L.char == "M":
+            out, rec = _mamba(L, x, cache_conv[L.cache_idx], cache_ssm[L.cache_idx], rows, record)
+            h = h + out
+            if rec is not None:
+                records[L.cache_idx] = rec
+        elif L.char == "E":
+            h = h + _moe(L, x)
+        else:
+            h = h + _mlp(L, x)
+    return h, records
+
+
+def forward_step(fw: FlatWeights, ids, rows, start, cache_kv, cache_conv, cache_ssm, n_ctx: int, record: bool):
+    """Backbone step: ids [batch, T] -> (final-normed hidden [batch, T, hidden], logits fp32, records)."""
+    T = ids.shape[1]
+    pos = start[:, None] + torch.arange(T, device=ids.device)  # [batch, T]
+    h = F.embedding(ids, fw.embed)
+    h, records = run_layers(fw.layers, h, cache_kv, cache_conv, cache_ssm, rows, pos, n_ctx, record)
+    h = rms_norm(h, fw.norm_f, fw.eps)
+    return h, F.linear(h, fw.lm_head).float(), records
+
+
+def mtp_step(fw: FlatWeights, mw: FlatWeights, hidden, next_ids, rows, start, cache_kv, n_ctx: int):
+    """MTP block (spec §4.7): (final-normed h_t [batch, T, hidden], x_{t+1} [batch, T]) at MTP positions
+    start[b].. -> (final-normed g [batch, T, hidden], draft logits fp32 [batch, T, vocab])."""
+    T = next_ids.shape[1]
+    pos = start[:, None] + torch.arange(T, device=next_ids.device)
+    e = F.embedding(next_ids, fw.embed)
+    u = F.linear(torch.cat([rms_norm(e, mw.enorm, mw.eps), rms_norm(hidden, mw.hnorm, mw.eps)], dim=-1), mw.eh_proj)
+    u, _ = run_layers(mw.layers, u, cache_kv, {}, {}, rows, pos, n_ctx, False)
+    g = rms_norm(u, mw.final_norm, mw.eps)
+    return g, F.linear(g, fw.lm_head).float()
+
+
+def commit_mamba(records: dict, cache_conv: dict, cache_ssm: dict, rows: torch.Tensor, accept: torch.Tensor) -> None:
+    """Write the recorded state after token `accept[b]` (0-based within the step) into rows `rows`."""
+    b = torch.arange(rows.shape[0], device=rows.device)
+    for i, (window, states) in records.items():
+        conv = cache_conv[i]
+        km1 = conv.shape[-1]
+        cols = accept[:, None] + 1 + torch.arange(km1, device=rows.device)  # [batch, K-1]
+        idx = cols[:, None, :].expand(-1, window.shape[1], -1)
+        conv[rows] = window.gather(2, idx).to(conv.dtype)
+        cache_ssm[i][rows] = states[b, accept].to(cache_ssm[i].dtype)
