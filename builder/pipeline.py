@@ -33,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from builder import cache as bc
 from builder import manifest as mf
 from builder.plan import Plan, model_family, plan_for_build, plan_memory, recipe_formats
 from builder.targets import Target, get_target
@@ -86,10 +87,12 @@ class _Build:
 
     def __init__(self, model_dir: Path, out_dir: Path, target: Target, recipe: str, mtp: int, *,
                  validate: bool, progress: bool, gpus: int | None, max_seq_len: int | None,
-                 max_batch_size: int | None) -> None:  # fmt: skip
+                 max_batch_size: int | None, cache: bool = True, calib_samples: int | None = None,
+                 calib_seq_len: int | None = None) -> None:  # fmt: skip
         self.model_dir, self.out_dir, self.target, self.recipe, self.mtp = model_dir, out_dir, target, recipe, mtp
         self.validate, self.progress = validate, progress
         self.gpus, self.max_seq_len, self.max_batch_size = gpus, max_seq_len, max_batch_size
+        self.cache, self.calib_samples, self.calib_seq_len = cache and bc.enabled(), calib_samples, calib_seq_len
         self.stage_dir = staging_dir(out_dir)
         self.state: dict[str, Any] = {"params": self.params(), "done": {}}
         self.cfg: NemotronHConfig | None = None
@@ -98,7 +101,7 @@ class _Build:
         return {
             "model_dir": str(self.model_dir), "target": self.target.name, "recipe": self.recipe, "mtp": self.mtp,
             "gpus": self.gpus, "max_seq_len": self.max_seq_len, "max_batch_size": self.max_batch_size,
-            "validate": self.validate,
+            "validate": self.validate, "calib_samples": self.calib_samples, "calib_seq_len": self.calib_seq_len,
         }  # fmt: skip
 
     # ---- state ----
@@ -167,8 +170,21 @@ class _Build:
             return "done", "bf16: checkpoint copied unchanged", {"summary": None}
         from trtllm_nemotron.quant import quantize_checkpoint
 
-        summary = quantize_checkpoint(self.model_dir, out, recipe=self.recipe, progress=self.progress)
-        return "done", f"recipe {self.recipe}", {"summary": json.loads(json.dumps(summary, default=str))}
+        calib = {k: v for k, v in (("calib_samples", self.calib_samples), ("calib_seq_len", self.calib_seq_len))
+                 if v is not None}  # fmt: skip
+
+        def produce(dest: Path) -> Any:
+            return quantize_checkpoint(self.model_dir, dest, recipe=self.recipe, progress=self.progress, **calib)
+
+        src_bytes = sum(p.stat().st_size for p in self.model_dir.iterdir() if p.is_file())
+        if self.cache and src_bytes <= bc.MAX_CACHED_BYTES:
+            pkg = Path(__file__).parents[1] / "trtllm_nemotron"
+            key = bc.make_key(inputs=self.data("inspect")["inputs"], recipe=self.recipe, calib=calib,
+                              src=bc.source_hash(pkg / "quant", pkg / "checkpoint", pkg / "model", pkg / "config.py"))
+            summary, hit = bc.cached_dir("quantized", key, out, produce)  # fmt: skip
+        else:
+            summary, hit = json.loads(json.dumps(produce(out), default=str)), False
+        return "done", f"recipe {self.recipe}" + (" (cached)" if hit else ""), {"summary": summary}
 
     def stage_checkpoint(self) -> tuple[str, str, dict[str, Any]]:
         from trtllm_nemotron.checkpoint import check_checkpoint, open_checkpoint
@@ -201,13 +217,26 @@ class _Build:
             return "skipped", "cpu target: no plugin kernels (the embedded runtime uses torch references)", {}
         from plugins.aot import compile_all
 
-        summary = compile_all(self.stage_dir / "plugins", sms=(self.target.sm,), config=self.cfg)
+        assert self.cfg is not None
+
+        def produce(dest: Path) -> Any:
+            return compile_all(dest, sms=(self.target.sm,), config=self.cfg)
+
+        dest = self.stage_dir / "plugins"
+        if dest.exists():  # left by an interrupted attempt of this stage
+            shutil.rmtree(dest)
+        if self.cache:
+            key = bc.make_key(sm=self.target.sm, config=self.cfg.to_dict(), triton=tool_versions()["triton"],
+                              src=bc.source_hash(Path(__file__).parents[1] / "plugins"))  # fmt: skip
+            summary, hit = bc.cached_dir("plugins", key, dest, produce)
+        else:
+            summary, hit = json.loads(json.dumps(produce(dest), default=str)), False
         sm_dir = self.stage_dir / "plugins" / self.target.sm_name
         if not sm_dir.is_dir():
             raise BuildError(f"plugins.aot.compile_all did not write {sm_dir}; expected plugins/{self.target.sm_name}/")
         n = sum(1 for p in sm_dir.rglob("*") if p.is_file())
-        return "done", f"{n} files in plugins/{self.target.sm_name}", {
-            "summary": json.loads(json.dumps(summary, default=str))}  # fmt: skip
+        detail = f"{n} files in plugins/{self.target.sm_name}" + (" (cached)" if hit else "")
+        return "done", detail, {"summary": summary}
 
     def stage_trtllm_config(self) -> tuple[str, str, dict[str, Any]]:
         if not self.target.is_gpu:
@@ -380,10 +409,15 @@ def build_engine(
     gpus: int | None = None,
     max_seq_len: int | None = None,
     max_batch_size: int | None = None,
+    cache: bool = True,
+    calib_samples: int | None = None,
+    calib_seq_len: int | None = None,
 ) -> Path:
     """Build the engine dir for `model_dir` at `out_dir` (see module docstring); returns `out_dir`.
 
-    `recipe` defaults to the target's default recipe. Raises BuildError (and the library's other
+    `recipe` defaults to the target's default recipe. `cache` reuses quantized checkpoints and compiled
+    plugin kernels from earlier builds (`builder.cache`); `calib_samples` / `calib_seq_len` are passed to
+    the quantizer (None: its defaults). Raises BuildError (and the library's other
     NemotronErrors) with what failed and how to fix it; never leaves a half-written `out_dir`.
     """
     t = get_target(target)
@@ -401,5 +435,6 @@ def build_engine(
     if mtp < 0:
         raise BuildError(f"--mtp must be >= 0, got {mtp}")
     b = _Build(model, out, t, recipe or t.default_recipe, mtp, validate=validate, progress=progress,
-               gpus=gpus, max_seq_len=max_seq_len, max_batch_size=max_batch_size)  # fmt: skip
+               gpus=gpus, max_seq_len=max_seq_len, max_batch_size=max_batch_size, cache=cache,
+               calib_samples=calib_samples, calib_seq_len=calib_seq_len)  # fmt: skip
     return b.run(resume)

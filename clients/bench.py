@@ -89,8 +89,10 @@ def run_load(prompts: list[str], *, url: str, protocol: str = "grpc", concurrenc
     bar = tqdm(total=requests, desc=label or f"{protocol} c={concurrency}", unit="req", file=sys.stderr,
                disable=not progress)
 
+    unreachable: list[ClientError] = []
+
     def worker() -> None:
-        while True:
+        while not unreachable:
             with lock:
                 i = next_idx[0]
                 if i >= requests:
@@ -104,8 +106,8 @@ def run_load(prompts: list[str], *, url: str, protocol: str = "grpc", concurrenc
             except ClientError as e:
                 with lock:
                     errors.append(str(e))
-                if "cannot reach" in str(e):
-                    raise
+                if "cannot reach" in str(e):  # the server is gone: stop every worker
+                    unreachable.append(e)
             bar.update(1)
 
     t0 = time.perf_counter()
@@ -116,6 +118,8 @@ def run_load(prompts: list[str], *, url: str, protocol: str = "grpc", concurrenc
         t.join()
     wall = time.perf_counter() - t0
     bar.close()
+    if unreachable:
+        raise unreachable[0]
     if not results and errors:
         raise ClientError(f"every request failed; first error: {errors[0]}")
     return summarize(label or f"triton {protocol}", concurrency, results, len(errors), wall)

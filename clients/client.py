@@ -174,7 +174,12 @@ class _Grpc:
         self.client.start_stream(callback=lambda result, error: q.put((result, error)))
         finished = False
         try:
-            self.client.async_stream_infer(model, inputs, request_id=request_id, enable_empty_final_response=True)
+            try:
+                self.client.async_stream_infer(model, inputs, request_id=request_id, enable_empty_final_response=True)
+            except InferenceServerException as e:
+                finished = True
+                _, error = q.get(timeout=5) if not q.empty() else (None, e)
+                raise ClientError(f"gRPC stream to {self.url} failed: {error}") from e
             while True:
                 try:
                     result, error = q.get(timeout=self.timeout)

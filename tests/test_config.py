@@ -109,3 +109,15 @@ def test_hf_transformers_reads_our_config(tmp_path):
     assert hf.hybrid_override_pattern == cfg.pattern
     assert hf.mtp_hybrid_override_pattern == cfg.mtp_pattern
     assert (hf.n_groups, hf.moe_latent_size, hf.n_group, hf.topk_group) == (2, 32, 4, 2)
+
+
+def test_reads_config_saved_by_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = preset("tiny")
+    cfg.to_json(tmp_path / "config.json")
+    hf = transformers.AutoConfig.from_pretrained(tmp_path)
+    hf.save_pretrained(tmp_path / "hf")
+    back = NemotronHConfig.from_json(tmp_path / "hf")
+    assert back.time_step_limit == (0.0, math.inf)
+    assert back.replace(raw=None) == cfg.replace(raw=None, torch_dtype=back.torch_dtype)
+    assert back.to_dict() == json.loads((tmp_path / "hf" / "config.json").read_text())

@@ -251,7 +251,7 @@ class NemotronHConfig:
         elif d.get("mtp_hybrid_override_pattern") is not None:
             kw["mtp_pattern"] = str(d["mtp_hybrid_override_pattern"])
         if "time_step_limit" in kw and kw["time_step_limit"] is not None:
-            kw["time_step_limit"] = tuple(float(v) for v in kw["time_step_limit"])
+            kw["time_step_limit"] = tuple(_json_float(v) for v in kw["time_step_limit"])
         elif "time_step_limit" in kw:
             del kw["time_step_limit"]
         if kw.get("num_key_value_heads") is None and "num_attention_heads" in kw:
@@ -296,7 +296,9 @@ class NemotronHConfig:
             keys = [k for k, c in ALIASES.items() if c == f.name and raw is not None and k in raw]
             key = f.name if (raw is None or f.name in raw or not keys) else keys[0]
             if raw is not None and key in raw:
-                if f.name == "time_step_limit" and raw[key] is not None and list(raw[key]) == value:
+                if f.name == "time_step_limit" and raw[key] is not None and [
+                    _json_float(v) for v in raw[key]
+                ] == value:
                     continue
                 if raw[key] == value:
                     continue
@@ -358,6 +360,13 @@ class NemotronHConfig:
 class TensorSpec:
     shape: tuple[int, ...]
     dtype: str = "model"  # "model" (the checkpoint's dtype, bf16 for released models) or "float32"
+
+
+def _json_float(v: Any) -> float:
+    """A float from config.json; transformers 5.x writes inf as {"__float__": "Infinity"}."""
+    if isinstance(v, dict) and "__float__" in v:
+        return float(v["__float__"])
+    return float(v)
 
 
 def _list_to_pattern(names: Any, key: str) -> str:

@@ -29,11 +29,8 @@ from trtllm_nemotron.errors import PluginError
 # Only core builtins (tl.load, tl.exp, tl.reduce, ...) and jit functions of THIS file are called: the
 # stdlib's jit helpers (tl.sum, tl.sigmoid, ...) are decorated once when triton is imported, and would be
 # compiled-only JITFunctions inside an interpreted instance of this module (see plugins/_dispatch.py).
-@triton.jit
-def _add(a, b):
-    return a + b
-
-
+# Sums are `tl.reduce(x, axis, tl.standard._sum_combine)`: the interpreter recognises that combine
+# function and uses numpy without calling it; the compiler inlines it as usual.
 @triton.jit
 def _sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
@@ -48,7 +45,9 @@ def _window(xbc_ptr, cs_ptr, xbc_row, cs_row, chan, mask, start, conv_dim,
     pos = start + j  # [1, BLOCK_K] (a tensor: the interpreter mishandles tensor & scalar-bool masks)
     m = mask[:, None] & (j < WIDTH)
     v_s = tl.load(cs_ptr + cs_row + chan[:, None] * (K - 1) + pos, mask=m & (pos < K - 1), other=0.0)
-    v_x = tl.load(xbc_ptr + xbc_row + (pos - (K - 1)) * conv_dim + chan[:, None], mask=m & (pos >= K - 1), other=0.0)
+    v_x = tl.load(
+        xbc_ptr + xbc_row + (pos - (K - 1)) * conv_dim + chan[:, None], mask=m & (pos >= K - 1), other=0.0
+    )
     return v_s.to(tl.float32) + v_x.to(tl.float32)
 
 
@@ -57,7 +56,7 @@ def _conv_silu(xbc_ptr, cs_ptr, xbc_row, cs_row, chan, mask, t, conv_dim, w, bia
                K: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
     """silu(bias + sum_k w[:, k] * seq[chan, t + k]) in fp32; w [len(chan), BLOCK_K], bias [len(chan)]."""
     win = _window(xbc_ptr, cs_ptr, xbc_row, cs_row, chan, mask, t, conv_dim, K, K, BLOCK_K)
-    acc = bias + tl.reduce(win * w, 1, _add)
+    acc = bias + tl.reduce(win * w, 1, tl.standard._sum_combine)
     return acc * _sigmoid(acc)
 
 
@@ -94,7 +93,6 @@ def _mamba_state_update_kernel(
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     slot = tl.load(slot_ptr + b).to(tl.int64)
-    valid = slot >= 0
     hpg = H // G
     d_inner = H * P
     offs_p = tl.arange(0, BLOCK_P)
@@ -121,23 +119,49 @@ def _mamba_state_update_kernel(
         D_h = tl.load(D_ptr + h).to(tl.float32)
         dtb_h = tl.load(dt_bias_ptr + h).to(tl.float32)
         for t in range(0, T):
-            xs = _conv_silu(xbc_ptr, conv_in_ptr, xbc_row, cs_row, x_chan, mp, t, conv_dim, wx, bx, K, BLOCK_K)
-            Bv = _conv_silu(xbc_ptr, conv_in_ptr, xbc_row, cs_row, b_chan, mn, t, conv_dim, wb, bb, K, BLOCK_K)
-            Cv = _conv_silu(xbc_ptr, conv_in_ptr, xbc_row, cs_row, c_chan, mn, t, conv_dim, wc, bc, K, BLOCK_K)
+            xs = _conv_silu(
+                xbc_ptr, conv_in_ptr, xbc_row, cs_row, x_chan, mp, t, conv_dim, wx, bx, K, BLOCK_K
+            )
+            Bv = _conv_silu(
+                xbc_ptr, conv_in_ptr, xbc_row, cs_row, b_chan, mn, t, conv_dim, wb, bb, K, BLOCK_K
+            )
+            Cv = _conv_silu(
+                xbc_ptr, conv_in_ptr, xbc_row, cs_row, c_chan, mn, t, conv_dim, wc, bc, K, BLOCK_K
+            )
             dt = tl.load(dt_ptr + (b * T + t) * H + h).to(tl.float32) + dtb_h
-            dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))  # softplus, torch threshold
+            dt = tl.where(
+                dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0)))
+            )  # softplus, torch threshold
             dA = tl.exp(dt * A_h)
             state = state * dA + (dt * xs)[:, None] * Bv[None, :]
-            y = tl.reduce(state * Cv[None, :], 1, _add) + D_h * xs
+            y = tl.reduce(state * Cv[None, :], 1, tl.standard._sum_combine) + D_h * xs
             tl.store(y_ptr + (b * T + t) * d_inner + x_chan, tl.where(mp, y, 0.0), mask=offs_p < P)
             if KEEP_STEPS:
                 # steps rows of padding slots are written too (zeros: every load above was masked)
                 step_off = ((b * T + t) * H + h) * P * N
-                tl.store(ssm_steps_ptr + step_off + state_tile, state.to(ssm_steps_ptr.dtype.element_ty), mask=m_pn_all)
+                tl.store(
+                    ssm_steps_ptr + step_off + state_tile,
+                    state.to(ssm_steps_ptr.dtype.element_ty),
+                    mask=m_pn_all,
+                )
                 _store_window(xbc_ptr, conv_in_ptr, xbc_row, cs_row, x_chan, mp, t + 1, conv_dim,
                               conv_steps_ptr, (b * T + t) * conv_dim * (K - 1), offs_p < P, K, BLOCK_K)  # fmt: skip
         tl.store(ssm_out_ptr + st_off + state_tile, state.to(ssm_out_ptr.dtype.element_ty), mask=m_pn)
-        _store_window(xbc_ptr, conv_in_ptr, xbc_row, cs_row, x_chan, mp, T, conv_dim, conv_out_ptr, cs_row, mp, K, BLOCK_K)
+        _store_window(
+            xbc_ptr,
+            conv_in_ptr,
+            xbc_row,
+            cs_row,
+            x_chan,
+            mp,
+            T,
+            conv_dim,
+            conv_out_ptr,
+            cs_row,
+            mp,
+            K,
+            BLOCK_K,
+        )
 
     # B and C conv channels of this group: every head above has read them; now shift them.
     if KEEP_STEPS:
@@ -147,8 +171,12 @@ def _mamba_state_update_kernel(
                           conv_steps_ptr, steps_row, offs_n < N, K, BLOCK_K)  # fmt: skip
             _store_window(xbc_ptr, conv_in_ptr, xbc_row, cs_row, c_chan, mn, t + 1, conv_dim,
                           conv_steps_ptr, steps_row, offs_n < N, K, BLOCK_K)  # fmt: skip
-    _store_window(xbc_ptr, conv_in_ptr, xbc_row, cs_row, b_chan, mn, T, conv_dim, conv_out_ptr, cs_row, mn, K, BLOCK_K)
-    _store_window(xbc_ptr, conv_in_ptr, xbc_row, cs_row, c_chan, mn, T, conv_dim, conv_out_ptr, cs_row, mn, K, BLOCK_K)
+    _store_window(
+        xbc_ptr, conv_in_ptr, xbc_row, cs_row, b_chan, mn, T, conv_dim, conv_out_ptr, cs_row, mn, K, BLOCK_K
+    )
+    _store_window(
+        xbc_ptr, conv_in_ptr, xbc_row, cs_row, c_chan, mn, T, conv_dim, conv_out_ptr, cs_row, mn, K, BLOCK_K
+    )
 
 
 def _dtype_name(t: torch.Tensor) -> str:

@@ -19,7 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KERNEL_NAME = "_mamba_state_update_kernel"
-INPUTS = ("xbc", "dt", "conv_weight", "conv_bias", "dt_bias", "A", "D", "slot_idx", "conv_state_in", "ssm_state_in")
+INPUTS = (
+    "xbc",
+    "dt",
+    "conv_weight",
+    "conv_bias",
+    "dt_bias",
+    "A",
+    "D",
+    "slot_idx",
+    "conv_state_in",
+    "ssm_state_in",
+)
 SCALARS = ("T", "H", "P", "N", "G", "conv_dim")
 OUTPUTS = ("y", "conv_state_out", "ssm_state_out", "ssm_steps", "conv_steps")
 GRID_RULE = "(batch, n_groups, 1)"
@@ -69,7 +80,13 @@ def launch_spec(
     conv_dim = H * P + 2 * G * N
     block_p, block_n = next_pow2(P), next_pow2(N)
     num_warps = 8 if block_p * block_n >= 4096 else 4
-    constexprs: dict[str, int | bool] = {"K": K, "BLOCK_K": next_pow2(K), "BLOCK_P": block_p, "BLOCK_N": block_n, "KEEP_STEPS": bool(keep_steps)}
+    constexprs: dict[str, int | bool] = {
+        "K": K,
+        "BLOCK_K": next_pow2(K),
+        "BLOCK_P": block_p,
+        "BLOCK_N": block_n,
+        "KEEP_STEPS": bool(keep_steps),
+    }
     a, w, s = TRITON_TYPES[act_dtype], TRITON_TYPES[weight_dtype or act_dtype], TRITON_TYPES[state_dtype]
     ptr = {
         "xbc": a, "dt": a, "conv_weight": w, "conv_bias": w, "dt_bias": "fp32", "A": "fp32", "D": "fp32",
@@ -91,19 +108,24 @@ def launch_spec(
 
 
 def aot_variants(cfg: Any) -> list[dict[str, Any]]:
-    """The variants compiled ahead of time for a NemotronHConfig: activations bf16/fp16 x state fp32/fp16
-    x single-step / keep-steps. Each is the kwargs of `launch_spec` minus batch and T."""
-    out = []
-    for act in ("bfloat16", "float16"):
-        for state in ("float32", "float16"):
-            for keep in (False, True):
-                out.append(
-                    dict(
-                        H=cfg.mamba_num_heads, P=cfg.mamba_head_dim, N=cfg.ssm_state_size, G=cfg.n_groups,
-                        K=cfg.conv_kernel, keep_steps=keep, act_dtype=act, state_dtype=state,
-                    )
-                )  # fmt: skip
-    return out
+    """The variants compiled ahead of time for a NemotronHConfig: activations in the config's dtype
+    (bf16 for released models; fp16 configs get fp16), SSM state fp32 / fp16, single-step / keep-steps.
+    Each is the kwargs of `launch_spec` minus batch and T."""
+    act = "float16" if str(cfg.torch_dtype) in ("float16", "half") else "bfloat16"
+    return [
+        dict(
+            H=cfg.mamba_num_heads,
+            P=cfg.mamba_head_dim,
+            N=cfg.ssm_state_size,
+            G=cfg.n_groups,
+            K=cfg.conv_kernel,
+            keep_steps=keep,
+            act_dtype=act,
+            state_dtype=state,
+        )  # fmt: skip
+        for state in ("float32", "float16")
+        for keep in (False, True)
+    ]
 
 
 def variant_name(v: dict[str, Any]) -> str:

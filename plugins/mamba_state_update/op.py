@@ -31,7 +31,20 @@ def _mamba_state_update_op(
     n_groups: int,
     keep_steps: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = (xbc, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A, D, slot_idx, n_groups, keep_steps)
+    args = (
+        xbc,
+        dt,
+        conv_state,
+        ssm_state,
+        conv_weight,
+        conv_bias,
+        dt_bias,
+        A,
+        D,
+        slot_idx,
+        n_groups,
+        keep_steps,
+    )
     backend = _dispatch.backend_for("mamba_state_update", xbc.device.type)
     if backend == "reference":
         return mamba_state_update_ref(*args)
@@ -101,11 +114,18 @@ def mamba_state_update(
     pool, H, P, N = ssm_state.shape
     G = int(n_groups)
     _expect(G > 0 and H % G == 0, "n_groups", f"a divisor of H={H}", G)
-    _expect(conv_dim == H * P + 2 * G * N, "xbc last dim (conv_dim = H*P + 2*G*N)", H * P + 2 * G * N, conv_dim)
+    _expect(
+        conv_dim == H * P + 2 * G * N, "xbc last dim (conv_dim = H*P + 2*G*N)", H * P + 2 * G * N, conv_dim
+    )
     if conv_weight.dim() == 3:
         conv_weight = conv_weight.reshape(conv_weight.shape[0], conv_weight.shape[-1])
     K = conv_weight.shape[-1]
-    _expect(tuple(conv_weight.shape) == (conv_dim, K), "conv_weight shape", (conv_dim, K), tuple(conv_weight.shape))
+    _expect(
+        tuple(conv_weight.shape) == (conv_dim, K),
+        "conv_weight shape",
+        (conv_dim, K),
+        tuple(conv_weight.shape),
+    )
     _expect(K >= 2, "conv kernel size K", ">= 2", K)
     _expect(
         tuple(conv_state.shape) == (pool, conv_dim, K - 1),
@@ -118,7 +138,10 @@ def mamba_state_update(
         _expect(tuple(v.shape) == (H,), f"{name} shape", (H,), tuple(v.shape))
     _expect(tuple(slot_idx.shape) == (batch,), "slot_idx shape", (batch,), tuple(slot_idx.shape))
     _expect(
-        ssm_state.dtype in (torch.float32, torch.float16), "ssm_state dtype", "float32 or float16", ssm_state.dtype
+        ssm_state.dtype in (torch.float32, torch.float16),
+        "ssm_state dtype",
+        "float32 or float16",
+        ssm_state.dtype,
     )
     _expect(conv_state.dtype == xbc.dtype, "conv_state dtype (= xbc dtype)", xbc.dtype, conv_state.dtype)
     if conv_bias is None:

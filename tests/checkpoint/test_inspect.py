@@ -32,7 +32,11 @@ def test_super_config_alone(tmp_path):
 def test_text_report(tiny_dir):
     res = CliRunner().invoke(main, ["inspect", str(tiny_dir)])
     assert res.exit_code == 0, res.output
-    for s in ("pattern        MEM*EME", "mtp            1 block(s), pattern *E", "tensors        200 (expected 200)"):
+    for s in (
+        "pattern        MEM*EME",
+        "mtp            1 block(s), pattern *E",
+        "tensors        200 (expected 200)",
+    ):
         assert s in res.output
 
 

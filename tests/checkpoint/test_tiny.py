@@ -25,8 +25,12 @@ def test_make_tiny_is_valid_and_initialised(tiny_dir):
         assert (a_log >= 0).all() and (a_log <= torch.log(torch.tensor(16.0)) + 1e-2).all()
         dt = torch.nn.functional.softplus(r.get("backbone.layers.0.mixer.dt_bias").float())
         assert (dt >= cfg.time_step_min * 0.99).all() and (dt <= cfg.time_step_max * 1.01).all()
-        assert torch.equal(r.get("backbone.layers.0.mixer.D"), torch.ones(cfg.mamba_num_heads, dtype=torch.bfloat16))
-        assert (r.get("backbone.norm_f.weight") == 1).all() and (r.get("mtp.layers.1.final_layernorm.weight") == 1).all()
+        assert torch.equal(
+            r.get("backbone.layers.0.mixer.D"), torch.ones(cfg.mamba_num_heads, dtype=torch.bfloat16)
+        )
+        assert (r.get("backbone.norm_f.weight") == 1).all() and (
+            r.get("mtp.layers.1.final_layernorm.weight") == 1
+        ).all()
         conv = r.get("backbone.layers.0.mixer.conv1d.weight").float()
         assert conv.abs().max() <= 0.5 and conv.std() > 0.1  # uniform(+-1/sqrt(K)), K = 4
         w = r.get("backbone.layers.3.mixer.q_proj.weight").float()

@@ -27,7 +27,7 @@ def test_files_and_special_ids(tok_dir):
     ids = {s: t.token_to_id(s) for s in ("<unk>", "<s>", "</s>", "<|im_end|>", "<think>")}
     assert ids == {"<unk>": 0, "<s>": 1, "</s>": 2, "<|im_end|>": 11, "<think>": 12}  # spec nemotron_h.md §8
     assert t.eos_token_ids == [11, 2] and t.bos_token_id == 1
-    assert t.encode("<|im_start|>user") [0] == t.token_to_id("<|im_start|>")
+    assert t.encode("<|im_start|>user")[0] == t.token_to_id("<|im_start|>")
 
 
 def test_round_trip_and_compression(tok_dir):

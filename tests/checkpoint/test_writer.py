@@ -157,3 +157,12 @@ def test_save_copies_tokenizer_and_extra_files(tmp_path, tiny_dir):
     assert gen["eos_token_id"] == [2, 11] and gen["bos_token_id"] == 1  # </s> and <|im_end|>
     with pytest.raises(CheckpointError, match="holds none of"):
         save_checkpoint(tmp_path / "p", cfg, random_state(cfg).items(), tokenizer_dir=tmp_path / "o" / "..")
+
+
+def test_save_progress_bar(tmp_path, capsys):
+    cfg = small_config()
+    tensors = random_state(cfg)
+    total = sum(t.nbytes for t in tensors.values())
+    save_checkpoint(tmp_path / "p", cfg, tensors.items(), progress=True, total_bytes=total)
+    err = capsys.readouterr().err
+    assert "writing p" in err and "100%" in err

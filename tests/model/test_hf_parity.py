@@ -19,9 +19,19 @@ CASES = {
     # plain MoE (no latent), n_group 1, MQA (1 kv head), one Mamba group, k=3 of 6 experts, no conv bias
     "plain_mqa": dict(
         layers_block_type=["full_attention", "linear_attention", "moe", "linear_attention", "moe"],
-        num_key_value_heads=1, n_groups=1, mamba_num_heads=6, mamba_head_dim=4, n_routed_experts=6,
-        num_experts_per_tok=3, moe_latent_size=None, n_group=1, topk_group=1, use_conv_bias=False,
-        norm_topk_prob=False, routed_scaling_factor=1.0, chunk_size=4,
+        num_key_value_heads=1,
+        n_groups=1,
+        mamba_num_heads=6,
+        mamba_head_dim=4,
+        n_routed_experts=6,
+        num_experts_per_tok=3,
+        moe_latent_size=None,
+        n_group=1,
+        topk_group=1,
+        use_conv_bias=False,
+        norm_topk_prob=False,
+        routed_scaling_factor=1.0,
+        chunk_size=4,
     ),
 }
 

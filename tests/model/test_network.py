@@ -28,8 +28,12 @@ def _ids(batch, T, seed=0, vocab=512):
 
 
 def test_state_dict_keys_equal_expected_tensors():
-    for cfg in (TINY, preset("nano-30b").replace(pattern="M-E*"), TINY.replace(tie_word_embeddings=True),
-                TINY.replace(num_nextn_predict_layers=2)):
+    for cfg in (
+        TINY,
+        preset("nano-30b").replace(pattern="M-E*"),
+        TINY.replace(tie_word_embeddings=True),
+        TINY.replace(num_nextn_predict_layers=2),
+    ):
         model = build_model_skeleton(cfg)
         sd = model.state_dict()
         exp = expected_tensors(cfg)
@@ -106,7 +110,7 @@ def test_rows_at_different_lengths_decode_together(tiny):
             outs[i].append(logits[i, 0])
     for i, s in enumerate(seqs):
         got = torch.stack(outs[i])
-        assert (got - full[i][len(s):]).abs().max().item() < 1e-4
+        assert (got - full[i][len(s) :]).abs().max().item() < 1e-4
     assert cache.lengths.tolist() == [16, 0, 9, 21]
 
 
@@ -164,14 +168,33 @@ def _rms(x, w, eps):
 
 def test_mtp_block_by_hand():
     """§4.7 with explicit ops on a config small enough to read: 1 KV head, 4 experts, top-2, no groups."""
-    cfg = TINY.replace(pattern="M*", hidden_size=16, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                       n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_latent_size=8,
-                       moe_intermediate_size=8, moe_shared_expert_intermediate_size=8, vocab_size=32,
-                       mamba_num_heads=2, mamba_head_dim=8, n_groups=1, routed_scaling_factor=2.0)
+    cfg = TINY.replace(
+        pattern="M*",
+        hidden_size=16,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        moe_latent_size=8,
+        moe_intermediate_size=8,
+        moe_shared_expert_intermediate_size=8,
+        vocab_size=32,
+        mamba_num_heads=2,
+        mamba_head_dim=8,
+        n_groups=1,
+        routed_scaling_factor=2.0,
+    )
     model = model_from_config(cfg, seed=1)
     with torch.no_grad():
         for p in model.mtp.parameters():  # O(1) weights so every term matters
-            p.copy_(torch.randn(p.shape) / math.sqrt(p.shape[-1]) if p.dim() > 1 else 1 + 0.3 * torch.randn(p.shape))
+            p.copy_(
+                torch.randn(p.shape) / math.sqrt(p.shape[-1])
+                if p.dim() > 1
+                else 1 + 0.3 * torch.randn(p.shape)
+            )
     ids = _ids(2, 6, seed=9, vocab=32)
     with torch.no_grad():
         got = model.mtp_logits(ids)
@@ -179,7 +202,10 @@ def test_mtp_block_by_hand():
         e = model.backbone.embeddings.weight[ids[:, 1:]]  # embedding of x_{t+1}
         L0, L1 = model.mtp.layers
         eps = cfg.layer_norm_epsilon
-        u = torch.cat([_rms(e, L0.enorm.weight, eps), _rms(h, L0.hnorm.weight, eps)], -1) @ L0.eh_proj.weight.T
+        u = (
+            torch.cat([_rms(e, L0.enorm.weight, eps), _rms(h, L0.hnorm.weight, eps)], -1)
+            @ L0.eh_proj.weight.T
+        )
         # sublayer 0: attention (causal, no RoPE, the single KV head shared by both query heads)
         x = _rms(u, L0.norm.weight, eps)
         a = L0.mixer
@@ -206,7 +232,11 @@ def test_mtp_block_by_hand():
                 y = F.relu(r @ moe.experts[ex].up_proj.weight.T).square() @ moe.experts[ex].down_proj.weight.T
                 routed = routed + sel * w[..., j : j + 1] * y
         sh = moe.shared_experts
-        u = u + routed @ moe.fc2_latent_proj.weight.T + F.relu(x @ sh.up_proj.weight.T).square() @ sh.down_proj.weight.T
+        u = (
+            u
+            + routed @ moe.fc2_latent_proj.weight.T
+            + F.relu(x @ sh.up_proj.weight.T).square() @ sh.down_proj.weight.T
+        )
         g = _rms(u, L1.final_layernorm.weight, eps)
         want = g @ model.lm_head.weight.T
     assert got.shape == (2, 5, 32)
@@ -228,7 +258,9 @@ def test_training_backward_and_bf16(tiny):
     ids = _ids(2, 20)
     logits = model(ids[:, :-1])
     loss = F.cross_entropy(logits.reshape(-1, TINY.vocab_size), ids[:, 1:].reshape(-1))
-    loss = loss + F.cross_entropy(model.mtp_logits(ids[:, :-1]).reshape(-1, TINY.vocab_size), ids[:, 2:].reshape(-1))
+    loss = loss + F.cross_entropy(
+        model.mtp_logits(ids[:, :-1]).reshape(-1, TINY.vocab_size), ids[:, 2:].reshape(-1)
+    )
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
@@ -240,3 +272,37 @@ def test_training_backward_and_bf16(tiny):
         assert a.dtype == torch.float32
         assert (a - b).abs().max().item() < 0.1 * b.abs().max().item() + 1e-2
         assert isinstance(bf, NemotronHForCausalLM)
+
+
+@torch.no_grad()
+def test_keep_steps_verify_and_commit(tiny):
+    """Speculative verify through the multi-token recurrent step, keep a different prefix per row."""
+    ids = _ids(2, 24, seed=11)
+    cache = tiny.allocate_cache(2, 32)
+    tiny(ids[:, :10], cache)
+    cache.keep_steps = True
+    verify = tiny(ids[:, 10:14], cache)  # 4 draft tokens per row
+    cache.keep_steps = False
+    full = tiny(ids[:, :14])
+    assert (verify - full[:, 10:14]).abs().max().item() < 1e-4
+    cache.commit([1, 3])  # row 0 keeps 1 token, row 1 keeps 3
+    assert cache.lengths.tolist() == [11, 13]
+    nxt = tiny(torch.stack([ids[0, 11:12], ids[1, 13:14]]), cache)
+    assert (nxt[0, 0] - tiny(ids[:1, :12])[0, 11]).abs().max().item() < 1e-4
+    assert (nxt[1, 0] - tiny(ids[1:, :14])[0, 13]).abs().max().item() < 1e-4
+    with pytest.raises(RuntimeStateError, match="keep_steps"):
+        cache.commit([1, 1])
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_cuda_matches_cpu_and_bf16_decode():
+    cpu = model_from_config(TINY, seed=2)
+    gpu = model_from_config(TINY, seed=2, device="cuda")
+    ids = _ids(2, 40, seed=5)
+    assert (gpu(ids.cuda()).cpu() - cpu(ids)).abs().max().item() < 1e-3
+    bf = model_from_config(TINY, seed=2, dtype=torch.bfloat16, device="cuda")
+    full = bf(ids.cuda())
+    cache = bf.allocate_cache(2, 48)
+    parts = [bf(ids[:, :30].cuda(), cache)] + [bf(ids[:, t : t + 1].cuda(), cache) for t in range(30, 40)]
+    assert (torch.cat(parts, 1) - full).abs().max().item() < 5e-2 * full.abs().max().item() + 1e-2

@@ -14,7 +14,10 @@ def _recurrence(x, dt, A, Bm, Cm, S0):
     x, dt, A, Bm, Cm, S = (t.double() for t in (x, dt, A, Bm, Cm, S0))
     ys = []
     for t in range(x.shape[1]):
-        S = torch.exp(dt[:, t] * A)[..., None, None] * S + (dt[:, t, :, None] * x[:, t])[..., None] * Bm[:, t, :, None, :]
+        S = (
+            torch.exp(dt[:, t] * A)[..., None, None] * S
+            + (dt[:, t, :, None] * x[:, t])[..., None] * Bm[:, t, :, None, :]
+        )
         ys.append(torch.einsum("bhpn,bhn->bhp", S, Cm[:, t]))
     return torch.stack(ys, 1), S
 
@@ -68,27 +71,56 @@ def test_mamba_decode_step_pool_slots_padding_and_multi_token():
     conv_pool = torch.randn(S, C, K - 1, generator=g)
     ssm_pool = torch.randn(S, H, P, N, generator=g)
     w, bias = torch.randn(C, 1, K, generator=g), torch.randn(C, generator=g)
-    A, D, dt_bias = -torch.rand(H, generator=g) - 0.1, torch.randn(H, generator=g), torch.randn(H, generator=g)
+    A, D, dt_bias = (
+        -torch.rand(H, generator=g) - 0.1,
+        torch.randn(H, generator=g),
+        torch.randn(H, generator=g),
+    )
     slot_idx = torch.tensor([3, -1, 0], dtype=torch.int32)
     xBC, dt = torch.randn(3, 2, C, generator=g), torch.randn(3, 2, H, generator=g) - 3
     for dt_min in (None, 0.05):
         cp, sp = conv_pool.clone(), ssm_pool.clone()
-        y = mamba_decode_step(xBC, dt, cp, sp, slot_idx, w, bias, A, D, dt_bias, n_groups=G, dt_min=dt_min)
-        assert y.shape == (3, 2, H, P) and y.dtype == torch.float32
+        y, ssm_steps, conv_steps = mamba_decode_step(
+            xBC, dt, cp, sp, w, bias, dt_bias, A, D, slot_idx, n_groups=G, keep_steps=True, dt_min=dt_min
+        )
+        assert y.shape == (3, 2, H * P) and y.dtype == torch.float32
+        y = y.view(3, 2, H, P)
         assert torch.equal(y[1], torch.zeros(2, H, P))  # padding row
         for untouched in (1, 2, 4):
-            assert torch.equal(cp[untouched], conv_pool[untouched]) and torch.equal(sp[untouched], ssm_pool[untouched])
+            assert torch.equal(cp[untouched], conv_pool[untouched]) and torch.equal(
+                sp[untouched], ssm_pool[untouched]
+            )
         for row, slot in ((0, 3), (2, 0)):
             y_ref, conv_ref, ssm_ref = _decode_ref(
-                xBC[row], dt[row], conv_pool[slot].clone(), ssm_pool[slot].clone(), w[:, 0], bias, A, D, dt_bias,
-                G, dt_min,
+                xBC[row],
+                dt[row],
+                conv_pool[slot].clone(),
+                ssm_pool[slot].clone(),
+                w[:, 0],
+                bias,
+                A,
+                D,
+                dt_bias,
+                G,
+                dt_min,
             )
             assert torch.allclose(y[row], y_ref, atol=1e-5), (dt_min, row)
             assert torch.allclose(cp[slot], conv_ref) and torch.allclose(sp[slot], ssm_ref, atol=1e-5)
+            assert torch.equal(ssm_steps[row, 1], sp[slot]) and torch.equal(conv_steps[row, 1], cp[slot])
+            # step 0 state == the state after a T=1 call
+            c1, s1 = conv_pool.clone(), ssm_pool.clone()
+            mamba_decode_step(
+                xBC[:, :1], dt[:, :1], c1, s1, w, bias, dt_bias, A, D, slot_idx, n_groups=G, dt_min=dt_min
+            )
+            assert torch.allclose(ssm_steps[row, 0], s1[slot]) and torch.equal(conv_steps[row, 0], c1[slot])
     # fp16 state storage: computed in fp32, rounded once per step
     sp16 = ssm_pool.half()
-    y16 = mamba_decode_step(xBC, dt, conv_pool.clone(), sp16, slot_idx, w, bias, A, D, dt_bias, n_groups=G)
-    y32 = mamba_decode_step(xBC, dt, conv_pool.clone(), ssm_pool.clone(), slot_idx, w, bias, A, D, dt_bias, n_groups=G)
+    y16, _, _ = mamba_decode_step(
+        xBC, dt, conv_pool.clone(), sp16, w, bias, dt_bias, A, D, slot_idx, n_groups=G
+    )
+    y32, _, _ = mamba_decode_step(
+        xBC, dt, conv_pool.clone(), ssm_pool.clone(), w, bias, dt_bias, A, D, slot_idx, n_groups=G
+    )
     assert sp16.dtype == torch.float16 and (y16 - y32).abs().max() < 2e-2
 
 
@@ -116,16 +148,29 @@ def _route_ref(logits, bias, k, n_group, topk_group, norm, scale):
 
 def test_route_matches_definition():
     g = torch.Generator().manual_seed(2)
-    for E, k, n_group, topk_group, norm, scale in ((8, 2, 4, 2, True, 2.5), (16, 4, 4, 2, True, 5.0), (6, 3, 1, 1, False, 1.0)):
+    for E, k, n_group, topk_group, norm, scale in (
+        (8, 2, 4, 2, True, 2.5),
+        (16, 4, 4, 2, True, 5.0),
+        (6, 3, 1, 1, False, 1.0),
+    ):
         logits = torch.randn(7, E, generator=g)
         bias = 0.1 * torch.randn(E, generator=g)
-        w, idx = route(logits, bias, top_k=k, n_group=n_group, topk_group=topk_group, norm_topk_prob=norm,
-                       routed_scaling_factor=scale)
+        w, idx = route(
+            logits,
+            bias,
+            top_k=k,
+            n_group=n_group,
+            topk_group=topk_group,
+            norm_topk_prob=norm,
+            routed_scaling_factor=scale,
+        )
         assert w.dtype == torch.float32 and idx.dtype == torch.int64 and w.shape == idx.shape == (7, k)
         w_ref, idx_ref = _route_ref(logits, bias, k, n_group, topk_group, norm, scale)
         order, order_ref = idx.sort(-1), idx_ref.sort(-1)
         assert torch.equal(order.values, order_ref.values)
-        assert torch.allclose(w.gather(1, order.indices), w_ref.gather(1, order_ref.indices).float(), atol=1e-6)
+        assert torch.allclose(
+            w.gather(1, order.indices), w_ref.gather(1, order_ref.indices).float(), atol=1e-6
+        )
         if n_group > 1:  # every chosen expert lies in one of topk_group groups
-            assert ((idx // (E // n_group)).unique(dim=None).numel() <= n_group)
+            assert (idx // (E // n_group)).unique(dim=None).numel() <= n_group
             assert all(len(set((row // (E // n_group)).tolist())) <= topk_group for row in idx)

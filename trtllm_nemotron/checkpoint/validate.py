@@ -69,8 +69,10 @@ class QuantInfo:
 
 
 def _strip_sentinel(key: str) -> str:
-    for s in _SENTINELS:
-        key = key.removesuffix(s)
+    # the sentinel may end the key ("lm_head.<S>") or precede a wildcard ("backbone.layers.0.<S>*")
+    for sentinel in _SENTINELS:
+        if sentinel in key:
+            key = key.replace(sentinel[1:], "").removesuffix(".")
     return key
 
 

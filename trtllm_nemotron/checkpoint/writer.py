@@ -184,10 +184,13 @@ def save_checkpoint(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     metadata: dict[str, str] | None = None,
     extra_files: dict[str, str | bytes] | None = None,
+    progress: bool = False,
+    total_bytes: int | None = None,
 ) -> Path:
     """Write a HF checkpoint atomically: shards + index, config.json, generation_config.json, tokenizer files.
 
-    `extra_files` maps a file name to its contents (e.g. `hf_quant_config.json`). Returns `out_dir`.
+    `extra_files` maps a file name to its contents (e.g. `hf_quant_config.json`). `progress` shows a tqdm bar on
+    stderr (bytes written; with an ETA when `total_bytes` is given). Returns `out_dir`.
     """
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and not out_dir.is_dir():
@@ -200,10 +203,16 @@ def save_checkpoint(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        from tqdm import tqdm
+
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes, metadata=metadata)
-        with writer:
+        bar = tqdm(
+            total=total_bytes, unit="B", unit_scale=True, desc=f"writing {out_dir.name}", disable=not progress
+        )
+        with writer, bar:
             for name, t in tensors:
                 writer.add(name, t)
+                bar.update(t.nbytes)
         config.to_json(tmp / "config.json")
         gen = generation_config_dict(config, tokenizer_dir)
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")

@@ -25,10 +25,12 @@ _TARGETS = ("b200", "h200", "h100", "cpu")
 @click.option("--resume", is_flag=True, help="Continue an interrupted build, skipping completed stages.")
 @click.option("--validate", is_flag=True, help="Load the engine with tensorrt_llm.LLM and run one prompt (GPU).")
 @click.option("--no-progress", is_flag=True, help="No progress display.")
+@click.option("--no-cache", is_flag=True, help="Do not reuse quantized checkpoints / plugin kernels of earlier builds.")
+@click.option("--calib-samples", type=int, default=None, help="Calibration samples (default: the quantizer's).")
 @user_errors
 def build(model: Path | None, target: str, recipe: str | None, mtp: int, out: Path, gpus: int | None,
           max_seq_len: int | None, max_batch_size: int | None, resume: bool, validate: bool,
-          no_progress: bool) -> None:  # fmt: skip
+          no_progress: bool, no_cache: bool, calib_samples: int | None) -> None:  # fmt: skip
     """Build an engine dir for a target: quantize, compile plugin kernels, write the TensorRT-LLM config.
 
     Stages: inspect, quantize, checkpoint, plugins, trtllm_config, validate, manifest (build.json, last).
@@ -39,5 +41,5 @@ def build(model: Path | None, target: str, recipe: str | None, mtp: int, out: Pa
 
     path = build_engine(model or default_model_dir(), out, target=target, recipe=recipe, mtp=mtp, resume=resume,
                         validate=validate, progress=not no_progress, gpus=gpus, max_seq_len=max_seq_len,
-                        max_batch_size=max_batch_size)  # fmt: skip
+                        max_batch_size=max_batch_size, cache=not no_cache, calib_samples=calib_samples)  # fmt: skip
     click.echo(f"engine dir: {path}")

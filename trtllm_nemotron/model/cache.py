@@ -9,10 +9,14 @@ slots; each row has its own length, so rows at different positions decode togeth
 - `lengths` `[rows]` int64: tokens already consumed by each row.
 
 The network writes new KV at `lengths[row]..`, updates Mamba states, then advances `lengths` for the rows it
-ran. Speculative verification appends T>1 tokens and then rolls back: `set_lengths(rows, n)` rolls back
-attention (stale KV beyond the length is masked), while the Mamba states, which cannot be rolled back, are
-saved with `snapshot(rows)` before the verify and put back with `restore(rows, snap)` (then re-run the
-accepted tokens), or recomputed by the runtime through `ops.mamba_decode_step`.
+ran (and remembers them: `last_rows`, `last_start`).
+
+Speculative verification appends T>1 tokens and then keeps only a prefix per row. Two ways:
+- `keep_steps = True` before the verify forward: the Mamba layers run the recurrent step
+  (`ops.mamba_decode_step(keep_steps=True)`, the plugin's multi-token mode) and keep the state after
+  every step in `steps[i]`; then `commit(n_keep)` sets each row to its state after `n_keep[b]` tokens
+  (attention: just the length; stale KV beyond it is masked). Set `keep_steps = False` afterwards.
+- or `snapshot(rows)` before, `restore(rows, snap)` after, and re-run the accepted tokens.
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ class HybridCache:
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     conv: dict[int, torch.Tensor] = field(default_factory=dict)
     ssm: dict[int, torch.Tensor] = field(default_factory=dict)
+    keep_steps: bool = False  # multi-token appends keep per-step Mamba states (speculative verification)
+    steps: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict
+    )  # i -> (ssm, conv) steps
+    last_rows: torch.Tensor | None = None  # rows of the last forward
+    last_start: torch.Tensor | None = None  # their lengths before it
 
     @classmethod
     def allocate(
@@ -56,18 +66,29 @@ class HybridCache:
         if ssm_dtype not in (torch.float32, torch.float16):
             raise RuntimeStateError(f"ssm_dtype must be torch.float32 or torch.float16, got {ssm_dtype}")
         if batch_size < 1 or max_seq_len < 1:
-            raise RuntimeStateError(f"cache needs batch_size >= 1 and max_seq_len >= 1, got {batch_size}, {max_seq_len}")
+            raise RuntimeStateError(
+                f"cache needs batch_size >= 1 and max_seq_len >= 1, got {batch_size}, {max_seq_len}"
+            )
         pattern = cfg.pattern if pattern is None else pattern
         c = cls(pattern, max_seq_len, torch.zeros(batch_size, dtype=torch.long, device=device))
         for i, ch in enumerate(pattern):
             if ch == "*":
                 shape = (batch_size, cfg.num_key_value_heads, max_seq_len, cfg.head_dim)
-                c.kv[i] = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+                c.kv[i] = (
+                    torch.zeros(shape, dtype=dtype, device=device),
+                    torch.zeros(shape, dtype=dtype, device=device),
+                )
             elif ch == "M":
-                c.conv[i] = torch.zeros(batch_size, cfg.conv_dim, cfg.conv_kernel - 1, dtype=dtype, device=device)
+                c.conv[i] = torch.zeros(
+                    batch_size, cfg.conv_dim, cfg.conv_kernel - 1, dtype=dtype, device=device
+                )
                 c.ssm[i] = torch.zeros(
-                    batch_size, cfg.mamba_num_heads, cfg.mamba_head_dim, cfg.ssm_state_size,
-                    dtype=ssm_dtype, device=device,
+                    batch_size,
+                    cfg.mamba_num_heads,
+                    cfg.mamba_head_dim,
+                    cfg.ssm_state_size,
+                    dtype=ssm_dtype,
+                    device=device,
                 )
         return c
 
@@ -86,11 +107,19 @@ class HybridCache:
         return cls.allocate(cfg, batch_size, max_seq_len, dtype, device, ssm_dtype, pattern=pattern)
 
     @staticmethod
-    def bytes_per_row(cfg: NemotronHConfig, max_seq_len: int, dtype=torch.bfloat16, ssm_dtype=torch.float32,
-                      pattern: str | None = None) -> int:
+    def bytes_per_row(
+        cfg: NemotronHConfig,
+        max_seq_len: int,
+        dtype=torch.bfloat16,
+        ssm_dtype=torch.float32,
+        pattern: str | None = None,
+    ) -> int:
         """Memory one row needs, without allocating (for capacity planning)."""
         pattern = cfg.pattern if pattern is None else pattern
-        es, ss = torch.tensor([], dtype=dtype).element_size(), torch.tensor([], dtype=ssm_dtype).element_size()
+        es, ss = (
+            torch.tensor([], dtype=dtype).element_size(),
+            torch.tensor([], dtype=ssm_dtype).element_size(),
+        )
         n_attn, n_mamba = pattern.count("*"), pattern.count("M")
         kv = n_attn * 2 * cfg.num_key_value_heads * max_seq_len * cfg.head_dim * es
         conv = n_mamba * cfg.conv_dim * (cfg.conv_kernel - 1) * es
@@ -138,7 +167,25 @@ class HybridCache:
             )
 
     def advance(self, rows: torch.Tensor, T: int) -> None:
+        self.last_rows, self.last_start = rows.clone(), self.lengths[rows].clone()
         self.lengths[rows] += T
+
+    def commit(self, n_keep) -> None:
+        """After a `keep_steps` forward of T tokens over `last_rows`: keep the first n_keep[b] (1..T) tokens
+        of each row b (Mamba state after that step, length = start + n_keep)."""
+        if self.last_rows is None or (self.conv and not self.steps):
+            raise RuntimeStateError("commit() needs a preceding forward with cache.keep_steps = True")
+        rows = self.last_rows
+        n = torch.as_tensor(n_keep, dtype=torch.long, device=self.device).reshape(-1)
+        T = next(iter(self.steps.values()))[0].shape[1] if self.steps else int(n.max())
+        if n.numel() != rows.numel() or int(n.min()) < 1 or int(n.max()) > T:
+            raise RuntimeStateError(f"commit: n_keep {n.tolist()} must have {rows.numel()} entries in 1..{T}")
+        b = torch.arange(rows.numel(), device=self.device)
+        for i, (ssm_steps, conv_steps) in self.steps.items():
+            self.ssm[i][rows] = ssm_steps[b, n - 1]
+            self.conv[i][rows] = conv_steps[b, n - 1]
+        self.lengths[rows] = self.last_start + n
+        self.steps.clear()
 
     def set_lengths(self, rows, lengths) -> None:
         """Roll attention back (or forward over already-written KV): lengths[rows] = lengths."""
@@ -149,6 +196,7 @@ class HybridCache:
         """Zero the state of `rows` (None = all): a fresh sequence. KV need not be cleared (masked by length)."""
         r = self.rows(rows)
         self.lengths[r] = 0
+        self.steps.clear()
         for t in list(self.conv.values()) + list(self.ssm.values()):
             t[r] = 0
 

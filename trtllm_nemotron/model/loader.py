@@ -25,8 +25,9 @@ from trtllm_nemotron.model.mamba import ClampMode
 from trtllm_nemotron.model.network import NemotronHForCausalLM
 
 
-def build_model_skeleton(cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False,
-                         dtype: torch.dtype | None = None) -> NemotronHForCausalLM:
+def build_model_skeleton(
+    cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, dtype: torch.dtype | None = None
+) -> NemotronHForCausalLM:
     """The network with every parameter on the meta device (no memory)."""
     with torch.device("meta"):
         model = NemotronHForCausalLM(cfg, clamp_dt_min=clamp_dt_min)
@@ -35,8 +36,14 @@ def build_model_skeleton(cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = Fals
     return model.eval()
 
 
-def model_from_config(cfg: NemotronHConfig, seed: int | None = None, *, clamp_dt_min: ClampMode = False,
-                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> NemotronHForCausalLM:
+def model_from_config(
+    cfg: NemotronHConfig,
+    seed: int | None = None,
+    *,
+    clamp_dt_min: ClampMode = False,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> NemotronHForCausalLM:
     """A randomly initialised network, tensor for tensor what `make_tiny(out, seed=seed, config=cfg)` writes
     (`checkpoint.tiny.random_tensors`: normal(0, initializer_range) matrices, ones for norms and D, A_log =
     log U(1, 16), dt_bias = softplus^-1 of log-uniform dt, uniform conv, small fp32 correction bias; the
@@ -58,15 +65,24 @@ def _targets(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _copy_in(model: nn.Module, items: Iterable[tuple[str, torch.Tensor]], *, strict: bool, where: object,
-             progress: bool = False, total: int | None = None) -> list[str]:
+def _copy_in(
+    model: nn.Module,
+    items: Iterable[tuple[str, torch.Tensor]],
+    *,
+    strict: bool,
+    where: object,
+    progress: bool = False,
+    total: int | None = None,
+) -> list[str]:
     """Copy (name, tensor) into the model's parameters/buffers; returns the names not provided."""
     from tqdm import tqdm
 
     targets = _targets(model)
     loaded: set[str] = set()
     unexpected: list[str] = []
-    for name, t in tqdm(items, total=total, desc="load", unit="tensor", disable=not progress, file=sys.stderr):
+    for name, t in tqdm(
+        items, total=total, desc="load", unit="tensor", disable=not progress, file=sys.stderr
+    ):
         dst = targets.get(name)
         if dst is None:
             unexpected.append(name)
@@ -94,7 +110,9 @@ def _copy_in(model: nn.Module, items: Iterable[tuple[str, torch.Tensor]], *, str
 def _resolve(path: Any) -> Path:
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint path {p} does not exist; pass a HF checkpoint dir or an engine dir")
+        raise CheckpointError(
+            f"checkpoint path {p} does not exist; pass a HF checkpoint dir or an engine dir"
+        )
     if p.is_dir() and not (p / "config.json").exists() and (p / "checkpoint" / "config.json").exists():
         return p / "checkpoint"  # an engine dir
     return p
@@ -139,8 +157,10 @@ def load_model(
             names = reader.names()
             items = ((n, reader.get(n)) for n in names)
             total = len(names)
-        show = progress if progress is not None else (total is None or total > 500)
-        missing = _copy_in(model, items, strict=strict, where=f"checkpoint {path}", progress=show, total=total)
+        show = progress if progress is not None else len(reader.names()) > 500
+        missing = _copy_in(
+            model, items, strict=strict, where=f"checkpoint {path}", progress=show, total=total
+        )
         if missing:  # strict=False: the missing tensors get the random init instead of uninitialised memory
             fresh = _targets(model_from_config(cfg, seed=0, dtype=dtype, device=device))
             targets = _targets(model)

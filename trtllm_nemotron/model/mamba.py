@@ -4,7 +4,8 @@ group RMSNorm, out_proj.
 Two SSM paths with the same maths:
 - `ssd_chunked` (prefill, training, multi-token appends): the chunked SSD form of §4.3.2, chunk length
   `config.chunk_size`, starting from an optional initial state; differentiable (no in-place updates).
-- `ops.mamba_decode_step` (one token per row with a cache): the recurrence of §4.3.3 on pooled states.
+- `ops.mamba_decode_step` (one token per row with a cache, or T tokens when the cache has `keep_steps`
+  set for speculative verification): the recurrence of §4.3.3 on pooled states.
 
 Conv state convention (vLLM/TRT): `[batch, conv_dim, K-1]` raw pre-conv inputs. The prefill conv always runs
 over `cat(conv_state, xBC)` with no padding, which is the zero left-padding of a fresh sequence when the state
@@ -101,7 +102,12 @@ class Mamba2Mixer(nn.Module):
         super().__init__()
         if clamp_dt_min not in (False, True, "prefill_only"):
             raise ValueError(f"clamp_dt_min must be False, True or 'prefill_only', got {clamp_dt_min!r}")
-        self.H, self.P, self.G, self.N = cfg.mamba_num_heads, cfg.mamba_head_dim, cfg.n_groups, cfg.ssm_state_size
+        self.H, self.P, self.G, self.N = (
+            cfg.mamba_num_heads,
+            cfg.mamba_head_dim,
+            cfg.n_groups,
+            cfg.ssm_state_size,
+        )
         self.K, self.chunk_size = cfg.conv_kernel, cfg.chunk_size
         self.d_inner, self.conv_dim = cfg.d_inner, cfg.conv_dim
         self.time_step_min = cfg.time_step_min
@@ -133,12 +139,24 @@ class Mamba2Mixer(nn.Module):
         dtype = h.dtype
         z, xBC, dt = self.in_proj(h).split([self.d_inner, self.conv_dim, self.H], dim=-1)
         A = -torch.exp(self.A_log.float())
-        if cache is not None and T == 1:
-            y = mamba_decode_step(
-                xBC, dt, cache.conv[layer_idx], cache.ssm[layer_idx], rows,
-                self.conv1d.weight, self.conv1d.bias, A, self.D, self.dt_bias,
-                n_groups=self.G, dt_min=self._dt_min(prefill=False),
-            )  # [batch, 1, H, P] fp32
+        if cache is not None and (T == 1 or cache.keep_steps):
+            y, ssm_steps, conv_steps = mamba_decode_step(
+                xBC,
+                dt,
+                cache.conv[layer_idx],
+                cache.ssm[layer_idx],
+                self.conv1d.weight,
+                self.conv1d.bias,
+                self.dt_bias,
+                A,
+                self.D,
+                rows,
+                n_groups=self.G,
+                keep_steps=cache.keep_steps,
+                dt_min=self._dt_min(prefill=False),
+            )  # y [batch, T, H*P] fp32
+            if cache.keep_steps:
+                cache.steps[layer_idx] = (ssm_steps, conv_steps)
         else:
             y = self._prefill(xBC, dt, A, cache, layer_idx, rows)
         y = self.norm(y.reshape(batch, T, self.d_inner), z)
@@ -168,6 +186,6 @@ class Mamba2Mixer(nn.Module):
         y = y + self.D.float()[:, None] * xs.float()
         if cache is not None:
             with torch.no_grad():
-                cache.conv[layer_idx][rows] = window[:, :, -(self.K - 1):].to(cache.conv[layer_idx].dtype)
+                cache.conv[layer_idx][rows] = window[:, :, -(self.K - 1) :].to(cache.conv[layer_idx].dtype)
                 cache.ssm[layer_idx][rows] = final.to(cache.ssm[layer_idx].dtype)
         return y

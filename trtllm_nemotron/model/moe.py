@@ -57,8 +57,12 @@ class Router(nn.Module):
         """x [T, hidden] -> (weights [T, k] fp32, idx [T, k] int64)."""
         logits = F.linear(x.float(), self.weight.float())
         return route(
-            logits, self.e_score_correction_bias, top_k=self.top_k, n_group=self.n_group,
-            topk_group=self.topk_group, norm_topk_prob=self.norm_topk_prob,
+            logits,
+            self.e_score_correction_bias,
+            top_k=self.top_k,
+            n_group=self.n_group,
+            topk_group=self.topk_group,
+            norm_topk_prob=self.norm_topk_prob,
             routed_scaling_factor=self.routed_scaling_factor,
         )
 
@@ -71,7 +75,9 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(
             MLP(X, cfg.moe_intermediate_size, cfg.mlp_bias) for _ in range(cfg.n_routed_experts)
         )
-        self.shared_experts = MLP(cfg.hidden_size, cfg.shared_expert_size, cfg.mlp_bias) if cfg.n_shared_experts else None
+        self.shared_experts = (
+            MLP(cfg.hidden_size, cfg.shared_expert_size, cfg.mlp_bias) if cfg.n_shared_experts else None
+        )
         self.latent = cfg.moe_latent_size is not None and cfg.moe_latent_size > 0
         if self.latent:
             self.fc1_latent_proj = nn.Linear(cfg.hidden_size, cfg.moe_latent_size, bias=cfg.mlp_bias)

@@ -7,7 +7,9 @@ embeddings are tied), `mtp.layers.{j}` (the MTP sublayers; the first of each dep
 
 `forward(input_ids, cache=None, *, return_hidden=False, rows=None)` returns float32 logits. With a
 `HybridCache`, `input_ids [batch, T]` are appended to cache rows `rows` (default: rows 0..batch-1) and the
-rows' lengths advance by T; T == 1 uses the recurrent Mamba step, T > 1 the chunked scan from the carried state.
+rows' lengths advance by T; T == 1 uses the recurrent Mamba step, T > 1 the chunked scan from the carried state
+(or the recurrent step with per-step states when `cache.keep_steps` is set, for speculative verification).
+For prefill, `hidden_states(...)` then `logits(h[:, -1:])` avoids the full-vocab head over every position.
 
 MTP (§4.7, DeepSeek-V3 shift): the MTP sequence at index t pairs the final-normed backbone hidden h_t with
 the embedding of token t+1 and predicts token t+2. `mtp_step` feeds its own final-normed output back as the
@@ -38,8 +40,9 @@ class MTPSublayer(nn.Module):
     """One MTP sublayer `mtp.layers.{j}`: a pre-norm residual block, plus the input fusion on the first
     sublayer of a depth and the final norm on its last."""
 
-    def __init__(self, cfg: NemotronHConfig, char: str, *, first: bool, last: bool,
-                 clamp_dt_min: ClampMode = False) -> None:
+    def __init__(
+        self, cfg: NemotronHConfig, char: str, *, first: bool, last: bool, clamp_dt_min: ClampMode = False
+    ) -> None:
         super().__init__()
         D, eps = cfg.hidden_size, cfg.layer_norm_epsilon
         self.char, self.first, self.last = char, first, last
@@ -70,8 +73,14 @@ class MTPBlock(nn.Module):
             for j, ch in enumerate(p * cfg.num_nextn_predict_layers)
         )
 
-    def forward(self, emb: torch.Tensor, hidden: torch.Tensor, cache: HybridCache | None = None,
-                rows: torch.Tensor | None = None, depth: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        emb: torch.Tensor,
+        hidden: torch.Tensor,
+        cache: HybridCache | None = None,
+        rows: torch.Tensor | None = None,
+        depth: int = 0,
+    ) -> torch.Tensor:
         """emb (embedding of the next token) and hidden (final-normed) [batch, T, hidden] -> final-normed g."""
         j0 = depth * self.depth_len
         first = self.layers[j0]
@@ -87,7 +96,9 @@ class NemotronHForCausalLM(nn.Module):
         self.config = cfg
         self.clamp_dt_min = clamp_dt_min
         self.backbone = Backbone(cfg, clamp_dt_min=clamp_dt_min)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = (
+            None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        )
         self.mtp = MTPBlock(cfg, clamp_dt_min=clamp_dt_min) if cfg.num_nextn_predict_layers else None
 
     # convenient aliases (the runtime and quantizer use the backbone's modules directly)
@@ -108,8 +119,9 @@ class NemotronHForCausalLM(nn.Module):
         w = self.backbone.embeddings.weight if self.lm_head is None else self.lm_head.weight
         return torch.nn.functional.linear(h, w).float()
 
-    def allocate_cache(self, batch_size: int, max_seq_len: int, *, ssm_dtype: torch.dtype = torch.float32,
-                       mtp: bool = False) -> HybridCache:
+    def allocate_cache(
+        self, batch_size: int, max_seq_len: int, *, ssm_dtype: torch.dtype = torch.float32, mtp: bool = False
+    ) -> HybridCache:
         """A HybridCache in this model's dtype/device (mtp=True: for the MTP block)."""
         p = self.backbone.embeddings.weight
         alloc = HybridCache.allocate_mtp if mtp else HybridCache.allocate
@@ -129,16 +141,18 @@ class NemotronHForCausalLM(nn.Module):
         logits = self.logits(h)
         return (logits, h) if return_hidden else logits
 
-    def hidden_states(self, input_ids: torch.Tensor, cache: HybridCache | None = None, *,
-                      rows: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, cache: HybridCache | None = None, *, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Final-normed hidden states [batch, T, hidden]."""
         batch, T = input_ids.shape
         r = None
         if cache is not None:
-            r = cache.rows(rows)
+            r = cache.rows(rows) if rows is not None else torch.arange(batch, device=cache.device)
             if r.numel() != batch:
                 raise ValueError(f"rows has {r.numel()} entries for a batch of {batch}")
             cache.check_room(r, T)
+            cache.steps.clear()  # per-step states belong to one keep_steps forward only
         h = self.backbone.embeddings(input_ids)
         for i, layer in enumerate(self.backbone.layers):
             h = layer(h, cache, i, r)
@@ -176,8 +190,9 @@ class NemotronHForCausalLM(nn.Module):
         batch, T = next_ids.shape
         r = None
         if mtp_cache is not None:
-            r = mtp_cache.rows(rows)
+            r = mtp_cache.rows(rows) if rows is not None else torch.arange(batch, device=mtp_cache.device)
             mtp_cache.check_room(r, T)
+            mtp_cache.steps.clear()
         g = mtp(self.backbone.embeddings(next_ids), hidden, mtp_cache, r, depth)
         if mtp_cache is not None:
             mtp_cache.advance(r, T)

@@ -55,46 +55,58 @@ def mamba_decode_step(
     dt: torch.Tensor,
     conv_state: torch.Tensor,
     ssm_state: torch.Tensor,
-    slot_idx: torch.Tensor,
     conv_weight: torch.Tensor,
     conv_bias: torch.Tensor | None,
+    dt_bias: torch.Tensor,
     A: torch.Tensor,
     D: torch.Tensor,
-    dt_bias: torch.Tensor,
+    slot_idx: torch.Tensor,
     *,
     n_groups: int,
+    keep_steps: bool = False,
     dt_min: float | None = None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Recurrent Mamba-2 step(s) for a batch of sequences whose states live in a pool.
+
+    Same positional contract as `plugins.mamba_state_update` (so it can dispatch there when dt_min is None).
 
     Args (batch rows, T new tokens per row, S pool slots):
         xBC:         [batch, T, conv_dim] raw (pre-conv) x|B|C from in_proj.
         dt:          [batch, T, H] raw dt from in_proj (before dt_bias and softplus).
         conv_state:  [S, conv_dim, K-1] last K-1 raw xBC inputs per slot; updated in place.
-        ssm_state:   [S, H, P, N] SSM state per slot (float32, or float16 as a storage option; the update is
-                     computed in fp32 and rounded once on write); updated in place.
+        ssm_state:   [S, H, P, N] SSM state per slot (float32, or float16 as a storage option; carried in
+                     fp32 across the T steps and rounded once on write); updated in place.
+        conv_weight: [conv_dim, K] or [conv_dim, 1, K] depthwise conv weight; conv_bias [conv_dim] or None.
+        dt_bias:     [H].
+        A:           [H] float32, A = -exp(A_log).
+        D:           [H].
         slot_idx:    [batch] int32/int64 pool slot of each row; a negative index is a padding row: its state
                      is not touched and its output is zero. Slots must be distinct.
-        conv_weight: [conv_dim, K] or [conv_dim, 1, K] depthwise conv weight; conv_bias [conv_dim] or None.
-        A:           [H] float32, A = -exp(A_log).
-        D, dt_bias:  [H].
         n_groups:    G; head h uses B/C group h // (H/G).
+        keep_steps:  also return the state after every step (speculative verification): ssm_steps
+                     [batch, T, H, P, N] and conv_steps [batch, T, conv_dim, K-1] in the pool dtypes; the pool
+                     ends at step T-1, and keeping the first j+1 tokens means copying step j back.
         dt_min:      clamp softplus(dt + dt_bias) from below (HF torch-fallback semantics); None = no clamp
                      (vLLM / TRT-LLM / Megatron production semantics).
     Returns:
-        y [batch, T, H, P] float32 = S_t·C_t + D·x_t (before the z gate and the gated norm).
-    T > 1 runs the T steps one after the other (speculative verification).
+        (y [batch, T, H*P] float32 = S_t·C_t + D·x_t, before the z gate and the gated norm;
+         ssm_steps, conv_steps: as above, or empty (0,) tensors unless keep_steps).
     """
     batch, T, conv_dim = xBC.shape
-    H = dt.shape[-1]
-    S_, Hs, P, N = ssm_state.shape
-    assert Hs == H and conv_state.shape[1] == conv_dim
+    S_, H, P, N = ssm_state.shape
+    assert dt.shape[-1] == H and conv_state.shape[1] == conv_dim
     w = conv_weight.reshape(conv_dim, -1).float()  # [C, K]
+    K = w.shape[1]
     d_inner = H * P
-    y_out = torch.zeros(batch, T, H, P, dtype=torch.float32, device=xBC.device)
+    y_out = torch.zeros(batch, T, d_inner, dtype=torch.float32, device=xBC.device)
+    if keep_steps:
+        ssm_steps = torch.zeros(batch, T, H, P, N, dtype=ssm_state.dtype, device=xBC.device)
+        conv_steps = torch.zeros(batch, T, conv_dim, K - 1, dtype=conv_state.dtype, device=xBC.device)
+    else:
+        ssm_steps, conv_steps = ssm_state.new_empty(0), conv_state.new_empty(0)
     valid = (slot_idx >= 0).nonzero().flatten()
     if valid.numel() == 0:
-        return y_out
+        return y_out, ssm_steps, conv_steps
     slots = slot_idx[valid].long()
     conv = conv_state[slots].float()  # [b, C, K-1]
     state = ssm_state[slots].float()  # [b, H, P, N]
@@ -117,7 +129,10 @@ def mamba_decode_step(
         dA = torch.exp(d * Af)  # [b, H]
         state = state * dA[:, :, None, None] + (d[:, :, None] * x)[:, :, :, None] * Bm[:, :, None, :]
         y = torch.einsum("bhpn,bhn->bhp", state, Cm) + Df[:, None] * x
-        y_out[valid, t] = y
+        y_out[valid, t] = y.reshape(-1, d_inner)
+        if keep_steps:
+            ssm_steps[valid, t] = state.to(ssm_state.dtype)
+            conv_steps[valid, t] = conv.to(conv_state.dtype)
     conv_state[slots] = conv.to(conv_state.dtype)
     ssm_state[slots] = state.to(ssm_state.dtype)
-    return y_out
+    return y_out, ssm_steps, conv_steps

@@ -180,10 +180,17 @@ def _moe(L: _Layer, x):
     wts, idx = route(logits, w["bias"], top_k=m["top_k"], n_group=m["n_group"], topk_group=m["topk_group"],
                      norm_topk_prob=m["norm_topk_prob"], routed_scaling_factor=m["scale"])  # [n, k]
     r = _lin(xf, w["fc1"]) if w["fc1"] is not None else xf  # [n, X]
-    up = w["up"][idx]  # [n, k, F, X]
-    h = F.relu(torch.einsum("nkfx,nx->nkf", up, r)).square()
-    down = w["down"][idx]  # [n, k, X, F]
-    y = torch.einsum("nkxf,nkf->nkx", down, h)  # [n, k, X]
+    n, k = idx.shape
+    E = w["up"].shape[0]
+    if n * k < E:  # few tokens: gather the chosen experts' weights (reads k experts per token)
+        up = w["up"][idx]  # [n, k, F, X]
+        h = F.relu(torch.einsum("nkfx,nx->nkf", up, r)).square()
+        down = w["down"][idx]  # [n, k, X, F]
+        y = torch.einsum("nkxf,nkf->nkx", down, h)  # [n, k, X]
+    else:  # many tokens: every expert over every token as batched GEMMs (reads each expert once), then pick
+        h = F.relu(torch.matmul(r, w["up"].transpose(1, 2))).square()  # [E, n, F]
+        y_all = torch.matmul(h, w["down"].transpose(1, 2))  # [E, n, X]
+        y = y_all[idx, torch.arange(n, device=x.device)[:, None]]  # [n, k, X]
     acc = (y.float() * wts[..., None]).sum(1)  # [n, X] fp32
     routed = acc.to(x.dtype)
     if w["fc2"] is not None:

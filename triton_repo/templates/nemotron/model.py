@@ -11,8 +11,10 @@ Design:
   then returns; one pump thread per request iterates its `RequestHandle` and sends the responses.
 - A bad request (missing/ill-shaped input, invalid sampling option, over-long prompt) gets an error response
   with the final flag; nothing a request does raises out of `execute()`, so the server stays up.
-- Cancellation: a watcher thread polls `response_sender.is_cancelled()` (set by Triton when a gRPC client
-  cancels or drops its stream) every 50 ms and calls `handle.cancel()`, which frees the slot. A `stop: true`
+- Cancellation: a watcher thread polls `response_sender.is_cancelled()` (set by Triton when a client cancels
+  or drops its gRPC stream or HTTP connection) every 100 ms and calls `handle.cancel()`, which frees the slot.
+  Sends and that poll are serialized per request and the poll stops at the final response (Triton 2.51
+  segfaults in `TRITONBACKEND_ResponseFactoryIsCancelled` when a sender is polled after its final response). A `stop: true`
   request carrying the same request id cancels too, as in the llmapi model.
 - Custom metric `nemotron_active_requests` (gauge, on the metrics port) counts requests holding a slot or
   queued; tests use it to see that a dropped client freed its slot.
@@ -32,7 +34,7 @@ import triton_python_backend_utils as pb_utils
 from triton_repo.protocol import RequestError, parse_request, response_arrays
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-_CANCEL_POLL_S = 0.05
+_CANCEL_POLL_S = 0.1  # as the llmapi model (cancellation_check_period_ms: 100)
 
 
 class _Live:
@@ -43,6 +45,22 @@ class _Live:
         self.handle = handle
         self.user_id = user_id
         self.cancelled = False
+        # Guards the sender: Triton frees a request's response factory once the final response is sent, and
+        # `is_cancelled()` on it after that crashes the server. Sends and the watcher's check hold this lock;
+        # `done` is set, under it, with the final send.
+        self.lock = threading.Lock()
+        self.done = False
+
+    def send(self, model: TritonPythonModel, **kw) -> bool:
+        with self.lock:
+            if self.done:
+                return False
+            self.done = bool(kw.get("final"))
+            return model._send(self.sender, **kw)
+
+    def check_cancelled(self) -> bool:
+        with self.lock:
+            return not self.done and self.sender.is_cancelled()
 
 
 class TritonPythonModel:
@@ -141,22 +159,22 @@ class TritonPythonModel:
                     if req.streaming and ev.text and not live.cancelled:
                         arrays = response_arrays(req, text=text, num_tokens=num_tokens, finish_reason=None,
                                                  stop_reason=None, stats=None, times_ns=times)
-                        if not self._send(live.sender, arrays=arrays):
+                        if not live.send(self, arrays=arrays):
                             live.cancelled = True
                             live.handle.cancel()
                     continue
                 if ev.finish_reason == "error":
-                    self._send(live.sender, error=(f"generation failed: {ev.error}", None), final=True)
+                    live.send(self, error=(f"generation failed: {ev.error}", None), final=True)
                 elif ev.finish_reason == "cancelled" or live.cancelled:
-                    self._send(live.sender, error=("Request cancelled by client", "CANCELLED"), final=True)
+                    live.send(self, error=("Request cancelled by client", "CANCELLED"), final=True)
                 else:
                     arrays = response_arrays(req, text=text, num_tokens=num_tokens, finish_reason=ev.finish_reason,
                                              stop_reason=None, stats=ev.stats, times_ns=times)
-                    self._send(live.sender, arrays=arrays, final=True)
+                    live.send(self, arrays=arrays, final=True)
                 break
         except Exception as e:  # noqa: BLE001 - report, never kill the stub
             pb_utils.Logger.log_error(f"[nemotron] request {key} failed: {e!r}")
-            self._send(live.sender, error=(f"generation failed: {e}", None), final=True)
+            live.send(self, error=(f"generation failed: {e}", None), final=True)
         finally:
             with self.lock:
                 self.live.pop(key, None)
@@ -186,7 +204,7 @@ class TritonPythonModel:
                 if live.cancelled:
                     continue
                 try:
-                    gone = live.sender.is_cancelled()
+                    gone = live.check_cancelled()
                 except Exception:  # noqa: BLE001 - a finished sender; the pump cleans up
                     continue
                 if gone:

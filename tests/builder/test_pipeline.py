@@ -1,0 +1,199 @@
+"""Engine-dir builds from a tiny checkpoint: every target x recipe, manifests and hashes, atomicity, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from builder import pipeline
+from builder.manifest import read_manifest, verify_engine_dir
+from builder.pipeline import STAGES, build_engine, staging_dir
+from builder.trtllm_config import unknown_keys
+from trtllm_nemotron.errors import BuildError
+
+TARGETS = ("b200", "h200", "h100", "cpu")
+RECIPES = ("bf16", "fp8", "nvfp4", "nvfp4-super")
+FAST = dict(progress=False, calib_samples=2, calib_seq_len=32)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_target_and_recipe_builds(tiny_ckpt, tmp_path, target, recipe):
+    out = build_engine(tiny_ckpt, tmp_path / "engine", target=target, recipe=recipe, mtp=3, **FAST)
+    assert out == (tmp_path / "engine").absolute()
+    assert verify_engine_dir(out) == []
+    m = read_manifest(out)
+    assert m["target"]["name"] == target and m["recipe"]["name"] == recipe
+    assert m["mtp"] == {"max_draft_len": 3, "num_nextn_predict_layers": 1, "mode": "MTP_EAGLE_ONE_MODEL"}
+    assert [s["name"] for s in m["stages"]] == list(STAGES)
+    assert all(s["seconds"] >= 0 for s in m["stages"])
+    assert m["tools"]["python"] and m["tools"]["torch"]
+    assert set(m["inputs"]["files"]) >= {"config.json", "tokenizer.json"}
+    assert (out / "checkpoint" / "config.json").is_file() and (out / "checkpoint" / "tokenizer.json").is_file()
+    quantized = recipe != "bf16"
+    assert (out / "checkpoint" / "hf_quant_config.json").is_file() == quantized
+    if quantized:
+        assert {"kl_mean", "top1_agreement"} <= set(m["accuracy"]), m["accuracy"]
+        assert m["recipe"]["kv_cache"] == "fp8"
+    else:
+        assert m["accuracy"] is None and m["quantization"] is None
+    assert m["validation"]["status"] == "skipped" and "not requested" in m["validation"]["reason"]
+    if target == "cpu":
+        assert not (out / "trtllm").exists() and not (out / "plugins").exists()
+        assert m["trtllm"] is None and m["plugins"] is None
+        return
+    sm = {"b200": "sm_100", "h200": "sm_90", "h100": "sm_90"}[target]
+    assert [p.name for p in (out / "plugins").iterdir()] == [sm]
+    assert any((out / "plugins" / sm).rglob("*"))
+    cfg = yaml.safe_load((out / "trtllm" / "llm_api.yaml").read_text())
+    assert unknown_keys(cfg) == []
+    assert cfg["speculative_config"] == {"decoding_type": "MTP", "max_draft_len": 3}
+    assert cfg["kv_cache_config"]["enable_block_reuse"] is False
+    want_backend = "TRTLLM" if (target == "b200" and recipe in ("nvfp4", "nvfp4-super")) else "CUTLASS"
+    assert cfg["moe_config"]["backend"] == want_backend == m["trtllm"]["moe_backend"]
+    # the tiny model is sized by the planner: 1 GPU, its whole context, the capped batch
+    assert (cfg["tensor_parallel_size"], cfg["max_seq_len"], cfg["max_batch_size"]) == (1, 4096, 2048)
+    assert m["plan"]["fits"] and m["plan"]["batch"] == 2048
+
+
+def _cpu_build(src, out, **kw):
+    return build_engine(src, out, target="cpu", recipe="bf16", mtp=3, **FAST, **kw)
+
+
+def test_tampered_engine_dir_is_detected(tiny_ckpt, tmp_path):
+    out = _cpu_build(tiny_ckpt, tmp_path / "e")
+    assert verify_engine_dir(out) == []
+    shard = next((out / "checkpoint").glob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert any(p.startswith(f"hash mismatch: checkpoint/{shard.name}") for p in verify_engine_dir(out))
+    (out / "checkpoint" / "extra.txt").write_text("x")
+    (out / "checkpoint" / "tokenizer.json").unlink()
+    problems = verify_engine_dir(out)
+    assert "file not in manifest: checkpoint/extra.txt" in problems
+    assert "missing file: checkpoint/tokenizer.json" in problems
+    m = json.loads((out / "build.json").read_text())
+    m["format_version"] = 99
+    (out / "build.json").write_text(json.dumps(m))
+    assert "format_version 99" in verify_engine_dir(out)[0]
+    (out / "build.json").unlink()
+    assert "no build.json" in verify_engine_dir(out)[0]
+
+
+def test_build_twice_rebuilds_cleanly(tiny_ckpt, tmp_path):
+    out = _cpu_build(tiny_ckpt, tmp_path / "engine")
+    first = read_manifest(out)["created_utc"]
+    (out / "stale.txt").write_text("from an old build")
+    out2 = _cpu_build(tiny_ckpt, tmp_path / "engine")
+    assert out2 == out and verify_engine_dir(out) == [] and not (out / "stale.txt").exists()
+    assert read_manifest(out)["created_utc"] >= first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]  # no staging / old dirs left
+
+
+def test_interrupted_build_leaves_no_engine_dir_and_resumes(tiny_ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "engine"
+
+    def boom(self):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(pipeline._Build, "stage_validate", boom)
+    with pytest.raises(BuildError, match=r"(?s)stage 'validate' failed.*power cut.*--resume"):
+        _cpu_build(tiny_ckpt, out)
+    assert not out.exists()
+    state = json.loads((staging_dir(out) / ".state.json").read_text())
+    assert list(state["done"]) == ["inspect", "quantize", "checkpoint", "plugins", "trtllm_config"]
+
+    def must_not_run(self):
+        raise AssertionError("a completed stage ran again on --resume")
+
+    monkeypatch.undo()  # the real validate stage again
+    monkeypatch.setattr(pipeline._Build, "stage_inspect", must_not_run)
+    monkeypatch.setattr(pipeline._Build, "stage_quantize", must_not_run)
+    _cpu_build(tiny_ckpt, out, resume=True)
+    assert verify_engine_dir(out) == [] and not staging_dir(out).exists()
+    assert [s["name"] for s in read_manifest(out)["stages"]] == list(STAGES)
+
+
+def test_keyboard_interrupt_and_param_mismatch(tiny_ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "engine"
+
+    def ctrl_c(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline._Build, "stage_checkpoint", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        _cpu_build(tiny_ckpt, out)
+    assert not out.exists() and staging_dir(out).is_dir()
+    monkeypatch.undo()
+    with pytest.raises(BuildError, match="was started with.*rerun without --resume"):
+        build_engine(tiny_ckpt, out, target="cpu", recipe="bf16", mtp=1, resume=True, **FAST)
+    assert not out.exists()
+    _cpu_build(tiny_ckpt, out)  # no --resume: the stale staging dir is discarded
+    assert verify_engine_dir(out) == []
+
+
+def test_refusals(tiny_ckpt, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(BuildError, match="not an engine dir"):
+        _cpu_build(tiny_ckpt, precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    with pytest.raises(BuildError, match=r"(?s)impossible plan.*DOES NOT FIT"):
+        build_engine(tiny_ckpt, tmp_path / "e", target="h100", recipe="bf16", max_batch_size=10**9, **FAST)
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(BuildError, match="must be >= 0"):
+        build_engine(tiny_ckpt, tmp_path / "e2", target="cpu", recipe="bf16", mtp=-1, **FAST)
+
+
+def test_validate_reports_why_it_was_skipped(tiny_ckpt, tmp_path):
+    out = build_engine(tiny_ckpt, tmp_path / "e", target="cpu", recipe="bf16", mtp=3, validate=True, **FAST)
+    v = read_manifest(out)["validation"]
+    assert v["status"] == "skipped" and "cpu target" in v["reason"]
+
+
+@pytest.mark.gpu
+def test_validate_on_gpu(tiny_ckpt, tmp_path):
+    import torch
+
+    sm = {100: "b200", 90: "h100"}.get(torch.cuda.get_device_capability()[0] * 10)
+    if sm is None:
+        pytest.fail(f"GPU sm_{torch.cuda.get_device_capability()} is not a build target")
+    out = build_engine(tiny_ckpt, tmp_path / "e", target=sm, recipe="bf16", mtp=3, validate=True, **FAST)
+    v = read_manifest(out)["validation"]
+    try:
+        import tensorrt_llm  # noqa: F401
+    except Exception:
+        assert v["status"] == "skipped" and "tensorrt_llm" in v["reason"]
+    else:
+        assert v["status"] == "passed" and v["output"]
+
+
+def test_cli_build_and_plan(tiny_ckpt, tmp_path):
+    from trtllm_nemotron.cli import main
+
+    r = CliRunner().invoke(main, ["build", "--model", str(tiny_ckpt), "--target", "cpu", "--recipe", "bf16",
+                                  "--out", str(tmp_path / "e"), "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "engine dir:" in r.output and verify_engine_dir(tmp_path / "e") == []
+    r = CliRunner().invoke(main, ["plan", "--model", "super-120b", "--target", "h100", "--recipe", "nvfp4-super"])
+    assert r.exit_code == 1
+    assert "DOES NOT FIT" in r.output and "79.01 GB" in r.output and ">= 2 x h100" in r.output
+    r = CliRunner().invoke(main, ["plan", "--model", "super-120b", "--target", "b200", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["fits"] and d["recipe"] == "nvfp4-super" and d["max_batch"] >= 64
+
+
+def test_default_model_dir(build_cache):
+    from builder.defaults import EMBEDDED_MODEL_DIR, default_model_dir
+
+    d = default_model_dir()
+    assert (d / "config.json").is_file()
+    if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
+        assert d == build_cache / "tiny-seed0" and (d / "tokenizer.json").is_file()
+        assert default_model_dir() == d  # made once, then reused

@@ -1,0 +1,26 @@
+"""Runtime test fixtures: one random tiny checkpoint (make_tiny, seed 0) and engines over it, shared per session."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from trtllm_nemotron.checkpoint.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("runtime") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def engine0(tiny_dir):
+    from trtllm_nemotron.runtime import Engine
+
+    return Engine.load(tiny_dir, mtp=0, max_batch_size=8, max_seq_len=256)
+
+
+@pytest.fixture(scope="session")
+def engine3(tiny_dir):
+    from trtllm_nemotron.runtime import Engine
+
+    return Engine.load(tiny_dir, mtp=3, max_batch_size=8, max_seq_len=256)

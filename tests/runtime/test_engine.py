@@ -1,0 +1,210 @@
+"""Generation correctness on a random tiny checkpoint (make_tiny: M, E with LatentMoE, *, one MTP block).
+
+Random weights give meaningless text, but exact token equality is a sharp test: any state that is wrong
+by more than rounding flips greedy tokens within a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import torch
+
+from trtllm_nemotron.errors import RuntimeStateError
+from trtllm_nemotron.runtime import Engine, SamplingParams
+
+PROMPTS = ["def fibonacci(n):", "import os\n", "class Foo:", "x = [", "for i in range(10):", "print('hi')",
+           "a", "return None", "while True:", "# comment"]
+
+
+def _greedy(n: int) -> SamplingParams:
+    return SamplingParams(max_tokens=n, ignore_eos=True)
+
+
+def _recompute(model, prompt_ids: list[int], n: int) -> list[int]:
+    """Greedy generation by running the whole sequence through the uncached network every step."""
+    seq = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt_ids):]
+
+
+def test_cached_generation_equals_recomputing_the_whole_sequence(engine0):
+    prompt = "def fibonacci(n):\n    "
+    c = engine0.generate(prompt, _greedy(24))
+    assert c.finish_reason == "length" and c.stats["num_tokens"] == 24
+    assert c.token_ids == _recompute(engine0.model, engine0.tokenizer.encode(prompt), 24)
+    assert c.text == engine0.tokenizer.decode(c.token_ids)
+
+
+def test_chunked_prefill_equals_one_shot_prefill(tiny_dir, engine0):
+    small = Engine.load(tiny_dir, mtp=0, max_batch_size=1, max_seq_len=256, prefill_chunk=5)
+    prompt = "def fibonacci(n):\n    if n < 2:\n        return n\n"
+    assert len(small.tokenizer.encode(prompt)) > 10
+    assert small.generate(prompt, _greedy(16)).token_ids == engine0.generate(prompt, _greedy(16)).token_ids
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:4])
+def test_greedy_output_identical_with_and_without_mtp(engine0, engine3, prompt):
+    a = engine0.generate(prompt, _greedy(30))
+    b = engine3.generate(prompt, _greedy(30))
+    assert a.token_ids == b.token_ids and a.text == b.text
+    st = b.stats
+    assert st["draft_tokens"] == 3 * (st["decode_iterations"] + 1)
+    assert st["accepted_draft_tokens"] == 30 - st["decode_iterations"] - 1
+    assert st["acceptance_length"] == pytest.approx(30 / (st["decode_iterations"] + 1))
+    assert a.stats["acceptance_rate"] is None and a.stats["acceptance_length"] is None
+
+
+def test_mtp_chunked_prefill_drafts_like_one_shot(tiny_dir, engine3):
+    small = Engine.load(tiny_dir, mtp=3, max_batch_size=1, max_seq_len=256, prefill_chunk=4)
+    prompt = "class Foo:\n    def bar(self):\n        pass\n"
+    a, b = small.generate(prompt, _greedy(12)), engine3.generate(prompt, _greedy(12))
+    assert a.token_ids == b.token_ids and a.stats["accepted_draft_tokens"] == b.stats["accepted_draft_tokens"]
+
+
+def _slot_state(eng, slot):
+    c = eng.pool.cache
+    n = int(c.lengths[slot])
+    kv = {i: (k[slot, :, :n].clone(), v[slot, :, :n].clone()) for i, (k, v) in c.kv.items()}
+    return n, kv, {i: t[slot].clone() for i, t in c.conv.items()}, {i: t[slot].clone() for i, t in c.ssm.items()}
+
+
+@pytest.mark.parametrize("n_correct", [0, 1, 2])
+def test_state_after_a_rejected_draft_equals_a_run_that_never_drafted(engine0, engine3, n_correct):
+    prompt = "def fibonacci(n):"
+    ref_tokens = engine0.generate(prompt, _greedy(8)).token_ids
+    # speculative run: prefill, then one verification whose drafts are right for n_correct tokens only
+    s3 = engine3.new_request(prompt, _greedy(8))
+    engine3.admit(s3)
+    try:
+        engine3.iterate([s3])  # prefill -> first token
+        assert s3.out_ids == ref_tokens[:1]
+        wrong = [(t + 1) % engine3.config.vocab_size for t in ref_tokens[1:4]]
+        s3.drafts = ref_tokens[1:1 + n_correct] + wrong[n_correct:]
+        engine3.iterate([s3])
+        assert s3.out_ids == ref_tokens[: n_correct + 2]  # accepted drafts + the target's own token
+        spec = _slot_state(engine3, s3.slot)
+    finally:
+        engine3.release(s3)
+    # plain run over the same tokens
+    s0 = engine0.new_request(prompt, _greedy(8))
+    engine0.admit(s0)
+    try:
+        while len(s0.out_ids) < n_correct + 2:
+            engine0.iterate([s0])
+        plain = _slot_state(engine0, s0.slot)
+    finally:
+        engine0.release(s0)
+    assert spec[0] == plain[0]
+    for i in plain[1]:
+        torch.testing.assert_close(spec[1][i], plain[1][i], rtol=1e-5, atol=1e-6)
+    for i in plain[2]:
+        torch.testing.assert_close(spec[2][i], plain[2][i], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(spec[3][i], plain[3][i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mtp", [0, 3])
+def test_request_alone_equals_request_in_a_batch_of_8_with_joins_and_leaves(engine0, engine3, mtp):
+    eng = engine3 if mtp else engine0
+    lengths = [6 + 3 * i for i in range(len(PROMPTS))]  # different lengths: requests leave at different steps
+    alone = [eng.generate(p, _greedy(n)).token_ids for p, n in zip(PROMPTS, lengths)]
+    with eng.scheduler() as sched:
+        handles = []
+        for p, n in zip(PROMPTS, lengths):  # 10 requests into 8 slots, joining while others run
+            handles.append(sched.submit(p, _greedy(n)))
+            time.sleep(0.01)
+        results = [h.result() for h in handles]
+        assert sched.iterations < sum(lengths)  # requests really shared decode steps
+    assert [r.token_ids for r in results] == alone
+    assert eng.pool.num_free == eng.max_batch_size
+
+
+def test_seeded_sampling_reproducible_alone_and_batched(engine0, engine3):
+    p = SamplingParams(max_tokens=16, temperature=0.9, top_k=50, top_p=0.95, seed=1234, ignore_eos=True)
+    a = engine0.generate("def f(x):", p).token_ids
+    assert engine0.generate("def f(x):", p).token_ids == a
+    other = SamplingParams(max_tokens=16, temperature=0.9, top_k=50, top_p=0.95, seed=99, ignore_eos=True)
+    assert engine0.generate("def f(x):", other).token_ids != a
+    with engine0.scheduler() as sched:
+        hs = [sched.submit("x = [", SamplingParams(max_tokens=10, temperature=1.0, seed=5)),
+              sched.submit("def f(x):", p)]
+        assert hs[1].result().token_ids == a
+        hs[0].result()
+    b = engine3.generate("def f(x):", p).token_ids  # MTP consumes random numbers differently, but reproducibly
+    assert engine3.generate("def f(x):", p).token_ids == b
+
+
+def test_cancellation_frees_the_slot(engine0):
+    with engine0.scheduler() as sched:
+        h = sched.submit("def f(x):", _greedy(200))
+        first = next(h)
+        assert first.finish_reason is None
+        h.cancel()
+        events = list(h)
+        assert events[-1].finish_reason == "cancelled" and events[-1].stats is not None
+        deadline = time.time() + 5
+        while engine0.pool.num_free != engine0.max_batch_size and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine0.pool.num_free == engine0.max_batch_size
+        # the freed slot serves the next request from a clean state
+        assert sched.submit("a", _greedy(5)).result().token_ids == engine0.generate("a", _greedy(5)).token_ids
+
+
+def test_over_long_prompt_and_impossible_options_are_refused(engine0):
+    long_prompt = list(range(3, 3 + 256))
+    with pytest.raises(RuntimeStateError, match="max_seq_len is 256"):
+        engine0.generate(long_prompt, _greedy(4))
+    with engine0.scheduler() as sched:
+        with pytest.raises(RuntimeStateError, match="max_seq_len"):
+            sched.submit(long_prompt, _greedy(4))
+        with pytest.raises(RuntimeStateError, match="top_p"):
+            sched.submit("x", SamplingParams(top_p=2.0))
+        with pytest.raises(RuntimeStateError, match="empty"):
+            sched.submit("", _greedy(4))
+    with pytest.raises(RuntimeStateError, match="vocabulary"):
+        engine0.generate([10**6], _greedy(4))
+
+
+def test_generation_stops_at_max_seq_len_eos_and_stop_strings(engine0):
+    c = engine0.generate(list(range(3, 3 + 250)), _greedy(100))
+    assert c.finish_reason == "length" and len(c.token_ids) == 6  # 250 + 6 = max_seq_len
+    ref = engine0.generate("def f(x):", _greedy(20))
+    eos = ref.token_ids[5]
+    eng = Engine(engine0.model, engine0.tokenizer, max_batch_size=1, max_seq_len=256, eos_token_ids=[eos])
+    c = eng.generate("def f(x):", SamplingParams(max_tokens=20))
+    assert c.finish_reason == "stop" and c.token_ids == ref.token_ids[: ref.token_ids.index(eos)]
+    stop = ref.text[4:6]
+    c = engine0.generate("def f(x):", SamplingParams(max_tokens=20, stop=(stop,), ignore_eos=True))
+    assert c.finish_reason == "stop" and c.text == ref.text[: ref.text.index(stop)]
+
+
+def test_memory_is_accounted(engine3):
+    cfg = engine3.config
+    rep = engine3.memory_report()
+    cap = engine3.pool.capacity
+    kv = cfg.pattern.count("*") * 2 * 8 * cfg.num_key_value_heads * cap * cfg.head_dim * 4
+    ssm = cfg.pattern.count("M") * 8 * cfg.mamba_num_heads * cfg.mamba_head_dim * cfg.ssm_state_size * 4
+    assert rep["kv"] == kv and rep["ssm"] == ssm and rep["mtp_kv"] > 0
+    assert rep["total"] >= rep["kv"] + rep["conv"] + rep["ssm"] + rep["mtp_kv"] and rep["slots"] == 8
+
+
+def test_fp16_ssm_state_option(tiny_dir):
+    eng = Engine.load(tiny_dir, mtp=0, max_batch_size=1, max_seq_len=64, ssm_dtype="float16")
+    assert all(t.dtype == torch.float16 for t in eng.pool.cache.ssm.values())
+    assert eng.generate("def f(x):", _greedy(4)).stats["num_tokens"] == 4
+
+
+def test_engine_dir_mtp_setting_is_the_default(tiny_dir, tmp_path):
+    eng_dir = tmp_path / "engine"
+    shutil.copytree(tiny_dir, eng_dir / "checkpoint")
+    (eng_dir / "build.json").write_text(json.dumps({"format_version": 1, "mtp": {"max_draft_len": 2}}))
+    eng = Engine.load(eng_dir, max_batch_size=1, max_seq_len=64)
+    assert eng.mtp == 2
+    assert Engine.load(eng_dir, max_batch_size=1, max_seq_len=64, mtp=0).mtp == 0
+    with pytest.raises(RuntimeStateError, match="kernels"):
+        Engine.load(eng_dir, kernels="cuda-magic")

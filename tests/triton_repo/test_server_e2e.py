@@ -1,0 +1,269 @@
+"""End to end on a real tritonserver: default engine -> package -> `trtllm-nemotron serve` -> gRPC / HTTP clients.
+
+One server per module (started through the `serve` CLI, stopped by the last test with SIGINT). Greedy text
+through Triton must equal the in-process runtime's, over gRPC streaming, HTTP SSE and HTTP non-streaming;
+8 concurrent streams must all be right; bad requests get error responses and the server stays healthy;
+a client that drops its stream frees its engine slot (the model's `nemotron_active_requests` gauge).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import clients
+from triton_repo.package import PackageConfig, package
+from triton_repo.server import _shm_regions, free_ports, port_free
+
+MAX_SEQ_LEN = 256
+MAX_TOKENS = 8
+PROMPTS = [
+    "def fibonacci(n):", "The capital of France is", "import numpy as np", "Once upon a time",
+    "class Stack:", "SELECT * FROM", "Mamba is a state space model", "for i in range(10):",
+]
+
+
+@dataclass
+class Served:
+    engine_dir: Path
+    repo: Path
+    proc: subprocess.Popen
+    log: Path
+    http: str
+    grpc: str
+    metrics: str
+    shm_before: set
+
+
+@pytest.fixture(scope="module")
+def default_engine(tmp_path_factory) -> Path:
+    """The default engine (`make build-engine`: embedded model, b200, nvfp4-super, MTP 3), built here."""
+    from builder.defaults import DEFAULT_MTP, DEFAULT_RECIPE, DEFAULT_TARGET, default_model_dir
+    from builder.pipeline import build_engine
+
+    out = tmp_path_factory.mktemp("e2e") / "engine"
+    return build_engine(default_model_dir(), out, target=DEFAULT_TARGET, recipe=DEFAULT_RECIPE, mtp=DEFAULT_MTP,
+                        progress=False)
+
+
+@pytest.fixture(scope="module")
+def served(default_engine, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("served")
+    repo = package(default_engine, tmp / "repo", PackageConfig(max_batch_size=8, max_seq_len=MAX_SEQ_LEN, device="cpu"))
+    h, g, m = free_ports(3)
+    log = tmp / "serve.log"
+    shm_before = _shm_regions()
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trtllm_nemotron", "serve", str(repo), "--http-port", str(h), "--grpc-port", str(g),
+             "--metrics-port", str(m)], stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    s = Served(default_engine, repo, proc, log, f"127.0.0.1:{h}", f"127.0.0.1:{g}", f"http://127.0.0.1:{m}/metrics",
+               shm_before)
+    deadline = time.monotonic() + 300
+    while not clients.server_ready(s.http, "http", timeout=2):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"serve did not become ready (rc={proc.poll()}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    yield s
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def reference(default_engine):
+    """The in-process runtime on the same engine: greedy completions per prompt."""
+    from trtllm_nemotron.runtime import Engine, SamplingParams
+
+    engine = Engine.load(default_engine, device="cpu", max_batch_size=8, max_seq_len=MAX_SEQ_LEN)
+    cache: dict[str, object] = {}
+
+    def complete(prompt: str):
+        if prompt not in cache:
+            cache[prompt] = engine.generate(prompt, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0))
+        return cache[prompt]
+
+    return complete
+
+
+def _active(served: Served) -> int:
+    text = urllib.request.urlopen(served.metrics, timeout=10).read().decode()
+    lines = [ln for ln in text.splitlines() if ln.startswith("nemotron_active_requests")]
+    assert lines, "the nemotron model exports the nemotron_active_requests gauge"
+    return int(float(lines[0].rsplit(" ", 1)[1]))
+
+
+def _wait_idle(served: Served, timeout: float = 60.0) -> float:
+    t0 = time.monotonic()
+    while _active(served) != 0:
+        assert time.monotonic() - t0 < timeout, "a slot was not freed"
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def test_serve_loads_nemotron_and_reports_skips(served):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    log = served.log.read_text()
+    assert "loading: nemotron" in log
+    if (served.repo / "tensorrt_llm").is_dir():  # GPU-target engine on a CPU host
+        assert "skipped: tensorrt_llm: needs a CUDA GPU" in log
+    h = httpclient.InferenceServerClient(served.http)
+    try:
+        assert h.is_server_live() and h.is_server_ready() and h.is_model_ready("nemotron")
+        cfg = h.get_model_config("nemotron")
+        assert cfg["model_transaction_policy"]["decoupled"] is True
+        meta = h.get_model_metadata("nemotron")
+        assert {"text_input", "streaming", "sampling_param_max_tokens"} <= {t["name"] for t in meta["inputs"]}
+        index = {m["name"]: m.get("state") for m in h.get_model_repository_index()}
+        assert index["nemotron"] == "READY" and index.get("tensorrt_llm") in (None, "UNAVAILABLE", "")
+    finally:
+        h.close()
+    g = grpcclient.InferenceServerClient(served.grpc)
+    try:
+        assert g.is_server_ready() and g.is_model_ready("nemotron")
+        meta = g.get_model_metadata("nemotron", as_json=True)
+        assert {"text_output", "finish_reason", "acceptance_rate"} <= {t["name"] for t in meta["outputs"]}
+    finally:
+        g.close()
+
+
+@pytest.mark.parametrize("protocol, stream", [("grpc", True), ("http", True), ("http", False)])
+def test_greedy_text_matches_in_process_runtime(served, reference, protocol, stream):
+    prompt = PROMPTS[0]
+    ref = reference(prompt)
+    url = served.grpc if protocol == "grpc" else served.http
+    r = clients.generate(prompt, url=url, protocol=protocol, stream=stream, max_tokens=MAX_TOKENS, temperature=0.0)
+    assert r.text == ref.text
+    assert r.finish_reason == ref.finish_reason
+    assert r.num_tokens == len(ref.token_ids)
+    assert r.ttft_s is not None and 0 < r.ttft_s <= r.e2e_s and r.tokens_per_s > 0
+    if stream:
+        assert r.num_responses >= 2 and len(r.itl_s) == r.num_tokens - 1
+    if ref.stats.get("draft_tokens"):
+        assert r.acceptance_rate == pytest.approx(ref.stats["acceptance_rate"], abs=1e-6)
+
+
+def test_stream_yields_deltas_that_concatenate(served, reference):
+    s = clients.stream(PROMPTS[1], url=served.grpc, protocol="grpc", max_tokens=MAX_TOKENS)
+    deltas = list(s)
+    assert "".join(deltas) == s.result.text == reference(PROMPTS[1]).text
+    assert s.result.num_responses >= 2
+
+
+def test_eight_concurrent_streams_all_complete_correctly(served, reference):
+    refs = [reference(p) for p in PROMPTS]
+    results = clients.generate_batch(PROMPTS, url=served.grpc, protocol="grpc", concurrency=8, stream=True,
+                                     max_tokens=MAX_TOKENS)
+    assert [r.text for r in results] == [x.text for x in refs]
+    assert all(r.finish_reason == x.finish_reason for r, x in zip(results, refs, strict=True))
+    # they were in flight together: every request started before the first one finished
+    assert max(r.ttft_s for r in results) < max(r.e2e_s for r in results)
+    assert _wait_idle(served) < 60
+
+
+def _raw_grpc(served: Served, tensors: list[tuple[str, np.ndarray, str]]) -> str:
+    """Send one raw request over a gRPC stream; return the error message (fails if it succeeded)."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(served.grpc)
+    q: queue.Queue = queue.Queue()
+    try:
+        c.start_stream(callback=lambda result, error: q.put((result, error)))
+        inputs = []
+        for name, arr, dtype in tensors:
+            x = grpcclient.InferInput(name, list(arr.shape), dtype)
+            x.set_data_from_numpy(arr)
+            inputs.append(x)
+        c.async_stream_infer("nemotron", inputs, enable_empty_final_response=True)
+        result, error = q.get(timeout=60)
+        assert error is not None, "expected an error response"
+        return error.message()
+    finally:
+        c.stop_stream()
+        c.close()
+
+
+def test_bad_requests_get_error_responses_and_server_stays_healthy(served):
+    prompt = ("text_input", np.array([b"hello"], dtype=np.object_), "BYTES")
+    msg = _raw_grpc(served, [("sampling_param_max_tokens", np.array([4], np.int32), "INT32")])
+    assert "text_input" in msg
+    msg = _raw_grpc(served, [prompt, ("sampling_param_max_tokens", np.array([4.0], np.float32), "FP32")])
+    assert "sampling_param_max_tokens" in msg and ("FP32" in msg or "data-type" in msg or "datatype" in msg.lower())
+    msg = _raw_grpc(served, [("text_input", np.array([7], np.int32), "INT32")])
+    assert "text_input" in msg
+    for kw, what in ((dict(max_tokens=-1), "max_tokens"), (dict(temperature=1e6), "temperature"),
+                     (dict(top_p=0.0), "top_p")):
+        for protocol, url in (("grpc", served.grpc), ("http", served.http)):
+            with pytest.raises(clients.RequestRejected, match=what):
+                clients.generate("hello", url=url, protocol=protocol, **kw)
+    long_prompt = "word " * (2 * MAX_SEQ_LEN)
+    with pytest.raises(clients.RequestRejected, match="max_seq_len"):
+        clients.generate(long_prompt, url=served.grpc, protocol="grpc", max_tokens=4)
+    assert clients.server_ready(served.http, "http") and clients.server_ready(served.grpc, "grpc")
+    assert _wait_idle(served) < 5
+    r = clients.generate("hello", url=served.grpc, protocol="grpc", max_tokens=2)
+    assert r.finish_reason in ("length", "stop") and r.num_tokens >= 1
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_client_that_disconnects_mid_stream_frees_its_slot(served, protocol):
+    url = served.grpc if protocol == "grpc" else served.http
+    s = clients.stream("Once upon a time", url=url, protocol=protocol, max_tokens=MAX_SEQ_LEN - 16, ignore_eos=True)
+    next(s)  # the request holds a slot and is generating
+    assert _active(served) == 1
+    s.close()  # drop the stream mid-way
+    freed_after = _wait_idle(served, timeout=60)
+    assert freed_after < 60
+    r = clients.generate("hello", url=url, protocol=protocol, max_tokens=2)  # and the server still serves
+    assert r.num_tokens >= 1
+
+
+def test_stop_request_by_id_cancels(served):
+    s = clients.TextStream("for i in range(10):", url=served.grpc, protocol="grpc", max_tokens=MAX_SEQ_LEN - 16,
+                           ignore_eos=True, request_id="cancel-me")
+    next(s)
+    msg = _raw_grpc(served, [("stop", np.array([True]), "BOOL")])  # no id: refused
+    assert "request id" in msg
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(served.grpc)
+    try:
+        x = grpcclient.InferInput("stop", [1], "BOOL")
+        x.set_data_from_numpy(np.array([True]))
+        errors = []
+        c.start_stream(callback=lambda result, error: errors.append(error))
+        c.async_stream_infer("nemotron", [x], request_id="cancel-me")
+        with pytest.raises(clients.RequestRejected, match="cancelled"):
+            list(s)
+    finally:
+        c.stop_stream()
+        c.close()
+    _wait_idle(served)
+
+
+def test_serve_stops_cleanly_on_sigint(served):
+    served.proc.send_signal(signal.SIGINT)
+    rc = served.proc.wait(60)
+    assert rc == 0, served.log.read_text()[-3000:]
+    host, port = served.http.rsplit(":", 1)
+    assert port_free(host, int(port)) and port_free(host, int(served.grpc.rsplit(":", 1)[1]))
+    leaked = _shm_regions() - served.shm_before
+    assert not leaked, f"shared memory left behind: {leaked}"
+    assert json.loads((served.repo / "manifest.json").read_text())["models"]["nemotron"]
