@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--engine", type=Path, default=Path("build/engine"))
     ap.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     ap.add_argument("--max-tokens", type=int, default=48)
-    ap.add_argument("--requests-per-client", type=int, default=3)
+    ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("build/bench_serve.json"))
     args = ap.parse_args()
 

@@ -116,6 +116,12 @@ class _Build:
                     f"the partial build at {self.stage_dir} was started with {saved.get('params')}, not "
                     f"{self.params()}; rerun without --resume to start over"
                 )
+            inspected = saved["done"].get("inspect")
+            if inspected and mf.hash_tree(self.model_dir, exclude=()) != inspected["data"]["inputs"]:
+                raise BuildError(
+                    f"the model files in {self.model_dir} changed since the partial build at {self.stage_dir} "
+                    "inspected them; rerun without --resume to start over"
+                )
             self.state = saved
         elif self.stage_dir.exists():  # resume asked, but nothing recorded: start clean
             shutil.rmtree(self.stage_dir)

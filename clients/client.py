@@ -65,7 +65,8 @@ class ClientResult:
     def to_json(self) -> dict:
         return {"text": self.text, "num_tokens": self.num_tokens, "tokens_per_s": self.tokens_per_s,
                 "ttft_s": self.ttft_s, "acceptance_rate": self.acceptance_rate,
-                "acceptance_length": self.acceptance_length, "finish_reason": self.finish_reason,
+                "acceptance_length": self.acceptance_length, "accepted_draft_tokens": self.accepted_draft_tokens,
+                "draft_tokens": self.draft_tokens, "finish_reason": self.finish_reason,
                 "e2e_s": self.e2e_s, "url": self.url, "protocol": self.protocol, "model": self.model}
 
 

@@ -4,7 +4,7 @@ Public entry points (lazy: importing `plugins` imports neither torch nor triton;
 `torch.ops.trtllm_nemotron.<op>` and dispatches through it):
 
     mamba_state_update(xbc, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A, D, slot_idx,
-                       *, n_groups, keep_steps=False) -> (y [batch, T, H*P] fp32, ssm_steps | None, conv_steps | None)
+                       *, n_groups, keep_steps=False) -> (y [batch, T, H*P] fp32, ssm_steps, conv_steps)
     latent_moe_routing(logits, bias, *, top_k, n_group=1, topk_group=1, norm_topk_prob=True,
                        routed_scaling_factor=1.0) -> (weights [T,k] fp32, idx [T,k] int32, counts [E] int32,
                                                       perm [T*k] int32)
@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 # The op folders share their names with the public functions below. Import the (docstring-only, torch-free)
 # subpackages first so that the functions defined afterwards own the attributes: Python binds a subpackage
 # to its parent's attribute only when it is first imported, so later `from plugins.<op>.op import ...`
-# leaves `plugins.<op>` the function.
+# leaves `plugins.<op>` the function. (So write `from plugins.<op> import kernel`, not `import plugins.<op>.kernel
+# as k`, which resolves through attributes.)
 from plugins import latent_moe_routing as _latent_moe_routing_pkg  # noqa: F401
 from plugins import mamba_state_update as _mamba_state_update_pkg  # noqa: F401
 
@@ -45,7 +46,7 @@ def mamba_state_update(
     *,
     n_groups: int,
     keep_steps: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One fused Mamba-2 decode step; see `plugins.mamba_state_update.op.mamba_state_update` for the contract."""
     from plugins.mamba_state_update.op import mamba_state_update as _impl
 

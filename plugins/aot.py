@@ -96,9 +96,8 @@ def compile_spec(fn: Any, spec: Any, sm: int) -> Any:
             raise PluginError(f"{spec.kernel}: constexpr {name} missing from its launch spec")
     src = ASTSource(fn=fn, signature=signature, constexprs=dict(spec.constexprs))
     try:
-        return triton.compile(
-            src, target=GPUTarget("cuda", int(sm), 32), options={"num_warps": spec.num_warps}
-        )
+        options = {"num_warps": spec.num_warps, "enable_fp_fusion": True}  # FMA, the JIT default
+        return triton.compile(src, target=GPUTarget("cuda", int(sm), 32), options=options)
     except Exception as e:  # compiler errors carry the MLIR diagnostics
         raise PluginError(f"compiling {spec.kernel} for sm_{sm} failed: {type(e).__name__}: {e}") from e
 
@@ -209,7 +208,12 @@ def _compile_sm(jobs: list[dict[str, Any]], sm: int, cfg: Any, dest: Path, bar: 
                 "shared_mem": ck.metadata.shared,
                 "grid": job["grid"],
                 "hidden_params": ptx_param_count(ptx, ck.metadata.name)
-                - len(job["inputs"]) - len(job["scalars"]) - len(job["outputs"]),
+                - len(job["inputs"])
+                - len(job["scalars"])
+                - len(job["outputs"]),
+                # the hidden scratch pointers are never dereferenced when no global scratch is used, so a
+                # launcher that does not pass them (TensorRT QDP with triton < 3.3 conventions) is safe
+                "global_scratch_size": int(getattr(ck.metadata, "global_scratch_size", 0)),
                 "inputs": list(job["inputs"]),
                 "scalars": list(job["scalars"]),
                 "outputs": list(job["outputs"]),

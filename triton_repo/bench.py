@@ -37,11 +37,11 @@ PROMPTS = (
 @dataclass(frozen=True)
 class BenchConfig:
     concurrencies: tuple[int, ...] = (1, 8)
-    requests_per_client: int = 3
+    requests_per_client: int = 4
     max_tokens: int = 48
     protocol: str = "grpc"
     max_batch_size: int = 8
-    repeats: int = 2
+    repeats: int = 3
 
 
 def _inprocess_load(engine, concurrency: int, requests: int, max_tokens: int) -> LoadReport:

@@ -207,6 +207,11 @@ def _shm_regions() -> set[Path]:
     return set(Path("/dev/shm").glob(_SHM_GLOB)) if Path("/dev/shm").is_dir() else set()
 
 
+def _python_envs() -> set[Path]:
+    """The stub's `/tmp/python_env_*` dirs (left behind when a server is killed)."""
+    return set(Path(tempfile.gettempdir()).glob("python_env_*"))
+
+
 def _other_tritonservers(exclude_pid: int | None) -> bool:
     for p in Path("/proc").glob("[0-9]*"):
         try:
@@ -215,6 +220,23 @@ def _other_tritonservers(exclude_pid: int | None) -> bool:
         except OSError:
             continue
     return False
+
+
+def _reap_group(pgid: int, wait_s: float = 3.0) -> None:
+    """SIGKILL what is left of the server's process group once the server is gone.
+
+    Python-backend stubs live in the server's group and exit on their own within ~0.5 s of a clean stop;
+    after a server crash they are orphaned and ignore SIGTERM, holding their model's memory.
+    """
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class TritonServer:
@@ -230,6 +252,7 @@ class TritonServer:
         self.proc: subprocess.Popen | None = None
         self.loaded, self.skipped = plan_models(Path(cfg.repo), self.install, cfg.models)
         self._shm_before: set[Path] = set()
+        self._envs_before: set[Path] = set()
         self._log_file = None
 
     def command(self) -> list[str]:
@@ -253,6 +276,7 @@ class TritonServer:
             raise PackageError(f"ports {busy} on {c.host} are in use (another tritonserver?); stop it or pass "
                                f"--http-port/--grpc-port/--metrics-port")
         self._shm_before = _shm_regions()
+        self._envs_before = _python_envs()
         env = {**os.environ, **self.install.env}
         if self.log_path is not None:
             self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -307,6 +331,7 @@ class TritonServer:
             rc = self.proc.returncode
             pid = self.proc.pid
             self.proc = None
+            _reap_group(pid)
             self.cleanup_shm(pid)
         if self._log_file is not None:
             self._log_file.close()
@@ -314,7 +339,8 @@ class TritonServer:
         return rc
 
     def cleanup_shm(self, pid: int | None = None) -> list[Path]:
-        """Remove the Python-backend shm segments this server left (never while another server runs)."""
+        """Remove the Python-backend shm segments and stub env dirs this server left (never while another
+        server runs)."""
         time.sleep(0.2)  # stubs exit shortly after the server
         if _other_tritonservers(pid):
             return []
@@ -323,6 +349,9 @@ class TritonServer:
             with contextlib.suppress(OSError):
                 p.unlink()
                 removed.append(p)
+        for p in _python_envs() - self._envs_before:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
         return removed
 
     def __enter__(self) -> TritonServer:

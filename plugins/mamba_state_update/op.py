@@ -85,7 +85,7 @@ def mamba_state_update(
     *,
     n_groups: int,
     keep_steps: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One fused Mamba-2 decode step for a batch (reference.py has the maths and the conventions).
 
     Args:
@@ -96,12 +96,13 @@ def mamba_state_update(
         conv_weight: [conv_dim, K] or the checkpoint's [conv_dim, 1, K].
         conv_bias: [conv_dim] or None (zeros).
         dt_bias, A, D: [H]; A = -exp(A_log) (fp32).
-        slot_idx: [batch] integer pool rows; a negative entry is a padding row (y = 0, no state change).
+        slot_idx: [batch] integer pool rows (distinct); a negative entry is a padding row (y = 0, no state change).
         n_groups: G, the number of B/C groups.
         keep_steps: also return the state after every token (speculative verification).
     Returns:
         y [batch, T, H*P] fp32 (or [batch, H*P] for 2-D inputs), and when keep_steps
-        ssm_steps [batch, T, H, P, N] and conv_steps [batch, T, conv_dim, K-1] (else None, None).
+        ssm_steps [batch, T, H, P, N] and conv_steps [batch, T, conv_dim, K-1] (else empty (0,) tensors,
+        as `trtllm_nemotron.model.ops.mamba_decode_step` returns).
         The pools end at the last token; commit token j of row b with
         `ssm_state[slot[b]] = ssm_steps[b, j]; conv_state[slot[b]] = conv_steps[b, j]`.
     """
@@ -153,6 +154,4 @@ def mamba_state_update(
     )  # fmt: skip
     if squeeze:
         y = y.squeeze(1)
-    if not keep_steps:
-        return y, None, None
     return y, ssm_steps, conv_steps

@@ -180,6 +180,12 @@ def test_cli_build_and_plan(tiny_ckpt, tmp_path):
                                   "--out", str(tmp_path / "e"), "--no-progress"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "engine dir:" in r.output and verify_engine_dir(tmp_path / "e") == []
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "e" / "checkpoint" / "config.json").write_text(
+        (tmp_path / "e" / "checkpoint" / "config.json").read_text() + " ")  # fmt: skip
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path / "e")])
+    assert r.exit_code == 1 and "hash mismatch: checkpoint/config.json" in r.output
     r = CliRunner().invoke(main, ["plan", "--model", "super-120b", "--target", "h100", "--recipe", "nvfp4-super"])
     assert r.exit_code == 1
     assert "DOES NOT FIT" in r.output and "79.01 GB" in r.output and ">= 2 x h100" in r.output
@@ -197,3 +203,65 @@ def test_default_model_dir(build_cache):
     if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
         assert d == build_cache / "tiny-seed0" and (d / "tokenizer.json").is_file()
         assert default_model_dir() == d  # made once, then reused
+
+
+_KILL_ME = """
+import sys, time
+from builder import pipeline
+def slow(self):
+    time.sleep(120)  # killed here
+pipeline._Build.stage_validate = slow
+pipeline.build_engine(sys.argv[1], sys.argv[2], target="cpu", recipe="bf16", mtp=3, progress=False,
+                      calib_samples=2, calib_seq_len=32)
+"""
+
+
+def test_sigkill_mid_build_then_resume(tiny_ckpt, tmp_path):
+    """A hard kill (no cleanup code runs) leaves only the hidden staging dir; --resume finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "engine"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_ME, str(tiny_ckpt), str(out)], env=os.environ.copy())
+    state = staging_dir(out) / ".state.json"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if state.is_file() and "trtllm_config" in json.loads(state.read_text() or "{}").get("done", {}):
+                break
+            assert proc.poll() is None, "the build exited before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("the build never reached the validate stage")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [staging_dir(out).name]
+    _cpu_build(tiny_ckpt, out, resume=True)
+    assert verify_engine_dir(out) == []
+    stages = {s["name"]: s["status"] for s in read_manifest(out)["stages"]}
+    assert stages["validate"] == "skipped" and stages["inspect"] == "done"
+
+
+def test_resume_refuses_changed_inputs(tiny_ckpt, tmp_path, monkeypatch):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_ckpt, src)
+    out = tmp_path / "engine"
+
+    def boom(self):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(pipeline._Build, "stage_plugins", boom)
+    with pytest.raises(BuildError, match="interrupted"):
+        _cpu_build(src, out)
+    monkeypatch.undo()
+    (src / "generation_config.json").write_text((src / "generation_config.json").read_text() + "\n")
+    with pytest.raises(BuildError, match="changed since the partial build"):
+        _cpu_build(src, out, resume=True)
+    assert not out.exists()

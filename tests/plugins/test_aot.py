@@ -28,15 +28,26 @@ def test_compile_all_writes_index_ptx_cubin(compiled):
         ix = json.loads((out / f"sm_{sm}" / "index.json").read_text())
         assert ix == index[f"sm_{sm}"]
         names = {k["name"] for k in ix["kernels"]}
-        assert {"latent_moe_routing", "moe_expert_permutation", "mamba_state_update_bf16_statef32_steps"} <= names
+        assert {
+            "latent_moe_routing",
+            "moe_expert_permutation",
+            "mamba_state_update_bf16_statef32_steps",
+        } <= names
         for k in ix["kernels"]:
             ptx = (out / f"sm_{sm}" / k["ptx"]).read_text()
             assert ptx_target(ptx) == k["target"] == f"sm_{sm}a"
             assert f".entry {k['entry']}(" in ptx
             assert (out / f"sm_{sm}" / k["cubin"]).stat().st_size > 0
             assert k["hidden_params"] in (0, 2)  # triton >= 3.3 appends global/profile scratch pointers
+            assert k["global_scratch_size"] == 0  # ... which these kernels never dereference
         mamba = next(k for k in ix["kernels"] if k["name"] == "mamba_state_update_bf16_statef32")
-        assert mamba["constexprs"] == {"K": 4, "BLOCK_K": 4, "BLOCK_P": 16, "BLOCK_N": 16, "KEEP_STEPS": False}
+        assert mamba["constexprs"] == {
+            "K": 4,
+            "BLOCK_K": 4,
+            "BLOCK_P": 16,
+            "BLOCK_N": 16,
+            "KEEP_STEPS": False,
+        }
         assert mamba["grid"] == ml.GRID_RULE and mamba["scalars"] == list(ml.SCALARS)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
@@ -44,7 +55,7 @@ def test_compile_all_writes_index_ptx_cubin(compiled):
 @pytest.mark.parametrize("sm", [100, 90])
 def test_cuobjdump_names_the_architecture(compiled, sm):
     out, index = compiled
-    for k in index[f"sm_{sm}"]["kernels"][:2] + index[f"sm_{sm}"]["kernels"][-2:]:
+    for k in index[f"sm_{sm}"]["kernels"][-2:]:  # routing + permutation: small cubins, quick to disassemble
         sass = disassemble(out / f"sm_{sm}" / k["cubin"])
         assert sass_arch(sass) == f"sm_{sm}a"
         assert f"Function : {k['entry']}" in sass

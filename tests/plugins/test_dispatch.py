@@ -58,7 +58,7 @@ def test_interpret_mode_after_triton_was_imported_for_compilation():
     code = """
 import torch, triton
 from triton.runtime.jit import JITFunction
-import plugins.latent_moe_routing.kernel as k
+from plugins.latent_moe_routing import kernel as k
 assert isinstance(k._latent_moe_routing_kernel, JITFunction)
 import plugins
 from plugins.latent_moe_routing.reference import latent_moe_routing_ref

@@ -102,7 +102,9 @@ def test_custom_op_registered_with_fake(monkeypatch):
     monkeypatch.setenv("TRTLLM_NEMOTRON_KERNELS", "reference")
     plugins.register_ops()
     logits, bias = make(4, 16)
-    torch.library.opcheck(torch.ops.trtllm_nemotron.latent_moe_routing.default, (logits, bias, 4, 4, 2, True, 2.5))
+    torch.library.opcheck(
+        torch.ops.trtllm_nemotron.latent_moe_routing.default, (logits, bias, 4, 4, 2, True, 2.5)
+    )
 
 
 @pytest.mark.gpu
@@ -115,8 +117,31 @@ def test_cuda_kernels_match_reference(T, c):
     logits, bias = logits.cuda(), bias.cuda()
     got = plugins.latent_moe_routing(logits, bias, top_k=c["top_k"], routed_scaling_factor=c["scale"])
     want = ref(logits, bias, c)
-    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
-    # sigmoid may differ by an ulp on GPU: compare selections only where the reference has no near-tie
-    assert (got[1] == want[1]).float().mean() > 0.999
+    # the GPU's exp may differ from torch's by an ulp or two, which can flip a near-tie: require almost all
+    # rows identical, and exact weights on those rows
+    rows = (got[1] == want[1]).all(1)
+    assert rows.float().mean() > 0.99
+    torch.testing.assert_close(got[0][rows], want[0][rows], rtol=1e-5, atol=1e-6)
     assert torch.equal(got[2], torch.bincount(got[1].flatten().long(), minlength=c["E"]).int())
     assert torch.equal(got[3], torch.sort(got[1].flatten(), stable=True).indices.int())
+
+
+@pytest.mark.parametrize("c", [TINY, SUPER], ids=["grouped", "super"])
+def test_matches_model_ops_route(c):
+    """The model's `trtllm_nemotron.model.ops.route` selects the same experts with the same weights."""
+    from trtllm_nemotron.model.ops import route
+
+    logits, bias = make(6, c["E"], seed=3)
+    w, idx, _, _ = ref(logits, bias, c)
+    mw, midx = route(
+        logits, bias, top_k=c["top_k"], n_group=c["n_group"], topk_group=c["topk_group"], norm_topk_prob=True,
+        routed_scaling_factor=c["scale"],
+    )  # fmt: skip
+    o, mo = idx.long().argsort(-1), midx.argsort(-1)
+    assert torch.equal(idx.long().gather(1, o), midx.gather(1, mo))
+    torch.testing.assert_close(w.gather(1, o), mw.gather(1, mo), rtol=1e-6, atol=1e-7)
+
+
+def test_interpreter_bf16_logits_are_upcast(monkeypatch):
+    logits, bias = make(5, 128, seed=5)
+    _check_kernel(monkeypatch, logits.to(torch.bfloat16), bias, NANO)

@@ -12,7 +12,9 @@ from trtllm_nemotron.errors import PluginError
 _TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 
 
-def make_case(batch, T, H, P, N, G, K=4, pool=None, act=torch.float32, state=torch.float32, device="cpu", seed=0):
+def make_case(
+    batch, T, H, P, N, G, K=4, pool=None, act=torch.float32, state=torch.float32, device="cpu", seed=0
+):
     gen = torch.Generator().manual_seed(seed)
     pool = pool or batch + 2
     conv_dim = H * P + 2 * G * N
@@ -41,8 +43,7 @@ def run(fn, case, slot, *, n_groups, keep_steps=False):
 
 def call_ref(**kw):
     kw["conv_weight"] = kw["conv_weight"].reshape(kw["conv_weight"].shape[0], -1)
-    y, s, c = mamba_state_update_ref(**kw)
-    return (y, s, c) if kw["keep_steps"] else (y, None, None)
+    return mamba_state_update_ref(**kw)
 
 
 def test_reference_multi_token_equals_single_steps():
@@ -98,12 +99,14 @@ def test_interpreter_matches_reference(monkeypatch, name, dims, act, state, slot
     tol = _TOL[state]
     torch.testing.assert_close(got[0], want[0], rtol=tol, atol=tol)
     torch.testing.assert_close(got_st["ssm_state"], want_st["ssm_state"], rtol=tol, atol=tol)
-    torch.testing.assert_close(got_st["conv_state"], want_st["conv_state"], rtol=0, atol=0)  # raw values: exact
+    torch.testing.assert_close(
+        got_st["conv_state"], want_st["conv_state"], rtol=0, atol=0
+    )  # raw values: exact
     if keep:
         torch.testing.assert_close(got[1], want[1], rtol=tol, atol=tol)
         torch.testing.assert_close(got[2], want[2], rtol=0, atol=0)
     else:
-        assert got[1] is None and got[2] is None
+        assert got[1].numel() == 0 and got[2].numel() == 0
     pad = [i for i, s in enumerate(slots) if s < 0]
     if pad:
         assert torch.all(got[0][pad] == 0)
@@ -150,3 +153,19 @@ def test_cuda_kernel_matches_reference_super_shapes(batch, keep):
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got_st["ssm_state"], want_st["ssm_state"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got_st["conv_state"], want_st["conv_state"], rtol=0, atol=0)
+
+
+def test_matches_model_ops_mamba_decode_step():
+    """The model's pure-torch contract (`trtllm_nemotron.model.ops.mamba_decode_step`) and this op agree."""
+    from trtllm_nemotron.model.ops import mamba_decode_step
+
+    case = make_case(batch=3, T=2, H=4, P=3, N=4, G=2, state=torch.float16)
+    slot = torch.tensor([4, -1, 1])
+    got, got_st = run(call_ref, case, slot, n_groups=2, keep_steps=True)
+    c = {k: v.clone() for k, v in case.items()}
+    xbc = c.pop("xbc")
+    want = mamba_decode_step(xbc, **c, slot_idx=slot, n_groups=2, keep_steps=True)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_st["ssm_state"], c["ssm_state"], rtol=0, atol=0)
+    torch.testing.assert_close(got_st["conv_state"], c["conv_state"], rtol=0, atol=0)

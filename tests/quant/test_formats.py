@@ -14,7 +14,7 @@ quant_utils = pytest.importorskip("modelopt.torch.export.quant_utils")
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(torch.uint8)
+    return t.contiguous().reshape(-1).view(torch.uint8)
 
 
 def _tensor(shape, dtype, seed):
@@ -27,8 +27,14 @@ def _tensor(shape, dtype, seed):
     return w
 
 
-CASES = [((64, 128), torch.bfloat16), ((7, 48), torch.float32), ((3, 16), torch.float16),
-         ((5, 3, 32), torch.bfloat16), ((256, 1024), torch.bfloat16), ((1, 32), torch.float32)]
+CASES = [
+    ((64, 128), torch.bfloat16),
+    ((7, 48), torch.float32),
+    ((3, 16), torch.float16),
+    ((5, 3, 32), torch.bfloat16),
+    ((256, 1024), torch.bfloat16),
+    ((1, 32), torch.float32),
+]
 
 
 @pytest.mark.parametrize("shape,dtype", CASES)
@@ -135,8 +141,12 @@ def test_full_modelopt_export_path_matches(cfg_name, fmt):
         mine = {"weight": q, "weight_scale": s, "input_scale": fp8.scale_from_amax(amax)}
     else:
         p, s, s2 = nvfp4.quantize(w)
-        mine = {"weight": p, "weight_scale": s, "weight_scale_2": s2,
-                "input_scale": nvfp4.global_scale_from_amax(amax)}
+        mine = {
+            "weight": p,
+            "weight_scale": s,
+            "weight_scale_2": s2,
+            "input_scale": nvfp4.global_scale_from_amax(amax),
+        }
     assert sorted(ref) == sorted(mine)
     for k, v in mine.items():
         assert ref[k].dtype == v.dtype and tuple(ref[k].shape) == tuple(v.shape), k

@@ -9,8 +9,8 @@ import pytest
 
 import clients
 from clients.bench import percentile
-from trtllm_nemotron.errors import ClientError
 from triton_repo.server import free_ports
+from trtllm_nemotron.errors import ClientError
 
 
 def test_parse_url():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from trtllm_nemotron.errors import PackageError
 from triton_repo.model_config import (
     InstanceGroup,
     ModelConfigSpec,
@@ -15,6 +14,7 @@ from triton_repo.model_config import (
 )
 from triton_repo.package import nemotron_spec, trtllm_spec
 from triton_repo.protocol import LLMAPI_INPUTS, LLMAPI_OUTPUTS, NEMOTRON_INPUTS, NEMOTRON_OUTPUTS
+from trtllm_nemotron.errors import PackageError
 
 
 def _spec(**kw) -> ModelConfigSpec:

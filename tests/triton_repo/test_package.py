@@ -9,11 +9,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from trtllm_nemotron.cli import main
-from trtllm_nemotron.errors import PackageError
 from triton_repo.model_config import parse_pbtxt
 from triton_repo.package import TRTLLM_SOURCE_DIR, PackageConfig, package, repo_models
 from triton_repo.server import TritonInstall, plan_models
+from trtllm_nemotron.cli import main
+from trtllm_nemotron.errors import PackageError
 
 
 def test_cpu_engine_gives_the_nemotron_model_only(cpu_engine, tmp_path):

@@ -22,4 +22,6 @@ def compile_plugins(sms: tuple[int, ...], out_dir: str, config: str) -> None:
 
     index = compile_all(out_dir, tuple(sms), config=load_config(config))
     for key, ix in index.items():
-        click.echo(f"{out_dir}/{key}: {len(ix['kernels'])} kernels ({ix['kernels'][0]['target']}, triton {ix['triton']})")
+        click.echo(
+            f"{out_dir}/{key}: {len(ix['kernels'])} kernels ({ix['kernels'][0]['target']}, triton {ix['triton']})"
+        )

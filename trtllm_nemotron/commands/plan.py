@@ -36,7 +36,8 @@ def plan(model: str, target: str, recipe: str | None, gpus: int, max_seq_len: in
     t = get_target(target)
     cfg = load_config(model)
     if mtp and not cfg.num_nextn_predict_layers:
-        mtp = 0  # the model has no MTP block: plan without speculation
+        click.echo(f"note: the model has no MTP layers; planning with --mtp 0 instead of {mtp}", err=True)
+        mtp = 0
     p = plan_memory(cfg, t, recipe=recipe or t.default_recipe, gpus=gpus, max_seq_len=max_seq_len, batch=batch,
                     mtp=mtp)  # fmt: skip
     if as_json:

@@ -49,7 +49,9 @@ def _windows(texts: list[str], tokenizer_dir: Path, vocab: int, max_len: int) ->
 
 
 @torch.no_grad()
-def compare_models(ref: torch.nn.Module, test: torch.nn.Module, windows: list[torch.Tensor]) -> dict[str, float]:
+def compare_models(
+    ref: torch.nn.Module, test: torch.nn.Module, windows: list[torch.Tensor]
+) -> dict[str, float]:
     """KL / top-1 / perplexity of `test` against `ref` on token windows [1, T]."""
     kls, agree, nll_ref, nll_test, n = [], 0, 0.0, 0.0, 0
     for ids in windows:
@@ -78,7 +80,7 @@ def compare_models(ref: torch.nn.Module, test: torch.nn.Module, windows: list[to
 def accuracy_report(
     quant_dir: str | Path, source_dir: str | Path, texts: list[str] | None = None, *, max_len: int = 256
 ) -> dict[str, Any]:
-    """Compare checkpoint `quant_dir` with `source_dir`; write `quant_dir/accuracy.json`; return the report."""
+    """Compare `quant_dir` with `source_dir`; write `quant_dir/accuracy.json`; return the report."""
     from trtllm_nemotron import load_model
 
     quant_dir, source_dir = Path(quant_dir), Path(source_dir)
@@ -89,17 +91,26 @@ def accuracy_report(
             f"{quant_dir} and {source_dir} are different models (pattern {test.config.pattern!r} vs "
             f"{ref.config.pattern!r}); pass the checkpoint the quantized one was made from"
         )
-    windows = _windows(list(texts) if texts is not None else list(HELDOUT_TEXTS), source_dir,
-                       ref.config.vocab_size, max_len)
+    windows = _windows(
+        list(texts) if texts is not None else list(HELDOUT_TEXTS), source_dir, ref.config.vocab_size, max_len
+    )
     report: dict[str, Any] = compare_models(ref, test, windows)
     qcfg = (test.config.raw or {}).get("quantization_config") or {}
-    report.update({"quant_dir": str(quant_dir), "source_dir": str(source_dir),
-                   "quant_algo": qcfg.get("quant_algo"), "texts": len(windows)})
+    report.update(
+        {
+            "quant_dir": str(quant_dir),
+            "source_dir": str(source_dir),
+            "quant_algo": qcfg.get("quant_algo"),
+            "texts": len(windows),
+        }
+    )
     tmp = quant_dir / f".{ACCURACY_FILE}.tmp"
     try:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         os.replace(tmp, quant_dir / ACCURACY_FILE)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise QuantError(f"could not write {quant_dir / ACCURACY_FILE} ({e}); check the directory is writable") from e
+        raise QuantError(
+            f"could not write {quant_dir / ACCURACY_FILE} ({e}); check the directory is writable"
+        ) from e
     return report

@@ -58,10 +58,16 @@ Numbers: 3.14159, 2.71828, 1.41421, 42, -17, 1e-9, 65536, 0xFF, 0b1010.
 """
 
 
-def load_calib_text(path: str | Path | None) -> str:
-    if path is None:
+def load_calib_text(source: str | Path | None) -> str:
+    """The calibration text: None -> built-in; a Path (or a str naming an existing file) -> that file's
+    text; any other str -> the text itself."""
+    if source is None:
         return DEFAULT_CALIB_TEXT
-    p = Path(path)
+    if isinstance(source, str) and not Path(source).is_file():
+        if not source.strip():
+            raise QuantError("the calibration text is empty; pass representative text or a text file")
+        return source
+    p = Path(source)
     if not p.is_file():
         raise QuantError(f"calibration text file {p} does not exist; pass a UTF-8 text file or omit it")
     text = p.read_text(encoding="utf-8", errors="replace")
@@ -88,7 +94,9 @@ def tokenize(text: str, tokenizer_dir: str | Path | None, vocab_size: int) -> li
 def calibration_ids(ids: list[int], samples: int, seq_len: int) -> torch.Tensor:
     """`samples` consecutive windows of `seq_len` tokens, cycling the text: [samples, seq_len] int64."""
     if samples < 1 or seq_len < 2:
-        raise QuantError(f"calibration needs samples >= 1 and seq_len >= 2, got samples={samples} seq_len={seq_len}")
+        raise QuantError(
+            f"calibration needs samples >= 1 and seq_len >= 2, got samples={samples} seq_len={seq_len}"
+        )
     need = samples * seq_len
     reps = -(-need // len(ids))
     flat = torch.tensor((ids * reps)[:need], dtype=torch.int64)

@@ -86,7 +86,9 @@ class TensorSource:
         while got < len(buf):
             chunk = os.preadv(self._fds[f], [view[got:]], base + start + got)
             if chunk <= 0:
-                raise QuantError(f"{f} ended early while reading {name}; the shard is truncated, re-download it")
+                raise QuantError(
+                    f"{f} ended early while reading {name}; the shard is truncated, re-download it"
+                )
             got += chunk
         if not buf:
             return torch.empty(shape, dtype=dtype)
@@ -101,7 +103,8 @@ class TensorSource:
 def _check_inputs(reader: CheckpointReader, quantized: dict[str, str]) -> None:
     if reader.quantization is not None:
         raise QuantError(
-            f"{reader.path} is already quantized ({reader.quantization.get('quantization', reader.quantization)}); "
+            f"{reader.path} is already quantized "
+            f"({reader.quantization.get('quantization', reader.quantization)}); "
             "quantize the BF16 source checkpoint instead"
         )
     check_checkpoint(reader)
@@ -139,8 +142,11 @@ def quantize_checkpoint(
 ) -> dict[str, Any]:
     """Quantize checkpoint `src` with `recipe` into `out` (ModelOpt HF layout). Returns a summary dict.
 
-    calib_text: a text file (None: the built-in text). accuracy: also run `accuracy_report(out, src)` and
-    write it to `out/accuracy.json` (the summary's "accuracy" key).
+    calib_text: a text file (Path, or str naming a file), the text itself (other str), or None (built-in);
+    calib_samples x calib_seq_len tokens of it run through the network, layer by layer. accuracy: also run
+    `accuracy_report(out, src)`, which writes `out/accuracy.json` (the summary's "accuracy" key).
+    max_shard_bytes: output shard cap; peak memory is about one layer plus one shard.
+    Raises QuantError / CheckpointError (bad recipe, source, shapes or output path) before writing anything.
     """
     from tqdm import tqdm
 
@@ -156,9 +162,13 @@ def quantize_checkpoint(
         expected = expected_tensors(cfg)
         names = list(expected)
         kv_modules = (
-            {n.removesuffix(".weight") for n in names if n.startswith("backbone.")
-             and n.endswith((".k_proj.weight", ".v_proj.weight"))}
-            if rec.kv_cache else set()
+            {
+                n.removesuffix(".weight")
+                for n in names
+                if n.startswith("backbone.") and n.endswith((".k_proj.weight", ".v_proj.weight"))
+            }
+            if rec.kv_cache
+            else set()
         )
         need_calib = bool(quantized or kv_modules)
         hfq = hf_quant_config(cfg, rec)
@@ -169,7 +179,11 @@ def quantize_checkpoint(
         out_cfg = cfg.replace(raw=raw)
         extra = {"hf_quant_config.json": json.dumps(hfq, indent=4)} if hfq is not None else {}
         tokenizer_dir = src if any((src / f).is_file() for f in TOKENIZER_FILES) else None
-        n_calib_tokens = 0
+        ids = None
+        if need_calib:  # text problems surface before anything is written
+            text = load_calib_text(calib_text)
+            ids = calibration_ids(tokenize(text, tokenizer_dir, cfg.vocab_size), calib_samples, calib_seq_len)
+        n_calib_tokens = 0 if ids is None else ids.numel()
         source = TensorSource(reader)
         total_bytes = sum(reader.nbytes(n) for n in names)
         counts = {FP8: 0, NVFP4: 0}
@@ -182,16 +196,20 @@ def quantize_checkpoint(
             return name, t
 
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
-            nonlocal n_calib_tokens
             cal: LayerCalibrator | None = None
-            if need_calib:
-                text = load_calib_text(calib_text)
-                ids = calibration_ids(tokenize(text, tokenizer_dir, cfg.vocab_size), calib_samples, calib_seq_len)
-                n_calib_tokens = ids.numel()
+            if ids is not None:
                 cal = LayerCalibrator(cfg, ids, source.get, set(quantized), kv_modules, dtype=calib_dtype)
             done_layer = -1
-            bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"quantize {rec.name}",
-                       file=sys.stderr, disable=not progress, dynamic_ncols=True)
+            bar = tqdm(
+                total=total_bytes,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"quantize {rec.name}",
+                file=sys.stderr,
+                disable=not progress,
+                dynamic_ncols=True,
+            )
             try:
                 for name in names:
                     layer = _layer_of(name)
@@ -229,15 +247,22 @@ def quantize_checkpoint(
 
         meta = {"format": "pt", "producer": f"trtllm-nemotron (recipe {rec.name}, ModelOpt 0.47 HF format)"}
         try:
-            save_checkpoint(out, out_cfg, tensors(), tokenizer_dir=tokenizer_dir, max_shard_bytes=max_shard_bytes,
-                            metadata=meta, extra_files=extra)
+            save_checkpoint(
+                out,
+                out_cfg,
+                tensors(),
+                tokenizer_dir=tokenizer_dir,
+                max_shard_bytes=max_shard_bytes,
+                metadata=meta,
+                extra_files=extra,
+            )
         except NemotronError:
             raise
         except OSError as e:
             raise QuantError(
                 f"could not write the quantized checkpoint to {out} ({type(e).__name__}: {e}); check that "
-                f"{out.absolute().parent} is writable and has space for about {written['bytes'] / 2**20:.0f}+ MiB. "
-                "Nothing was left behind"
+                f"{out.absolute().parent} is writable and has free space (the source holds "
+                f"{total_bytes / 2**30:.2f} GiB; the output is smaller). Nothing was left behind"
             ) from e
         finally:
             source.close()

@@ -48,7 +48,9 @@ def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (w / scale).to(torch.float8_e4m3fn), scale
 
 
-def dequantize(w_fp8: torch.Tensor, weight_scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequantize(
+    w_fp8: torch.Tensor, weight_scale: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """`float(w_fp8) * weight_scale`, cast to `dtype` (ModelOpt `FP8QTensor.dequantize` order)."""
     if w_fp8.dtype != torch.float8_e4m3fn:
         raise QuantError(f"FP8 dequantize expects float8_e4m3fn data, got {w_fp8.dtype}")

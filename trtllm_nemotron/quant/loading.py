@@ -31,7 +31,8 @@ SCALE_SUFFIXES = (WEIGHT_SCALE, WEIGHT_SCALE_2, INPUT_SCALE, K_SCALE, V_SCALE)
 def _need(reader: CheckpointReader, name: str, why: str) -> torch.Tensor:
     if name not in reader:
         raise CheckpointError(
-            f"quantized checkpoint {reader.path} lacks {name} ({why}); re-export it with `trtllm-nemotron quantize`"
+            f"quantized checkpoint {reader.path} lacks {name} ({why}); "
+            "re-export it with `trtllm-nemotron quantize`"
         )
     return reader.get(name)
 

@@ -1,8 +1,8 @@
 """The two JSON descriptions of a ModelOpt HF checkpoint: `hf_quant_config.json` and
 `config.json["quantization_config"]` (spec §5.6), built from a recipe and the config's tensor list.
 
-Written as ModelOpt 0.47's `get_quant_config` / `process_layer_quant_config` / `convert_hf_quant_config_format`
-would write them for the HF NemotronH model (its view of the network):
+Written as ModelOpt 0.47's `get_quant_config` / `process_layer_quant_config` /
+`convert_hf_quant_config_format` would write them for the HF NemotronH model (its view of the network):
 - one format in use -> `quant_algo` is that format (`group_size: 16` for NVFP4) and `exclude_modules` lists
   the unquantized modules that carry a (disabled) quantizer in the HF model: the embeddings, every
   non-quantized linear and Mamba conv1d, and the MoE routers; summarised with prefix wildcards (ModelOpt's

@@ -40,6 +40,7 @@ from trtllm_nemotron.quant.formats import (
 )
 
 GLOBAL_DIVISOR = F4_E2M1_MAX * F8E4M3_MAX  # 2688: amax -> weight_scale_2 / input_scale
+_MIDPOINTS = tuple(sorted(E2M1_ROUND_DOWN_MIDPOINTS + E2M1_ROUND_UP_MIDPOINTS))
 
 
 def global_scale_from_amax(amax: torch.Tensor | float) -> torch.Tensor:
@@ -59,10 +60,13 @@ def _check(w: torch.Tensor) -> None:
         )
 
 
-def block_scales(w: torch.Tensor, weight_scale_2: torch.Tensor) -> torch.Tensor:
-    """Per-block E4M3 scales of `w` [..., in] for the global scale `weight_scale_2`: [..., in/16]."""
-    blocks = w.reshape(*w.shape[:-1], -1, NVFP4_BLOCK)  # [..., nb, 16]
-    amax = blocks.abs().amax(dim=-1).float()  # [..., nb]
+def block_amax(w: torch.Tensor) -> torch.Tensor:
+    """max |w| per 16-block, fp32: [..., in] -> [..., in/16]."""
+    return w.reshape(*w.shape[:-1], -1, NVFP4_BLOCK).abs().amax(dim=-1).float()
+
+
+def block_scales(amax: torch.Tensor, weight_scale_2: torch.Tensor) -> torch.Tensor:
+    """E4M3 block scales [..., nb] from block amaxes [..., nb] under the global scale `weight_scale_2`."""
     scale = amax / (F4_E2M1_MAX * weight_scale_2)
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # all-zero block: scale 1.0
     return scale.clamp(min=F8E4M3_MIN_SCALE, max=F8E4M3_MAX).to(torch.float8_e4m3fn)
@@ -71,16 +75,16 @@ def block_scales(w: torch.Tensor, weight_scale_2: torch.Tensor) -> torch.Tensor:
 def e2m1_codes(q: torch.Tensor) -> torch.Tensor:
     """Round fp32 values (already divided by their scale) to 4-bit E2M1 codes, uint8 in 0..15.
 
-    magnitude index = #(round-down midpoints strictly below |q|) + #(round-up midpoints <= |q|)
-    which is round-to-nearest on [0, .5, 1, 1.5, 2, 3, 4, 6] with ties to the even index.
+    magnitude index = #(midpoints strictly below |q|) + [|q| is a round-up midpoint]
+    which is round-to-nearest on [0, .5, 1, 1.5, 2, 3, 4, 6] with ties to the even index; > 6 saturates.
     """
     mag = q.abs()
-    idx = torch.zeros(q.shape, dtype=torch.uint8, device=q.device)
-    for m in E2M1_ROUND_DOWN_MIDPOINTS:
-        idx += (mag > m).to(torch.uint8)
+    bounds = torch.tensor(_MIDPOINTS, dtype=mag.dtype, device=mag.device)
+    idx = torch.bucketize(mag, bounds, out_int32=True)  # count of midpoints < |q|
     for m in E2M1_ROUND_UP_MIDPOINTS:
-        idx += (mag >= m).to(torch.uint8)
-    return idx | ((q < 0).to(torch.uint8) << 3)
+        idx += mag == m
+    idx += (q < 0) * 8  # sign bit; -0.0 is not < 0
+    return idx.to(torch.uint8)
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:
@@ -107,14 +111,15 @@ def quantize(
         (packed uint8 [..., in/2], weight_scale float8_e4m3fn [..., in/16], weight_scale_2 fp32 []).
     """
     _check(w)
+    bamax = block_amax(w)  # [..., nb]
     if weight_scale_2 is None:
-        amax = w.abs().max().float()
+        amax = bamax.max()
         if not torch.isfinite(amax):
             raise QuantError("NVFP4 quantization: the tensor holds NaN or inf; fix the source weights")
         weight_scale_2 = global_scale_from_amax(amax)
     else:
         weight_scale_2 = torch.as_tensor(weight_scale_2, dtype=torch.float32).reshape(())
-    scale = block_scales(w, weight_scale_2)  # [..., nb] e4m3
+    scale = block_scales(bamax, weight_scale_2)  # [..., nb] e4m3
     blocks = w.reshape(*w.shape[:-1], -1, NVFP4_BLOCK)  # [..., nb, 16]
     q = blocks / (scale.float() * weight_scale_2).unsqueeze(-1)  # fp32 [..., nb, 16]
     codes = e2m1_codes(q.reshape(w.shape))

@@ -10,12 +10,12 @@ Every recipe starts with ModelOpt's default exclusions (spec §5.4,
 `*router*` / `*.gate`, and `mtp.*` (NVIDIA's export copies the MTP block unquantized and lists it in
 `exclude_modules`). Recipes:
 
-| recipe        | routed experts | shared experts | Mamba in/out_proj | attention q/k/v/o | latent fc1/fc2 | KV  |
-|---------------|----------------|----------------|-------------------|-------------------|----------------|-----|
-| `fp8`         | FP8            | FP8            | FP8               | FP8               | FP8            | FP8 |
-| `nvfp4`       | NVFP4          | NVFP4          | NVFP4             | NVFP4             | NVFP4          | FP8 |
-| `nvfp4-super` | NVFP4          | FP8            | FP8               | BF16              | BF16           | FP8 |
-| `bf16`        | BF16           | BF16           | BF16              | BF16              | BF16           | -   |
+| recipe        | routed experts | shared experts | Mamba in/out | attn q/k/v/o | latent fc1/2 | KV  |
+|---------------|----------------|----------------|--------------|--------------|--------------|-----|
+| `fp8`         | FP8            | FP8            | FP8          | FP8          | FP8          | FP8 |
+| `nvfp4`       | NVFP4          | NVFP4          | NVFP4        | NVFP4        | NVFP4        | FP8 |
+| `nvfp4-super` | NVFP4          | FP8            | FP8          | BF16         | BF16         | FP8 |
+| `bf16`        | BF16           | BF16           | BF16         | BF16         | BF16         | -   |
 
 `nvfp4-super` is the published Nemotron 3 Super NVFP4 layout (MO
 `modelopt_recipes/models/nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-BF16/ptq/nvfp4-max-calib.yaml`, max
@@ -32,7 +32,14 @@ from trtllm_nemotron.errors import QuantError
 from trtllm_nemotron.quant.formats import FP8, NVFP4
 
 # ModelOpt's default disabled quantizers, as they apply to NemotronH module names
-DEFAULT_EXCLUDED: tuple[str, ...] = ("lm_head", "*lm_head*", "*mixer.conv1d*", "*router*", "*mixer.gate", "mtp.*")
+DEFAULT_EXCLUDED: tuple[str, ...] = (
+    "lm_head",
+    "*lm_head*",
+    "*mixer.conv1d*",
+    "*router*",
+    "*mixer.gate",
+    "mtp.*",
+)
 
 
 def is_linear(module: str) -> bool:
@@ -50,7 +57,7 @@ class Recipe:
     default: str | None = None  # format of a linear no rule matches
 
     def format_for(self, module_name: str) -> str | None:
-        """"FP8", "NVFP4" or None (kept in high precision) for a module, e.g. `backbone.layers.0.mixer.in_proj`."""
+        """The format of a module (e.g. `backbone.layers.0.mixer.in_proj`): "FP8", "NVFP4" or None (BF16)."""
         module_name = module_name.removesuffix(".weight")
         if not is_linear(module_name):
             return None
@@ -87,7 +94,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "nvfp4-super",
             "published Nemotron 3 Super layout (MIXED_PRECISION): routed experts NVFP4, shared experts and "
-            "Mamba in/out_proj FP8, FP8 KV cache; attention, latent projections, MTP, lm_head, conv1d, router BF16",
+            "Mamba in/out_proj FP8, FP8 KV cache; attention, latent projections, MTP, lm_head, conv1d, "
+            "router BF16",
             "FP8",
             rules=(
                 ("*.mixer.experts.*", NVFP4),
@@ -97,12 +105,16 @@ RECIPES: dict[str, Recipe] = {
             ),
             default=None,
         ),
-        Recipe("bf16", "no quantization: every tensor in BF16 (the fp32 router bias stays fp32)", None, rules=()),
+        Recipe(
+            "bf16", "no quantization: every tensor in BF16 (the fp32 router bias stays fp32)", None, rules=()
+        ),
     )
 }
 
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise QuantError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)} (see `quantize --list-recipes`)")
+        raise QuantError(
+            f"unknown recipe {name!r}; choose one of {sorted(RECIPES)} (see `quantize --list-recipes`)"
+        )
     return RECIPES[name]

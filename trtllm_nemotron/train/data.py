@@ -17,6 +17,7 @@ Design notes
 from __future__ import annotations
 
 import hashlib
+import os
 import sysconfig
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -98,11 +99,10 @@ def stdlib_root(recipe: DataRecipe | None = None) -> Path:
 def stdlib_files(root: Path) -> list[str]:
     """Relative POSIX paths of the corpus files under `root`, sorted."""
     out = []
-    for p in root.rglob("*.py"):
-        rel = p.relative_to(root)
-        if any(part in EXCLUDED_DIRS for part in rel.parts[:-1]) or not p.is_file():
-            continue
-        out.append(rel.as_posix())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in EXCLUDED_DIRS]  # never descend into excluded trees
+        rel_dir = Path(dirpath).relative_to(root)
+        out.extend((rel_dir / f).as_posix() for f in filenames if f.endswith(".py"))
     return sorted(out)
 
 
@@ -121,6 +121,9 @@ def load_corpus(recipe: DataRecipe) -> Corpus:
     corpus = Corpus(root=str(root))
     used = 0
     for rel in files:
+        held = is_heldout(rel, recipe.heldout_percent, recipe.salt)
+        if not held and used >= recipe.max_chars:
+            continue  # training text is full; held-out files are still read
         try:
             text = (root / rel).read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
@@ -129,9 +132,9 @@ def load_corpus(recipe: DataRecipe) -> Corpus:
         text = text.replace("\r\n", "\n")
         if not text.strip():
             continue
-        if is_heldout(rel, recipe.heldout_percent, recipe.salt):
+        if held:
             corpus.heldout.append((rel, text))
-        elif used < recipe.max_chars:
+        else:
             corpus.train.append((rel, text))
             used += len(text)
     if not corpus.heldout or not corpus.train:

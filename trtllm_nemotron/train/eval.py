@@ -164,3 +164,45 @@ def completions(model: nn.Module, tokenizer, prompts: tuple[str, ...] = CODE_PRO
         new = greedy_generate(model, ids, max_new_tokens, stop)
         out.append({"prompt": p, "completion": tokenizer.decode(new)})
     return out
+
+
+def evaluate_checkpoint(
+    path,
+    *,
+    seq_len: int = 256,
+    max_windows: int | None = None,
+    accept_prompts: int = 12,
+    accept_prompt_len: int = 64,
+    accept_gen_tokens: int = 64,
+    n_draft: int = 3,
+) -> dict:
+    """Re-measure a trained checkpoint with the data recipe in its training_log.json (held-out ppl vs unigram,
+    MTP acceptance length, greedy completions). The unigram counts come from the recipe's training text."""
+    import json
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    from trtllm_nemotron.model.loader import load_model
+    from trtllm_nemotron.tokenizer import EOS, load_tokenizer
+    from trtllm_nemotron.train.data import DataRecipe, encode_documents, heldout_windows, load_corpus
+
+    path = Path(path)
+    log = json.loads((path / "training_log.json").read_text())
+    recipe = DataRecipe(**log["data_recipe"])
+    corpus = load_corpus(recipe)
+    tok = load_tokenizer(path)
+    fast = Tokenizer.from_file(str(path / "tokenizer.json"))
+    eos = tok.token_to_id(EOS)
+    train_stream = encode_documents(fast, corpus.train, eos)
+    held = encode_documents(fast, corpus.heldout, eos)
+    model = load_model(path, dtype=torch.float32)
+    windows = heldout_windows(held, seq_len, max_windows)
+    starts = np.linspace(0, len(held) - accept_prompt_len - 1, accept_prompts).astype(int)
+    prompts = [held[s : s + accept_prompt_len].tolist() for s in starts]
+    return {
+        "heldout": heldout_losses(model, windows),
+        "unigram": unigram_baseline(train_stream, windows, model.config.vocab_size),
+        "mtp_acceptance": mtp_acceptance(model, prompts, n_draft=n_draft, gen_tokens=accept_gen_tokens).to_dict(),
+        "completions": completions(model, tok),
+    }

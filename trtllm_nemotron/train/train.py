@@ -81,6 +81,7 @@ class TrainConfig:
     accept_prompt_len: int = 64
     accept_gen_tokens: int = 64
     n_draft: int = 3
+    completion_tokens: int = 48
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.seq_len < 8:
@@ -181,7 +182,7 @@ class RouterLoads:
 
         ratios = []
         with torch.no_grad():
-            for r, c in zip(self.routers, self.counts):
+            for r, c in zip(self.routers, self.counts, strict=True):
                 if c is None:
                     continue
                 load = c.float()
@@ -225,7 +226,7 @@ def step_losses(model, ids, tc: TrainConfig):
 def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices (linear weights, embeddings, conv); none on norms, A_log, D, dt_bias."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -389,7 +390,7 @@ def train_tiny(
         starts = np.linspace(0, len(heldout_stream) - tc.accept_prompt_len - 1, tc.accept_prompts).astype(int)
         prompts = [heldout_stream[s : s + tc.accept_prompt_len].tolist() for s in starts]
         acc = ev.mtp_acceptance(model, prompts, n_draft=tc.n_draft, gen_tokens=tc.accept_gen_tokens)
-        comps = ev.completions(model, tok)
+        comps = ev.completions(model, tok, max_new_tokens=tc.completion_tokens)
         log["final"] = {
             "heldout": final,
             "unigram": uni,
