@@ -82,6 +82,21 @@ def _copy_checkpoint(src: Path, dst: Path) -> None:
             shutil.copy2(p, dst / p.name)
 
 
+def _replace_paths(obj: Any, mapping: dict[str, str]) -> Any:
+    """`obj` (JSON-like) with every string equal to / under a key of `mapping` rewritten to its value."""
+    if isinstance(obj, dict):
+        return {k: _replace_paths(v, mapping) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_replace_paths(v, mapping) for v in obj]
+    if isinstance(obj, (str, Path)):
+        text = str(obj)
+        for old, new in mapping.items():
+            if text == old or text.startswith(old + "/"):
+                return new + text[len(old):]
+        return text if isinstance(obj, Path) else obj
+    return obj
+
+
 class _Build:
     """One build: its parameters, its staging dir and the state carried between stages."""
 
@@ -180,7 +195,9 @@ class _Build:
                  if v is not None}  # fmt: skip
 
         def produce(dest: Path) -> Any:
-            return quantize_checkpoint(self.model_dir, dest, recipe=self.recipe, progress=self.progress, **calib)
+            summary = quantize_checkpoint(self.model_dir, dest, recipe=self.recipe, progress=self.progress, **calib)
+            # paths inside the summary name the staging dir: record them relative to the engine dir
+            return _replace_paths(summary, {str(dest.absolute()): "checkpoint", str(dest): "checkpoint"})
 
         src_bytes = sum(p.stat().st_size for p in self.model_dir.iterdir() if p.is_file())
         if self.cache and src_bytes <= bc.MAX_CACHED_BYTES:

@@ -93,7 +93,8 @@ class TritonPythonModel:
         self.scheduler = self.engine.scheduler()
         pb_utils.Logger.log_info(
             f"[nemotron] engine {engine_dir} on {device}: max_batch_size={self.engine.max_batch_size} "
-            f"max_seq_len={self.engine.max_seq_len} mtp={self.engine.mtp} ({time.perf_counter() - t0:.1f} s)")
+            f"max_seq_len={self.engine.max_seq_len} mtp={self.engine.mtp} torch_threads={torch.get_num_threads()} "
+            f"({time.perf_counter() - t0:.1f} s)")
 
         self.lock = threading.Lock()
         self.live: dict[int, _Live] = {}
