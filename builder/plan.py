@@ -6,7 +6,9 @@ Everything is computed from the config alone (no tensors are read), per GPU, in 
                    bf16 (model dtype) 2·n, fp32 tensors (A_log, D, dt_bias, router bias) 4·n,
                    fp8  n + 8            (e4m3 payload + fp32 weight_scale + fp32 input_scale),
                    nvfp4 n/2 + n/16 + 8  (packed e2m1 + e4m3 block scale per 16 + two fp32 scalars);
-                 the recipe decides the format per module (`quant.recipes.get_recipe(r).format_for`).
+                 the recipe decides the format per module (`quant.recipes.get_recipe(r).format_for`);
+                 an FP8 KV cache adds fp32 k_scale + v_scale per attention layer. This is exactly the
+                 tensor bytes of the checkpoint `quantize_checkpoint` writes (tested).
                  With G GPUs, experts are split by EP = G and the other matrices by TP = G; norms,
                  1-D tensors, the router and the LatentMoE latent projections are replicated
                  (TensorRT-LLM does not shard `fc1/fc2_latent_proj`, spec §2.3).
@@ -149,6 +151,10 @@ def _weights(cfg: NemotronHConfig, recipe: str) -> tuple[int, int, dict[str, int
             used.append(fmt)
         if len(spec.shape) >= 2 and not any(r in name for r in _REPLICATED):
             sharded += b
+    if recipe != "bf16" and recipe_formats(cfg, recipe)[1] == "fp8":
+        kv_scales = 8 * cfg.pattern.count("*")  # fp32 k_scale + v_scale per (backbone) attention layer
+        total += kv_scales
+        by_fmt["float32"] = by_fmt.get("float32", 0) + kv_scales
     out = (total, sharded, by_fmt, tuple(used))
     if key is not None:
         _WEIGHTS_CACHE[key] = out

@@ -36,15 +36,21 @@ class LoadReport:
     itl_p99_s: float
     e2e_p50_s: float
     e2e_p99_s: float
+    cpu_s: float | None = None  # CPU seconds the serving side used during the run (when measured)
+
+    @property
+    def cpu_ms_per_token(self) -> float | None:
+        return None if self.cpu_s is None or not self.tokens else self.cpu_s * 1e3 / self.tokens
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "cpu_ms_per_token": self.cpu_ms_per_token}
 
     def line(self) -> str:
         return (f"{self.label:<22} c={self.concurrency:<3} n={self.requests:<4} err={self.errors:<2} "
                 f"{self.tokens_per_s:8.1f} tok/s {self.requests_per_s:6.2f} req/s  "
                 f"TTFT p50 {self.ttft_p50_s * 1e3:7.1f} ms p99 {self.ttft_p99_s * 1e3:7.1f} ms  "
-                f"ITL p50 {self.itl_p50_s * 1e3:6.1f} ms p99 {self.itl_p99_s * 1e3:6.1f} ms")
+                f"ITL p50 {self.itl_p50_s * 1e3:6.1f} ms p99 {self.itl_p99_s * 1e3:6.1f} ms"
+                + (f"  CPU {self.cpu_ms_per_token:5.2f} ms/tok" if self.cpu_ms_per_token is not None else ""))
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -7,16 +7,23 @@ through Triton, a worker streams over gRPC (or HTTP SSE) and times the responses
 (they share the CPU cores) and each side's best of `repeats` runs is reported.
 
 overhead = 1 - triton tokens/s / in-process tokens/s (target: <= 15 % at concurrency 8).
+
+Wall-clock throughput on a shared machine is noisy, so the serving side's CPU time per generated token is
+measured too: in-process, this process's CPU time during the run (engine + consumer threads); through Triton,
+the CPU time of the server's process group (tritonserver + the model's stub) during the run, the client
+excluded (it runs elsewhere in a deployment). On a CPU-bound host the two overheads coincide; the CPU one is
+what stays stable when other work shares the cores.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from clients.bench import LoadReport, run_load, summarize
@@ -42,6 +49,19 @@ class BenchConfig:
     protocol: str = "grpc"
     max_batch_size: int = 8
     repeats: int = 3
+
+
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group `pgid` (Linux /proc)."""
+    ticks = 0
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after "(comm)": state ppid pgrp ... utime(11) stime(12)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _inprocess_load(engine, concurrency: int, requests: int, max_tokens: int) -> LoadReport:
@@ -81,16 +101,16 @@ def _inprocess_load(engine, concurrency: int, requests: int, max_tokens: int) ->
                 results.append(r)
 
     try:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         sched.shutdown()
-    return summarize("in-process runtime", concurrency, results, 0, wall)
+    return replace(summarize("in-process runtime", concurrency, results, 0, wall), cpu_s=cpu)
 
 
 def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=print) -> dict:
@@ -119,7 +139,7 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
         h, g, m = free_ports(3)
         scfg = ServerConfig(repo, http_port=h, grpc_port=g, metrics_port=m)
         url = scfg.grpc_url if cfg.protocol == "grpc" else scfg.http_url
-        with TritonServer(scfg, log_path=Path(tmp) / "server.log"):
+        with TritonServer(scfg, log_path=Path(tmp) / "server.log") as server:
             engine = Engine.load(engine_dir, device="cpu", max_batch_size=cfg.max_batch_size)
             cmax = max(cfg.concurrencies)
             _inprocess_load(engine, cmax, cmax, cfg.max_tokens)  # warm-up
@@ -129,9 +149,11 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
                 for c in cfg.concurrencies:
                     n = c * cfg.requests_per_client
                     keep(_inprocess_load(engine, c, n, cfg.max_tokens), "in-process", c)
-                    keep(run_load(list(PROMPTS), url=url, protocol=cfg.protocol, concurrency=c, requests=n,
-                                  max_tokens=cfg.max_tokens, label=f"triton {cfg.protocol}",
-                                  progress=sys.stderr.isatty()), "triton", c)
+                    cpu0 = group_cpu_s(server.proc.pid)
+                    rep = run_load(list(PROMPTS), url=url, protocol=cfg.protocol, concurrency=c, requests=n,
+                                   max_tokens=cfg.max_tokens, label=f"triton {cfg.protocol}",
+                                   progress=sys.stderr.isatty())
+                    keep(replace(rep, cpu_s=group_cpu_s(server.proc.pid) - cpu0), "triton", c)
             del engine
             gc.collect()
 
@@ -142,12 +164,15 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
         echo(rep.line())
         overhead[c] = {
             "tokens_per_s": 1.0 - rep.tokens_per_s / base.tokens_per_s if base.tokens_per_s else None,
+            "cpu_per_token": (rep.cpu_ms_per_token / base.cpu_ms_per_token - 1.0
+                              if rep.cpu_ms_per_token and base.cpu_ms_per_token else None),
             "ttft_p50_s": rep.ttft_p50_s - base.ttft_p50_s,
             "itl_p50_s": rep.itl_p50_s - base.itl_p50_s,
         }
     for c, o in overhead.items():
-        echo(f"concurrency {c}: serving overhead {o['tokens_per_s'] * 100:5.1f} % tokens/s, "
-             f"TTFT p50 {o['ttft_p50_s'] * 1e3:+.1f} ms, ITL p50 {o['itl_p50_s'] * 1e3:+.1f} ms")
+        cpu = "n/a" if o["cpu_per_token"] is None else f"{o['cpu_per_token'] * 100:+.1f} %"
+        echo(f"concurrency {c}: serving overhead {o['tokens_per_s'] * 100:5.1f} % tokens/s (wall), "
+             f"CPU per token {cpu}, TTFT p50 {o['ttft_p50_s'] * 1e3:+.1f} ms, ITL p50 {o['itl_p50_s'] * 1e3:+.1f} ms")
     return {"engine_dir": str(engine_dir), "config": cfg.__dict__,
             "reports": [best[(side, c)].to_json() for c in cfg.concurrencies for side in ("in-process", "triton")],
             "overhead": {str(c): o for c, o in overhead.items()}}

@@ -15,8 +15,9 @@ anywhere; `tensorrt_llm` needs a CUDA GPU, the `tensorrt_llm` package and NVIDIA
 `tensorrt_llm/1/`. Skipped models are reported with the reason. The server binds loopback by default
 (Triton's ports 8000 HTTP / 8001 gRPC / 8002 metrics), is awaited until `/v2/health/ready` (strict
 readiness: every loaded model ready), and is stopped with SIGTERM (then SIGKILL after a grace period) with
-`--exit-timeout-secs 5`, after which leftover `/dev/shm/triton_python_backend_shm_region_*` segments that this
-server created are removed (only when no other tritonserver is running).
+`--exit-timeout-secs 5`. Afterwards what is left of its process group is killed (stubs orphaned by a crashed
+server ignore SIGTERM) and the `/dev/shm/triton_python_backend_shm_region_*` segments and `/tmp/python_env_*`
+dirs it created are removed (only when no other tritonserver is running).
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ def test_every_target_and_recipe_builds(tiny_ckpt, tmp_path, target, recipe):
     assert m["tools"]["python"] and m["tools"]["torch"]
     assert set(m["inputs"]["files"]) >= {"config.json", "tokenizer.json"}
     assert (out / "checkpoint" / "config.json").is_file() and (out / "checkpoint" / "tokenizer.json").is_file()
+    # the planner's weight bytes are exactly the tensor bytes of the checkpoint written
+    assert _tensor_bytes(out / "checkpoint") == m["plan"]["weights_bytes"]
     quantized = recipe != "bf16"
     assert (out / "checkpoint" / "hf_quant_config.json").is_file() == quantized
     if quantized:
@@ -57,6 +59,22 @@ def test_every_target_and_recipe_builds(tiny_ckpt, tmp_path, target, recipe):
     # the tiny model is sized by the planner: 1 GPU, its whole context, the capped batch
     assert (cfg["tensor_parallel_size"], cfg["max_seq_len"], cfg["max_batch_size"]) == (1, 4096, 2048)
     assert m["plan"]["fits"] and m["plan"]["batch"] == 2048
+
+
+def _tensor_bytes(ckpt) -> int:
+    from safetensors import safe_open
+
+    size = {"BF16": 2, "F16": 2, "F32": 4, "U8": 1, "I8": 1, "F8_E4M3": 1}
+    total = 0
+    for f in sorted(ckpt.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            for k in h.keys():
+                sl = h.get_slice(k)
+                n = 1
+                for d in sl.get_shape():
+                    n *= d
+                total += n * size[sl.get_dtype()]
+    return total
 
 
 def _cpu_build(src, out, **kw):

@@ -63,6 +63,7 @@ def test_super_weights_nvfp4_super_hand_computed():
     want = super_bf16_bytes()
     want -= 2 * (N_E * 2 * E * EXPERT + N_E * 2 * SHARED + N_M * (MAMBA_IN + MAMBA_OUT))
     want += N_E * 2 * E * nvfp4(EXPERT) + N_E * 2 * fp8(SHARED) + N_M * (fp8(MAMBA_IN) + fp8(MAMBA_OUT))
+    want += N_A * 8  # FP8 KV cache: fp32 k_scale + v_scale per attention layer
     p = plan_memory(SUPER, "b200", recipe="nvfp4-super", gpus=1, max_seq_len=4096, batch=1, mtp=3)
     assert p.weights_bytes == want
     assert p.weights_by_format["nvfp4"] == N_E * 2 * E * nvfp4(EXPERT)

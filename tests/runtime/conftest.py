@@ -24,3 +24,14 @@ def engine3(tiny_dir):
     from trtllm_nemotron.runtime import Engine
 
     return Engine.load(tiny_dir, mtp=3, max_batch_size=8, max_seq_len=256)
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _one_thread():
+    """Tiny shapes: one intra-op thread is faster than two (and immune to a busy machine's contention)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -187,8 +187,9 @@ def test_memory_is_accounted(engine3):
     cfg = engine3.config
     rep = engine3.memory_report()
     cap = engine3.pool.capacity
-    kv = cfg.pattern.count("*") * 2 * 8 * cfg.num_key_value_heads * cap * cfg.head_dim * 4
-    ssm = cfg.pattern.count("M") * 8 * cfg.mamba_num_heads * cfg.mamba_head_dim * cfg.ssm_state_size * 4
+    rows = engine3.pool.cache.batch_size  # 8 slots + the scratch row
+    kv = cfg.pattern.count("*") * 2 * rows * cfg.num_key_value_heads * cap * cfg.head_dim * 4
+    ssm = cfg.pattern.count("M") * rows * cfg.mamba_num_heads * cfg.mamba_head_dim * cfg.ssm_state_size * 4
     assert rep["kv"] == kv and rep["ssm"] == ssm and rep["mtp_kv"] > 0
     assert rep["total"] >= rep["kv"] + rep["conv"] + rep["ssm"] + rep["mtp_kv"] and rep["slots"] == 8
 

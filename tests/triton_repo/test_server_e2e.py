@@ -267,6 +267,7 @@ def test_bad_requests_get_error_responses_and_server_stays_healthy(served):
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_client_that_disconnects_mid_stream_frees_its_slot(served, protocol):
     url = served.grpc if protocol == "grpc" else served.http
+    _wait_idle(served)  # earlier requests have released their slots
     s = clients.stream("Once upon a time", url=url, protocol=protocol, max_tokens=MAX_SEQ_LEN - 16, ignore_eos=True)
     next(s)  # the request holds a slot and is generating
     assert _active(served) == 1
@@ -278,6 +279,7 @@ def test_client_that_disconnects_mid_stream_frees_its_slot(served, protocol):
 
 
 def test_stop_request_by_id_cancels(served):
+    _wait_idle(served)
     s = clients.TextStream("for i in range(10):", url=served.grpc, protocol="grpc", max_tokens=MAX_SEQ_LEN - 16,
                            ignore_eos=True, request_id="cancel-me")
     next(s)

@@ -126,16 +126,16 @@ class Engine:
         self.mtp = mtp
         self.prefill_chunk = prefill_chunk
         self.device = model.backbone.embeddings.weight.device
-        self.pool = SlotPool(model, max_batch_size, max_seq_len, mtp=mtp, ssm_dtype=ssm_dtype)
+        self.pool = SlotPool(model, max_batch_size, max_seq_len, mtp=mtp, ssm_dtype=ssm_dtype, scratch=True)
         self.fw = S.FlatWeights(model)
         self.mw = S.FlatWeights(model, mtp=True) if mtp else None
         ids = set(cfg.eos_token_ids) if eos_token_ids is None else set(eos_token_ids)
         ids.update(tokenizer.eos_token_ids())
         self.eos_token_ids = sorted(ids)
         self.lock = threading.RLock()
-        self._compile = compile
         self._step_fn = S.forward_step
         self._mtp_fn = S.mtp_step
+        self._compile = False
         self._next_id = 0
         if compile:
             self.enable_compile()
@@ -200,13 +200,51 @@ class Engine:
         return eng
 
     def enable_compile(self) -> None:
-        """Capture the decode/verify step and the MTP step with torch.compile (compiled on first use)."""
+        """Capture the decode/verify step and the MTP step with torch.compile (inductor, C++ wrapper, static
+        shapes). Each (padded batch, tokens) shape compiles once, on first use; inductor's on-disk cache makes
+        later processes fast. Batches are padded to a power of two with the pool's scratch row and attention
+        always spans the whole row, so a few shapes cover every batch."""
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        self._step_fn = torch.compile(S.forward_step, dynamic=True, fullgraph=False)
-        self._mtp_fn = torch.compile(S.mtp_step, dynamic=True, fullgraph=False)
+        if hasattr(torch._dynamo.config, "recompile_limit"):
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        opts = {"cpp_wrapper": self.device.type == "cpu"}
+        self._step_fn = torch.compile(S.forward_step, dynamic=False, options=opts)
+        self._mtp_fn = torch.compile(S.mtp_step, dynamic=False, options=opts)
         self._compile = True
+
+    def _pad(self, n: int) -> int:
+        """Rows the step runs for n active rows: n in eager mode, the next power of two when compiled."""
+        return n if not self._compile else min(1 << (n - 1).bit_length(), 1 << (self.max_batch_size - 1).bit_length())
+
+    def _step(self, ids: list[list[int]], rows: list[int], start: torch.Tensor, record: bool):
+        """forward_step over len(rows) rows (padded when compiled); outputs are cut back to len(rows) rows."""
+        n, T = len(rows), len(ids[0])
+        p = self._pad(n) - n
+        scratch = self.pool.scratch_row
+        r = torch.tensor(rows + [scratch] * p, device=self.device)
+        x = torch.tensor(ids + [[0] * T] * p, device=self.device)
+        st = torch.cat([start, start.new_zeros(p)]) if p else start
+        n_ctx = self.pool.capacity if self._compile else self._ctx(int(start.max()) + T)
+        c = self.pool.cache
+        h, logits, rec = self._step_fn(self.fw, x, r, st, c.kv, c.conv, c.ssm, n_ctx, record)
+        if p:
+            h, logits = h[:n], logits[:n]
+            rec = {i: (w[:n], s_[:n]) for i, (w, s_) in rec.items()}
+        return h, logits, rec
+
+    def _mtp(self, hidden: torch.Tensor, next_ids: torch.Tensor, rows: list[int], start: torch.Tensor):
+        n, T = hidden.shape[0], hidden.shape[1]
+        p = self._pad(n) - n
+        r = torch.tensor(rows + [self.pool.scratch_row] * p, device=self.device)
+        if p:
+            hidden = torch.cat([hidden, hidden.new_zeros(p, *hidden.shape[1:])])
+            next_ids = torch.cat([next_ids, next_ids.new_zeros(p, T)])
+            start = torch.cat([start, start.new_zeros(p)])
+        n_ctx = self.pool.capacity if self._compile else self._ctx(int(start.max()) + T)
+        g, dl = self._mtp_fn(self.fw, self.mw, hidden, next_ids, r, start, self.pool.mtp_cache.kv, n_ctx)
+        return g[:n], dl[:n]
 
     def memory_report(self) -> dict[str, int]:
         return self.pool.memory_report()
@@ -248,6 +286,33 @@ class Engine:
             finally:
                 self.release(seq)
         return Completion("".join(pieces), list(seq.out_ids), seq.finish_reason, self.stats(seq))
+
+    def generate_batch(self, prompts: list[str | list[int]], params: SamplingParams | None = None) -> list[Completion]:
+        """Blocking, a static batch (len(prompts) <= max_batch_size): every prompt is prefilled first, then
+        all decode together in one batched step per iteration until each finishes (what a benchmark of
+        batch-N decode wants; the scheduler is the continuous-batching path)."""
+        params = params or SamplingParams()
+        if len(prompts) > self.max_batch_size:
+            raise RuntimeStateError(f"{len(prompts)} prompts but max_batch_size is {self.max_batch_size}")
+        seqs = [self.new_request(p, params) for p in prompts]
+        pieces: dict[int, list[str]] = {id(s): [] for s in seqs}
+        with self.lock:
+            try:
+                for s in seqs:
+                    self.admit(s)
+                while any(s.in_prefill for s in seqs):
+                    for s, ev in self.iterate([s for s in seqs if s.in_prefill]):
+                        pieces[id(s)].append(ev.text)
+                now = time.perf_counter()
+                for s in seqs:  # time the batch from the moment every request has its first token
+                    s.t_submit, s.t_first = s.t_submit + (now - s.t_first), now
+                while any(s.finish_reason is None for s in seqs):
+                    for s, ev in self.iterate([s for s in seqs if s.finish_reason is None]):
+                        pieces[id(s)].append(ev.text)
+            finally:
+                for s in seqs:
+                    self.release(s)
+        return [Completion("".join(pieces[id(s)]), list(s.out_ids), s.finish_reason, self.stats(s)) for s in seqs]
 
     def admit(self, seq: _Seq) -> None:
         seq.slot = self.pool.acquire()
@@ -297,16 +362,15 @@ class Engine:
         if self.mtp:
             nxt = torch.tensor([seq.prompt_ids[s + 1:e] + [tok]], device=self.device)
             dl, g = self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
-            seq.drafts = self._draft_rest(rows, g[:, -1:], dl[:, -1], self.pool.mtp_cache.lengths[rows].clone())[0]
+            seq.drafts = self._draft_rest([seq.slot], g[:, -1:], dl[:, -1], self.pool.mtp_cache.lengths[rows].clone())[0]
         self._emit(seq, [tok], events)
 
     def _decode(self, seqs: list[_Seq], events) -> None:
         cache = self.pool.cache
-        rows = torch.tensor([s.slot for s in seqs], device=self.device)
-        ids = torch.tensor([[s.pending] for s in seqs], device=self.device)
-        start = cache.lengths[rows].clone()
-        _, logits, _ = self._step_fn(self.fw, ids, rows, start, cache.kv, cache.conv, cache.ssm,
-                                     self._ctx(int(start.max()) + 1), False)
+        slots = [s.slot for s in seqs]
+        rows = torch.tensor(slots, device=self.device)
+        start = cache.lengths[rows]
+        _, logits, _ = self._step([[s.pending] for s in seqs], slots, start, False)
         cache.lengths[rows] = start + 1
         toks = self._sample_batch(seqs, logits[:, 0])
         for s, t in zip(seqs, toks):
@@ -317,11 +381,10 @@ class Engine:
     def _verify(self, seqs: list[_Seq], events) -> None:
         cache, mcache = self.pool.cache, self.pool.mtp_cache
         K = self.mtp
-        rows = torch.tensor([s.slot for s in seqs], device=self.device)
-        ids = torch.tensor([[s.pending] + s.drafts for s in seqs], device=self.device)  # [batch, K+1]
-        start = cache.lengths[rows].clone()
-        h, logits, rec = self._step_fn(self.fw, ids, rows, start, cache.kv, cache.conv, cache.ssm,
-                                       self._ctx(int(start.max()) + K + 1), True)
+        slots = [s.slot for s in seqs]
+        rows = torch.tensor(slots, device=self.device)
+        start = cache.lengths[rows]
+        h, logits, rec = self._step([[s.pending] + s.drafts for s in seqs], slots, start, True)  # [batch, K+1]
         targets = []
         accept = []
         greedy = [s.params.greedy for s in seqs]
@@ -337,11 +400,10 @@ class Engine:
         S.commit_mamba(rec, cache.conv, cache.ssm, rows, acc)
         cache.lengths[rows] = start + acc + 1
         # MTP over the K+1 new (h_t, x_{t+1}) pairs; entry j (the last accepted position) drafts next
-        tgt = torch.tensor(targets, device=self.device)  # [batch, K+1]
-        g, dl = self._mtp_fn(self.fw, self.mw, h, tgt, rows, start, mcache.kv, self._ctx(int(start.max()) + K + 1))
+        g, dl = self._mtp(h, torch.tensor(targets, device=self.device), slots, start)
         b = torch.arange(len(seqs), device=self.device)
         mcache.lengths[rows] = start + acc + 1
-        drafts = self._draft_rest(rows, g[b, acc][:, None], dl[b, acc], start + acc + 1)
+        drafts = self._draft_rest(slots, g[b, acc][:, None], dl[b, acc], start + acc + 1)
         for i, s in enumerate(seqs):
             s.iters += 1
             new = targets[i][: accept[i] + 1]
@@ -349,14 +411,13 @@ class Engine:
             s.drafts = drafts[i]
             self._emit(s, new, events)
 
-    def _draft_rest(self, rows, g, first_logits, pos) -> list[list[int]]:
+    def _draft_rest(self, slots: list[int], g, first_logits, pos) -> list[list[int]]:
         """Greedy drafts: d_1 from first_logits [batch, vocab], then K-1 recursive MTP applications at MTP
         positions pos, pos+1, ... (provisional KV; the committed MTP length is left unchanged)."""
         d = first_logits.argmax(-1)  # [batch]
         out = [d]
         for i in range(self.mtp - 1):
-            g, dl = self._mtp_fn(self.fw, self.mw, g, d[:, None], rows, pos + i, self.pool.mtp_cache.kv,
-                                 self._ctx(int(pos.max()) + i + 1))
+            g, dl = self._mtp(g, d[:, None], slots, pos + i)
             d = dl[:, 0].argmax(-1)
             out.append(d)
         return torch.stack(out, dim=1).tolist()
