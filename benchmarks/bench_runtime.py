@@ -83,7 +83,10 @@ def bench_ours(path: Path, *, n_new: int, batches: list[int], mtps: list[int], c
         r: dict[str, Any] = {}
         for b in batches:
             t0 = time.perf_counter()
-            run = (lambda: [eng.generate(PROMPT, params)]) if b == 1 else (lambda: eng.generate_batch([PROMPT] * b, params))
+
+            def run(eng=eng, b=b):
+                return [eng.generate(PROMPT, params)] if b == 1 else eng.generate_batch([PROMPT] * b, params)
+
             run()  # warm-up (compiles this shape)
             log(f"ours mtp={mtp} batch={b}: warm-up {time.perf_counter() - t0:.1f}s")
             speeds, acc = [], []
@@ -97,7 +100,6 @@ def bench_ours(path: Path, *, n_new: int, batches: list[int], mtps: list[int], c
             log(f"ours mtp={mtp} batch={b}: {r[f'b{b}']['tokens_per_s']:.1f} tok/s "
                 f"(AL {st['acceptance_length']})")
         res[f"mtp{mtp}"] = r
-        del eng
     return res
 
 
@@ -121,7 +123,7 @@ def bench_hf(path: Path, *, n_new: int, batches: list[int], ids: list[int], reps
     for b in batches:
         x = torch.tensor([ids] * b)
 
-        def run(n: int) -> float:
+        def run(n: int, x=x) -> float:
             t = time.perf_counter()
             with torch.no_grad():
                 model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,

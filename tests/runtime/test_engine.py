@@ -112,10 +112,10 @@ def test_state_after_a_rejected_draft_equals_a_run_that_never_drafted(engine0, e
 def test_request_alone_equals_request_in_a_batch_of_8_with_joins_and_leaves(engine0, engine3, mtp):
     eng = engine3 if mtp else engine0
     lengths = [6 + 3 * i for i in range(len(PROMPTS))]  # different lengths: requests leave at different steps
-    alone = [eng.generate(p, _greedy(n)).token_ids for p, n in zip(PROMPTS, lengths)]
+    alone = [eng.generate(p, _greedy(n)).token_ids for p, n in zip(PROMPTS, lengths, strict=True)]
     with eng.scheduler() as sched:
         handles = []
-        for p, n in zip(PROMPTS, lengths):  # 10 requests into 8 slots, joining while others run
+        for p, n in zip(PROMPTS, lengths, strict=True):  # 10 requests into 8 slots, joining while others run
             handles.append(sched.submit(p, _greedy(n)))
             time.sleep(0.01)
         results = [h.result() for h in handles]

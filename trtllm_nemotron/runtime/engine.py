@@ -281,7 +281,7 @@ class Engine:
             self.admit(seq)
             try:
                 while seq.finish_reason is None:
-                    for s, ev in self.iterate([seq]):
+                    for _, ev in self.iterate([seq]):
                         pieces.append(ev.text)
             finally:
                 self.release(seq)
@@ -373,7 +373,7 @@ class Engine:
         _, logits, _ = self._step([[s.pending] for s in seqs], slots, start, False)
         cache.lengths[rows] = start + 1
         toks = self._sample_batch(seqs, logits[:, 0])
-        for s, t in zip(seqs, toks):
+        for s, t in zip(seqs, toks, strict=True):
             s.iters += 1
             s.pending = t
             self._emit(s, [t], events)

@@ -143,7 +143,7 @@ def _gpt2_byte_order() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 _BYTE_ORDER = _gpt2_byte_order()
