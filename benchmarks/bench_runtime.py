@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT_DIR = ROOT / "build" / "bench"
+OUT_DIR = Path(os.environ.get("TRTLLM_NEMOTRON_BENCH_DIR", ROOT / "build" / "bench"))  # models, GGUFs, results
 SDIST = "llama-cpp-python==0.3.36"
 SDIST_DIR = "llama_cpp_python-0.3.36"
 PROMPT = "def fibonacci(n):\n    "

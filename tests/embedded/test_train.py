@@ -99,3 +99,22 @@ def test_two_step_training_run_writes_a_loadable_checkpoint(tmp_path):
     model = load_model(out, dtype=torch.float32)
     assert model.mtp is not None
     assert model(torch.tensor([[5, 6, 7]])).shape == (1, 3, 512)
+
+
+def test_retraining_is_bit_reproducible(tmp_path):
+    from safetensors.torch import load_file
+
+    tc = TrainConfig(
+        steps=2, batch_size=2, seq_len=32, vocab_size=512, warmup_steps=1, eval_every=2, eval_windows=1,
+        final_eval_windows=1, accept_prompts=1, accept_prompt_len=8, accept_gen_tokens=4, completion_tokens=2,
+        threads=1, seed=7,
+    )
+    cfg = tiny_model_config(512, hidden_size=64, pattern="ME*")
+    logs = [
+        train_tiny(tmp_path / name, tc, DataRecipe(max_chars=40_000), model_config=cfg, progress=False)
+        for name in ("a", "b")
+    ]
+    assert [r["loss"] for r in logs[0]["train"]] == [r["loss"] for r in logs[1]["train"]]
+    a, b = (load_file(str(tmp_path / n / "model-00001-of-00001.safetensors")) for n in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()

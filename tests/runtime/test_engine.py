@@ -209,3 +209,13 @@ def test_engine_dir_mtp_setting_is_the_default(tiny_dir, tmp_path):
     assert Engine.load(eng_dir, max_batch_size=1, max_seq_len=64, mtp=0).mtp == 0
     with pytest.raises(RuntimeStateError, match="kernels"):
         Engine.load(eng_dir, kernels="cuda-magic")
+
+
+def test_sampled_mtp_path_with_top_k_1_equals_greedy(engine0, engine3):
+    """top_k=1 sampling is deterministic but runs the general (sampled) verification path of MTP."""
+    greedy = engine0.generate("import os\n", _greedy(20)).token_ids
+    p = SamplingParams(max_tokens=20, temperature=1.0, top_k=1, seed=0, ignore_eos=True)
+    assert engine3.generate("import os\n", p).token_ids == greedy
+    with engine3.scheduler() as sched:  # greedy and sampled rows in one batch: the general path for both
+        hs = [sched.submit("import os\n", p), sched.submit("import os\n", _greedy(20))]
+        assert [h.result().token_ids for h in hs] == [greedy, greedy]

@@ -27,7 +27,7 @@ def train_tiny(
     out: Path | None, steps: int | None, seed: int | None, threads: int | None, batch_size: int | None,
     no_progress: bool,
 ) -> None:
-    """Train the embedded ~6M-parameter Nemotron-3-Super-architecture model (fixed seed, CPU, ~25 min).
+    """Train the embedded 5.5M-parameter Nemotron-3-Super-architecture model (fixed seed, CPU, 15-35 min).
 
     Data: the running interpreter's standard library (.py files, split by path hash). Writes a HF checkpoint
     (bf16), the tokenizer, training_log.json and loss.png, replacing OUT atomically.

@@ -1,6 +1,6 @@
 """`Engine`: load an engine dir or a checkpoint, then generate: prefill, decode, sampling, MTP speculation.
 
-Flow of one request (a `_Seq`), driven by `Engine._iterate` (one scheduler iteration; `generate` and the
+Flow of one request (a `_Seq`), driven by `Engine.iterate` (one scheduler iteration; `generate` and the
 continuous-batching `Scheduler` both call it):
 1. prefill: the prompt runs through the reference network (`model.hidden_states` with the slot's cache
    row; chunked SSD scan) in chunks of `prefill_chunk` tokens, one chunk per iteration, so a long prompt
@@ -22,9 +22,12 @@ Acceptance accounting follows trtllm-bench (spec §6.3): with `iters` verificati
 acceptance_length = tokens / (iters + 1), draft_tokens = K·(iters + 1), accepted = tokens − iters − 1,
 acceptance_rate = accepted / draft_tokens (tokens counts an EOS token too).
 
-Speed: `compile=True` wraps the decode/verify step and the MTP step in `torch.compile` (lazily, on first
-use; inductor caches its artifacts on disk), attention context lengths are bucketed to multiples of 128 so
-the graph sees few shapes. Tests run eager; one test checks compiled == eager.
+Speed: when every row is greedy, a whole MTP iteration (verify, accept, commit, draft) is one function,
+`step.spec_step_greedy`, so it is one compiled graph; sampled rows take the general path above.
+`compile=True` wraps the steps in `torch.compile` (inductor with its C++ wrapper, static shapes; each shape
+compiles lazily on first use and inductor caches the result on disk). Compiled batches are padded to a power
+of two with the pool's scratch row and attention spans the whole row, so a few shapes cover every batch.
+Tests run eager; one test checks compiled == eager.
 """
 
 from __future__ import annotations
@@ -135,6 +138,7 @@ class Engine:
         self.lock = threading.RLock()
         self._step_fn = S.forward_step
         self._mtp_fn = S.mtp_step
+        self._spec_fn = S.spec_step_greedy
         self._compile = False
         self._next_id = 0
         if compile:
@@ -212,6 +216,7 @@ class Engine:
         opts = {"cpp_wrapper": self.device.type == "cpu"}
         self._step_fn = torch.compile(S.forward_step, dynamic=False, options=opts)
         self._mtp_fn = torch.compile(S.mtp_step, dynamic=False, options=opts)
+        self._spec_fn = torch.compile(S.spec_step_greedy, dynamic=False, options=opts)
         self._compile = True
 
     def _pad(self, n: int) -> int:
@@ -384,6 +389,8 @@ class Engine:
         slots = [s.slot for s in seqs]
         rows = torch.tensor(slots, device=self.device)
         start = cache.lengths[rows]
+        if all(s.params.greedy for s in seqs):
+            return self._verify_greedy(seqs, slots, rows, start, events)
         h, logits, rec = self._step([[s.pending] + s.drafts for s in seqs], slots, start, True)  # [batch, K+1]
         targets = []
         accept = []
@@ -407,6 +414,27 @@ class Engine:
         for i, s in enumerate(seqs):
             s.iters += 1
             new = targets[i][: accept[i] + 1]
+            s.pending = new[-1]
+            s.drafts = drafts[i]
+            self._emit(s, new, events)
+
+    def _verify_greedy(self, seqs: list[_Seq], slots: list[int], rows, start, events) -> None:
+        """All rows greedy: the whole iteration is one `spec_step_greedy` call (one compiled graph)."""
+        cache, mcache = self.pool.cache, self.pool.mtp_cache
+        n = len(seqs)
+        p = self._pad(n) - n
+        r = torch.tensor(slots + [self.pool.scratch_row] * p, device=self.device)
+        x = torch.tensor([[s.pending] + s.drafts for s in seqs] + [[0] * (self.mtp + 1)] * p, device=self.device)
+        st = torch.cat([start, start.new_zeros(p)]) if p else start
+        n_ctx = self.pool.capacity if self._compile else self._ctx(int(start.max()) + 2 * self.mtp + 1)
+        y, j, drafts = self._spec_fn(self.fw, self.mw, x, r, st, cache.kv, cache.conv, cache.ssm, mcache.kv, n_ctx)
+        j = j[:n]
+        cache.lengths[rows] = start + j + 1
+        mcache.lengths[rows] = start + j + 1
+        y, acc, drafts = y[:n].tolist(), j.tolist(), drafts[:n].tolist()
+        for i, s in enumerate(seqs):
+            s.iters += 1
+            new = y[i][: acc[i] + 1]
             s.pending = new[-1]
             s.drafts = drafts[i]
             self._emit(s, new, events)

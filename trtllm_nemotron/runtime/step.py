@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 from trtllm_nemotron.model.norms import gated_rms_norm, rms_norm
-from trtllm_nemotron.model.ops import route
 
 
 @dataclass
@@ -171,14 +170,33 @@ def _mamba(L: _Layer, x, conv_state, ssm_state, rows, record: bool):
     return out, None
 
 
+def _route(logits, bias, top_k: int, n_group: int, topk_group: int, norm_topk_prob: bool, scale: float):
+    """DeepSeek-V3 noaux_tc routing (spec §4.4) in plain torch ops, so inductor fuses it into the step (the
+    network calls the `latent_moe_routing` plugin op, opaque to the compiler). logits [n, E] fp32 ->
+    (weights [n, k] fp32, idx [n, k])."""
+    n, E = logits.shape
+    scores = logits.sigmoid()
+    choice = scores + bias.float()
+    if n_group > 1:
+        group_scores = choice.view(n, n_group, E // n_group).topk(2, dim=-1).values.sum(-1)  # [n, n_group]
+        group_idx = group_scores.topk(topk_group, dim=-1).indices
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, group_idx, True)
+        choice = choice.masked_fill(~keep[:, :, None].expand(n, n_group, E // n_group).reshape(n, E), float("-inf"))
+    idx = choice.topk(top_k, dim=-1).indices  # [n, k]
+    w = scores.gather(1, idx)
+    if norm_topk_prob:
+        w = w / (w.sum(-1, keepdim=True) + 1e-20)
+    return w * scale, idx
+
+
 def _moe(L: _Layer, x):
     """x [batch, T, hidden] -> [batch, T, hidden]; routed experts gathered from the stacked weights."""
     shape = x.shape
     xf = x.reshape(-1, shape[-1])  # [n, hidden]
     w, m = L.w, L.meta
     logits = F.linear(xf.float(), w["gate"].float())
-    wts, idx = route(logits, w["bias"], top_k=m["top_k"], n_group=m["n_group"], topk_group=m["topk_group"],
-                     norm_topk_prob=m["norm_topk_prob"], routed_scaling_factor=m["scale"])  # [n, k]
+    wts, idx = _route(logits, w["bias"], m["top_k"], m["n_group"], m["topk_group"], m["norm_topk_prob"],
+                      m["scale"])  # [n, k]
     r = _lin(xf, w["fc1"]) if w["fc1"] is not None else xf  # [n, X]
     n, k = idx.shape
     E = w["up"].shape[0]
@@ -257,3 +275,32 @@ def commit_mamba(records: dict, cache_conv: dict, cache_ssm: dict, rows: torch.T
         idx = cols[:, None, :].expand(-1, window.shape[1], -1)
         conv[rows] = window.gather(2, idx).to(conv.dtype)
         cache_ssm[i][rows] = states[b, accept].to(cache_ssm[i].dtype)
+
+
+def spec_step_greedy(fw: FlatWeights, mw: FlatWeights, ids, rows, start, cache_kv, cache_conv, cache_ssm, mtp_kv,
+                     n_ctx: int):
+    """One whole greedy MTP iteration as one function (one compiled graph): verify, accept, commit, draft.
+
+    ids [batch, K+1] = [last token, d_1..d_K] at positions start[b].. -> (target tokens y [batch, K+1],
+    accepted drafts j [batch], next drafts [batch, K]). Greedy strict acceptance (spec §6.2):
+    j = number of leading d_i == y_{i-1}; the new tokens are y[:j+1]. The Mamba state after token j is
+    committed; the caller sets both caches' lengths to start + j + 1. The MTP block runs over the K+1 pairs
+    (h_t, y_t), its entry j drafts d'_1, then K-1 recursive applications draft the rest.
+    """
+    batch, T = ids.shape
+    K = T - 1
+    h, logits, rec = forward_step(fw, ids, rows, start, cache_kv, cache_conv, cache_ssm, n_ctx, True)
+    y = logits.argmax(-1)  # [batch, K+1]
+    j = (ids[:, 1:] == y[:, :K]).long().cumprod(1).sum(1)  # [batch]
+    commit_mamba(rec, cache_conv, cache_ssm, rows, j)
+    g, dl = mtp_step(fw, mw, h, y, rows, start, mtp_kv, n_ctx)  # [batch, K+1, ...]
+    b = torch.arange(batch, device=ids.device)
+    g = g[b, j][:, None]  # [batch, 1, hidden]
+    d = dl[b, j].argmax(-1)  # [batch]
+    drafts = [d]
+    pos = start + j + 1
+    for i in range(K - 1):
+        g, dl1 = mtp_step(fw, mw, g, d[:, None], rows, pos + i, mtp_kv, n_ctx)
+        d = dl1[:, 0].argmax(-1)
+        drafts.append(d)
+    return y, j, torch.stack(drafts, dim=1)
