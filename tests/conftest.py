@@ -9,6 +9,9 @@ import pytest
 
 # Tests run 2 threads: CI has 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Idle OpenMP workers sleep instead of spinning: the tests run servers and subprocesses beside pytest, and
+# spinning workers on 2 cores made torch steps several times slower (must be set before torch is imported).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _has_cuda() -> bool:

@@ -166,3 +166,22 @@ def test_save_progress_bar(tmp_path, capsys):
     save_checkpoint(tmp_path / "p", cfg, tensors.items(), progress=True, total_bytes=total)
     err = capsys.readouterr().err
     assert "writing p" in err and "100%" in err
+
+
+def test_saved_checkpoint_is_readable_by_other_users(tmp_path):
+    import os
+    import stat
+
+    import torch
+
+    from trtllm_nemotron.checkpoint import save_checkpoint
+    from trtllm_nemotron.config import preset
+
+    old = os.umask(0o022)
+    try:
+        out = save_checkpoint(tmp_path / "ck", preset("tiny"), [("a", torch.zeros(4))])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for f in out.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
