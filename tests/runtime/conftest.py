@@ -1,4 +1,4 @@
-"""Runtime test fixtures: one random tiny checkpoint (make_tiny, seed 0) and engines over it, shared per session."""
+"""Runtime test fixtures: a random tiny checkpoint (make_tiny, seed 0) and engines over it, per session."""
 
 from __future__ import annotations
 

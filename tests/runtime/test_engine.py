@@ -16,8 +16,18 @@ import torch
 from trtllm_nemotron.errors import RuntimeStateError
 from trtllm_nemotron.runtime import Engine, SamplingParams
 
-PROMPTS = ["def fibonacci(n):", "import os\n", "class Foo:", "x = [", "for i in range(10):", "print('hi')",
-           "a", "return None", "while True:", "# comment"]
+PROMPTS = [
+    "def fibonacci(n):",
+    "import os\n",
+    "class Foo:",
+    "x = [",
+    "for i in range(10):",
+    "print('hi')",
+    "a",
+    "return None",
+    "while True:",
+    "# comment",
+]
 
 
 def _greedy(n: int) -> SamplingParams:
@@ -30,7 +40,7 @@ def _recompute(model, prompt_ids: list[int], n: int) -> list[int]:
     with torch.no_grad():
         for _ in range(n):
             seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-    return seq[len(prompt_ids):]
+    return seq[len(prompt_ids) :]
 
 
 def test_cached_generation_equals_recomputing_the_whole_sequence(engine0):
@@ -71,7 +81,12 @@ def _slot_state(eng, slot):
     c = eng.pool.cache
     n = int(c.lengths[slot])
     kv = {i: (k[slot, :, :n].clone(), v[slot, :, :n].clone()) for i, (k, v) in c.kv.items()}
-    return n, kv, {i: t[slot].clone() for i, t in c.conv.items()}, {i: t[slot].clone() for i, t in c.ssm.items()}
+    return (
+        n,
+        kv,
+        {i: t[slot].clone() for i, t in c.conv.items()},
+        {i: t[slot].clone() for i, t in c.ssm.items()},
+    )
 
 
 @pytest.mark.parametrize("n_correct", [0, 1, 2])
@@ -85,7 +100,7 @@ def test_state_after_a_rejected_draft_equals_a_run_that_never_drafted(engine0, e
         engine3.iterate([s3])  # prefill -> first token
         assert s3.out_ids == ref_tokens[:1]
         wrong = [(t + 1) % engine3.config.vocab_size for t in ref_tokens[1:4]]
-        s3.drafts = ref_tokens[1:1 + n_correct] + wrong[n_correct:]
+        s3.drafts = ref_tokens[1 : 1 + n_correct] + wrong[n_correct:]
         engine3.iterate([s3])
         assert s3.out_ids == ref_tokens[: n_correct + 2]  # accepted drafts + the target's own token
         spec = _slot_state(engine3, s3.slot)
@@ -131,11 +146,15 @@ def test_seeded_sampling_reproducible_alone_and_batched(engine0, engine3):
     other = SamplingParams(max_tokens=16, temperature=0.9, top_k=50, top_p=0.95, seed=99, ignore_eos=True)
     assert engine0.generate("def f(x):", other).token_ids != a
     with engine0.scheduler() as sched:
-        hs = [sched.submit("x = [", SamplingParams(max_tokens=10, temperature=1.0, seed=5)),
-              sched.submit("def f(x):", p)]
+        hs = [
+            sched.submit("x = [", SamplingParams(max_tokens=10, temperature=1.0, seed=5)),
+            sched.submit("def f(x):", p),
+        ]
         assert hs[1].result().token_ids == a
         hs[0].result()
-    b = engine3.generate("def f(x):", p).token_ids  # MTP consumes random numbers differently, but reproducibly
+    b = engine3.generate(
+        "def f(x):", p
+    ).token_ids  # MTP consumes random numbers differently, but reproducibly
     assert engine3.generate("def f(x):", p).token_ids == b
 
 
@@ -219,3 +238,16 @@ def test_sampled_mtp_path_with_top_k_1_equals_greedy(engine0, engine3):
     with engine3.scheduler() as sched:  # greedy and sampled rows in one batch: the general path for both
         hs = [sched.submit("import os\n", p), sched.submit("import os\n", _greedy(20))]
         assert [h.result().token_ids for h in hs] == [greedy, greedy]
+
+
+def test_streamed_deltas_concatenate_to_the_completion(engine3):
+    with engine3.scheduler() as sched:
+        h = sched.submit("def f(x):", _greedy(24), request_id="stream-1")
+        events = list(h)
+    assert h.request_id == "stream-1"
+    assert all(e.finish_reason is None and e.stats is None for e in events[:-1])
+    last = events[-1]
+    assert last.finish_reason == "length" and last.stats["num_tokens"] == 24 and last.error is None
+    ids = [t for e in events for t in e.token_ids]
+    assert "".join(e.text for e in events) == engine3.tokenizer.decode(ids)
+    assert ids == engine3.generate("def f(x):", _greedy(24)).token_ids

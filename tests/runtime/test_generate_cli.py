@@ -16,24 +16,57 @@ def runner():
 
 
 def test_local_generation_streams_text_to_stdout_and_stats_to_stderr(runner, tiny_dir, engine0):
-    r = runner.invoke(main, ["generate", "--model", str(tiny_dir), "--max-tokens", "8", "--mtp", "0", "--ignore-eos",
-                             "def f(x):"])
+    r = runner.invoke(
+        main,
+        [
+            "generate",
+            "--model",
+            str(tiny_dir),
+            "--max-tokens",
+            "8",
+            "--mtp",
+            "0",
+            "--ignore-eos",
+            "def f(x):",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    expected = engine0.generate("def f(x):", __import__("trtllm_nemotron.runtime", fromlist=["x"]).SamplingParams(
-        max_tokens=8, ignore_eos=True)).text
+    expected = engine0.generate(
+        "def f(x):",
+        __import__("trtllm_nemotron.runtime", fromlist=["x"]).SamplingParams(max_tokens=8, ignore_eos=True),
+    ).text
     assert r.stdout == expected
     assert "8 tokens" in r.stderr and "tok/s" in r.stderr and "TTFT" in r.stderr
 
 
 def test_json_output_with_mtp(runner, tiny_dir):
-    r = runner.invoke(main, ["generate", "--model", str(tiny_dir), "--max-tokens", "6", "--mtp", "2", "--json",
-                             "--temperature", "0.8", "--seed", "3", "--ignore-eos", "x = ["])
+    r = runner.invoke(
+        main,
+        [
+            "generate",
+            "--model",
+            str(tiny_dir),
+            "--max-tokens",
+            "6",
+            "--mtp",
+            "2",
+            "--json",
+            "--temperature",
+            "0.8",
+            "--seed",
+            "3",
+            "--ignore-eos",
+            "x = [",
+        ],
+    )
     assert r.exit_code == 0, r.output
     obj = json.loads(r.stdout)
     for k in ("text", "num_tokens", "tokens_per_s", "ttft_s", "acceptance_rate", "acceptance_length"):
         assert k in obj
     assert obj["num_tokens"] == 6 and obj["acceptance_length"] >= 1.0 and 0.0 <= obj["acceptance_rate"] <= 1.0
-    r0 = runner.invoke(main, ["generate", "--model", str(tiny_dir), "--max-tokens", "2", "--mtp", "0", "--json", "a"])
+    r0 = runner.invoke(
+        main, ["generate", "--model", str(tiny_dir), "--max-tokens", "2", "--mtp", "0", "--json", "a"]
+    )
     assert json.loads(r0.stdout)["acceptance_length"] is None
 
 

@@ -13,8 +13,9 @@ def test_quantized_checkpoint_generates_like_its_dequantized_network(tiny_dir, t
     from trtllm_nemotron.quant import quantize_checkpoint
 
     out = tmp_path / recipe
-    quantize_checkpoint(tiny_dir, out, recipe=recipe, calib_samples=2, calib_seq_len=16, progress=False,
-                        accuracy=False)
+    quantize_checkpoint(
+        tiny_dir, out, recipe=recipe, calib_samples=2, calib_seq_len=16, progress=False, accuracy=False
+    )
     eng = Engine.load(out, mtp=2, max_batch_size=2, max_seq_len=64)
     c = eng.generate("def f(x):", SamplingParams(max_tokens=8, ignore_eos=True))
     ids = eng.tokenizer.encode("def f(x):")
@@ -22,4 +23,4 @@ def test_quantized_checkpoint_generates_like_its_dequantized_network(tiny_dir, t
     with torch.no_grad():
         for _ in range(8):
             seq.append(int(eng.model(torch.tensor([seq]))[0, -1].argmax()))
-    assert c.token_ids == seq[len(ids):]
+    assert c.token_ids == seq[len(ids) :]

@@ -30,11 +30,21 @@ def _stats_line(d: dict) -> str:
 
 @click.command("generate")
 @click.argument("prompt")
-@click.option("--model", "model", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Engine dir or HF checkpoint dir (default: the embedded model). Exclusive with --url.")
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Engine dir or HF checkpoint dir (default: the embedded model). Exclusive with --url.",
+)
 @click.option("--url", default=None, help="Triton server URL (host:port) instead of a local model.")
-@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True,
-              help="Protocol for --url.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["grpc", "http"]),
+    default="grpc",
+    show_default=True,
+    help="Protocol for --url.",
+)
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Stream text as it is generated.")
 @click.option("--max-tokens", type=int, default=64, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 means greedy.")
@@ -43,16 +53,40 @@ def _stats_line(d: dict) -> str:
 @click.option("--seed", type=int, default=None, help="Sampling seed (reproducible output).")
 @click.option("--stop", multiple=True, help="Stop string (repeatable); not included in the output.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past EOS.")
-@click.option("--mtp", type=int, default=None,
-              help="MTP draft tokens (0 = speculation off; default: the engine's setting). Local only.")
+@click.option(
+    "--mtp",
+    type=int,
+    default=None,
+    help="MTP draft tokens (0 = speculation off; default: the engine's setting). Local only.",
+)
 @click.option("--chat", is_flag=True, help="Wrap PROMPT as a user message in the chat template. Local only.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda. Local only.")
 @click.option("--max-seq-len", type=int, default=None, help="Cache length per sequence. Local only.")
-@click.option("--compile", "use_compile", is_flag=True, help="Capture the decode step with torch.compile. Local only.")
+@click.option(
+    "--compile", "use_compile", is_flag=True, help="Capture the decode step with torch.compile. Local only."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text + statistics) instead.")
 @user_errors
-def generate(prompt, model, url, protocol, stream, max_tokens, temperature, top_k, top_p, seed, stop, ignore_eos,
-             mtp, chat, device, max_seq_len, use_compile, as_json) -> None:
+def generate(
+    prompt,
+    model,
+    url,
+    protocol,
+    stream,
+    max_tokens,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    stop,
+    ignore_eos,
+    mtp,
+    chat,
+    device,
+    max_seq_len,
+    use_compile,
+    as_json,
+) -> None:
     """Generate a completion of PROMPT ("-" reads it from stdin), streaming to the terminal."""
     if prompt == "-":
         prompt = sys.stdin.read()
@@ -61,17 +95,46 @@ def generate(prompt, model, url, protocol, stream, max_tokens, temperature, top_
     if url:
         for flag, val in (("--mtp", mtp), ("--max-seq-len", max_seq_len)):
             if val is not None:
-                raise click.UsageError(f"{flag} applies to a local --model only (the server's engine decides)")
+                raise click.UsageError(
+                    f"{flag} applies to a local --model only (the server's engine decides)"
+                )
         if chat or use_compile:
             raise click.UsageError("--chat and --compile apply to a local --model only")
-        _remote(prompt, url, protocol, stream, as_json, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                top_p=top_p, seed=seed, stop=list(stop), ignore_eos=ignore_eos)
+        _remote(
+            prompt,
+            url,
+            protocol,
+            stream,
+            as_json,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=list(stop),
+            ignore_eos=ignore_eos,
+        )
         return
     if model is None:
         model = _default_model()
-    _local(prompt, model, stream, as_json, chat, device=device, max_seq_len=max_seq_len, mtp=mtp,
-           use_compile=use_compile, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-           seed=seed, stop=tuple(stop), ignore_eos=ignore_eos)
+    _local(
+        prompt,
+        model,
+        stream,
+        as_json,
+        chat,
+        device=device,
+        max_seq_len=max_seq_len,
+        mtp=mtp,
+        use_compile=use_compile,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=tuple(stop),
+        ignore_eos=ignore_eos,
+    )
 
 
 def _default_model() -> str:
@@ -82,12 +145,15 @@ def _default_model() -> str:
     return str(default_model_dir())
 
 
-def _local(prompt, model, stream, as_json, chat, *, device, max_seq_len, mtp, use_compile, **sampling) -> None:
+def _local(
+    prompt, model, stream, as_json, chat, *, device, max_seq_len, mtp, use_compile, **sampling
+) -> None:
     from trtllm_nemotron.runtime import Engine, SamplingParams
 
     params = SamplingParams(**sampling).validate()  # refuse bad options before loading the model
-    engine = Engine.load(model, device=device, max_seq_len=max_seq_len, mtp=mtp, max_batch_size=1,
-                         compile=use_compile)
+    engine = Engine.load(
+        model, device=device, max_seq_len=max_seq_len, mtp=mtp, max_batch_size=1, compile=use_compile
+    )
     if chat:
         prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     out = sys.stdout
@@ -129,8 +195,18 @@ def _remote(prompt, url, protocol, stream, as_json, **sampling) -> None:
 
 def _finish(text: str, stats: dict, streamed: bool, as_json: bool) -> None:
     if as_json:
-        keys = ("num_tokens", "prompt_tokens", "tokens_per_s", "ttft_s", "e2e_s", "acceptance_rate",
-                "acceptance_length", "accepted_draft_tokens", "draft_tokens", "finish_reason")
+        keys = (
+            "num_tokens",
+            "prompt_tokens",
+            "tokens_per_s",
+            "ttft_s",
+            "e2e_s",
+            "acceptance_rate",
+            "acceptance_length",
+            "accepted_draft_tokens",
+            "draft_tokens",
+            "finish_reason",
+        )
         obj = {"text": text, **{k: stats.get(k) for k in keys}}
         click.echo(json.dumps(obj))
         return

@@ -32,6 +32,8 @@ Tests run eager; one test checks compiled == eager.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import threading
@@ -51,6 +53,7 @@ from trtllm_nemotron.runtime.tokenizer import IncrementalDetokenizer, StopString
 log = logging.getLogger(__name__)
 
 CTX_BUCKET = 128
+SMALL_STEP_WORK = 2**25  # tokens x active parameters below which a CPU step runs on one thread
 KERNEL_CHOICES = (None, "auto", "torch", "triton")
 
 
@@ -102,9 +105,20 @@ class _Seq:
 class Engine:
     """A loaded model, its slot pool, tokenizer and generation loop (see the module docstring)."""
 
-    def __init__(self, model, tokenizer: Tokenizer, *, max_batch_size: int = 8, max_seq_len: int | None = None,
-                 mtp: int = 0, ssm_dtype: torch.dtype = torch.float32, prefill_chunk: int = 256,
-                 compile: bool = False, eos_token_ids: list[int] | None = None, source: str = "") -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer: Tokenizer,
+        *,
+        max_batch_size: int = 8,
+        max_seq_len: int | None = None,
+        mtp: int = 0,
+        ssm_dtype: torch.dtype = torch.float32,
+        prefill_chunk: int = 256,
+        compile: bool = False,
+        eos_token_ids: list[int] | None = None,
+        source: str = "",
+    ) -> None:
         cfg = model.config
         self.model = model
         self.config = cfg
@@ -118,10 +132,13 @@ class Engine:
             raise RuntimeStateError(f"mtp (max_draft_len) must be in 0..16, got {mtp}")
         if mtp and not cfg.num_nextn_predict_layers:
             raise RuntimeStateError(
-                f"mtp={mtp} asked for, but this model has no MTP layers (num_nextn_predict_layers = 0); use mtp=0"
+                f"mtp={mtp} asked for, but this model has no MTP layers (num_nextn_predict_layers = 0); "
+                "use mtp=0"
             )
         if mtp and set(cfg.mtp_pattern) - set("*E-"):
-            raise RuntimeStateError(f"MTP pattern {cfg.mtp_pattern!r} has Mamba layers; the runtime supports * E -")
+            raise RuntimeStateError(
+                f"MTP pattern {cfg.mtp_pattern!r} has Mamba layers; the runtime supports * E -"
+            )
         if prefill_chunk < 1:
             raise RuntimeStateError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.max_seq_len = max_seq_len
@@ -140,16 +157,27 @@ class Engine:
         self._mtp_fn = S.mtp_step
         self._spec_fn = S.spec_step_greedy
         self._compile = False
-        self._next_id = 0
+        self._ids = itertools.count()
+        self._active_params = cfg.parameter_counts()["active"]
         if compile:
             self.enable_compile()
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | Path, *, device: str = "cpu", dtype: torch.dtype | str | None = None,
-             max_batch_size: int = 8, max_seq_len: int | None = None, mtp: int | None = None,
-             kernels: str | None = None, ssm_dtype: torch.dtype | str = "float32", prefill_chunk: int = 256,
-             compile: bool = False) -> Engine:
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | str | None = None,
+        max_batch_size: int = 8,
+        max_seq_len: int | None = None,
+        mtp: int | None = None,
+        kernels: str | None = None,
+        ssm_dtype: torch.dtype | str = "float32",
+        prefill_chunk: int = 256,
+        compile: bool = False,
+    ) -> Engine:
         """Load an engine dir (build.json + checkpoint/) or a plain HF checkpoint dir (BF16 / FP8 / NVFP4).
 
         dtype None: float32 on CPU, bfloat16 on CUDA. mtp None: the engine's MTP setting (build.json
@@ -160,7 +188,9 @@ class Engine:
 
         path = Path(path)
         if not path.exists():
-            raise CheckpointError(f"model path {path} does not exist; pass an engine dir or a HF checkpoint dir")
+            raise CheckpointError(
+                f"model path {path} does not exist; pass an engine dir or a HF checkpoint dir"
+            )
         if kernels not in KERNEL_CHOICES:
             raise RuntimeStateError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
         dev = torch.device(device)
@@ -178,7 +208,9 @@ class Engine:
             try:
                 manifest = json.loads((path / "build.json").read_text())
             except json.JSONDecodeError as e:
-                raise CheckpointError(f"{path / 'build.json'} is not valid JSON ({e}); rebuild the engine") from e
+                raise CheckpointError(
+                    f"{path / 'build.json'} is not valid JSON ({e}); rebuild the engine"
+                ) from e
             m = manifest.get("mtp")
             engine_mtp = int(m.get("max_draft_len") or 0) if isinstance(m, dict) else int(m or 0)
         t0 = time.perf_counter()
@@ -195,33 +227,82 @@ class Engine:
                 eos.update([e] if isinstance(e, int) else list(e or []))
             except (json.JSONDecodeError, TypeError):
                 log.warning("ignoring unreadable %s", gen_cfg)
-        eng = cls(model, tok, max_batch_size=max_batch_size, max_seq_len=max_seq_len, mtp=mtp,
-                  ssm_dtype=ssm_dtype, prefill_chunk=prefill_chunk, compile=compile,
-                  eos_token_ids=sorted(eos), source=str(path))
-        log.info("loaded %s in %.2fs (%s, %s, mtp=%d, %d slots x %d tokens, cache %.1f MiB)", path,
-                 time.perf_counter() - t0, dev, model.backbone.embeddings.weight.dtype, mtp, max_batch_size,
-                 eng.max_seq_len, eng.pool.memory_report()["total"] / 2**20)
+        eng = cls(
+            model,
+            tok,
+            max_batch_size=max_batch_size,
+            max_seq_len=max_seq_len,
+            mtp=mtp,
+            ssm_dtype=ssm_dtype,
+            prefill_chunk=prefill_chunk,
+            compile=compile,
+            eos_token_ids=sorted(eos),
+            source=str(path),
+        )
+        log.info(
+            "loaded %s in %.2fs (%s, %s, mtp=%d, %d slots x %d tokens, cache %.1f MiB)",
+            path,
+            time.perf_counter() - t0,
+            dev,
+            model.backbone.embeddings.weight.dtype,
+            mtp,
+            max_batch_size,
+            eng.max_seq_len,
+            eng.pool.memory_report()["total"] / 2**20,
+        )
         return eng
 
     def enable_compile(self) -> None:
         """Capture the decode/verify step and the MTP step with torch.compile (inductor, C++ wrapper, static
         shapes). Each (padded batch, tokens) shape compiles once, on first use; inductor's on-disk cache makes
         later processes fast. Batches are padded to a power of two with the pool's scratch row and attention
-        always spans the whole row, so a few shapes cover every batch."""
+        always spans the whole row, so a few shapes cover every batch. Small steps (see `_threads_for`) get
+        graphs compiled for one thread."""
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         if hasattr(torch._dynamo.config, "recompile_limit"):
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        opts = {"cpp_wrapper": self.device.type == "cpu"}
-        self._step_fn = torch.compile(S.forward_step, dynamic=False, options=opts)
-        self._mtp_fn = torch.compile(S.mtp_step, dynamic=False, options=opts)
-        self._spec_fn = torch.compile(S.spec_step_greedy, dynamic=False, options=opts)
+        cpu = self.device.type == "cpu"
+        fns = {}
+        for one in (False, True):
+            opts = {"cpp_wrapper": cpu, **({"cpp.threads": 1} if one and cpu else {})}
+            fns[one] = tuple(
+                torch.compile(f, dynamic=False, options=opts)
+                for f in (S.forward_step, S.mtp_step, S.spec_step_greedy)
+            )
+        self._compiled = fns
         self._compile = True
+
+    def _threads_for(self, n_tokens: int) -> bool:
+        """True: run this step on one thread. On CPU a step whose work (tokens x active parameters) is small
+        is dominated by per-kernel thread synchronisation, so one thread is faster than two (measured on
+        2-core hosts: the 5.5M embedded model decodes several times faster at batch 1 on one thread)."""
+        return self.device.type == "cpu" and n_tokens * self._active_params < SMALL_STEP_WORK
+
+    @contextlib.contextmanager
+    def _step_threads(self, n_tokens: int):
+        """Select the step functions (compiled per thread count) and the intra-op threads for a step."""
+        one = self._threads_for(n_tokens)
+        if self._compile:
+            self._step_fn, self._mtp_fn, self._spec_fn = self._compiled[one]
+        if not one:
+            yield
+            return
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(n)
 
     def _pad(self, n: int) -> int:
         """Rows the step runs for n active rows: n in eager mode, the next power of two when compiled."""
-        return n if not self._compile else min(1 << (n - 1).bit_length(), 1 << (self.max_batch_size - 1).bit_length())
+        return (
+            n
+            if not self._compile
+            else min(1 << (n - 1).bit_length(), 1 << (self.max_batch_size - 1).bit_length())
+        )
 
     def _step(self, ids: list[list[int]], rows: list[int], start: torch.Tensor, record: bool):
         """forward_step over len(rows) rows (padded when compiled); outputs are cut back to len(rows) rows."""
@@ -233,7 +314,8 @@ class Engine:
         st = torch.cat([start, start.new_zeros(p)]) if p else start
         n_ctx = self.pool.capacity if self._compile else self._ctx(int(start.max()) + T)
         c = self.pool.cache
-        h, logits, rec = self._step_fn(self.fw, x, r, st, c.kv, c.conv, c.ssm, n_ctx, record)
+        with self._step_threads(x.numel()):
+            h, logits, rec = self._step_fn(self.fw, x, r, st, c.kv, c.conv, c.ssm, n_ctx, record)
         if p:
             h, logits = h[:n], logits[:n]
             rec = {i: (w[:n], s_[:n]) for i, (w, s_) in rec.items()}
@@ -248,15 +330,18 @@ class Engine:
             next_ids = torch.cat([next_ids, next_ids.new_zeros(p, T)])
             start = torch.cat([start, start.new_zeros(p)])
         n_ctx = self.pool.capacity if self._compile else self._ctx(int(start.max()) + T)
-        g, dl = self._mtp_fn(self.fw, self.mw, hidden, next_ids, r, start, self.pool.mtp_cache.kv, n_ctx)
+        with self._step_threads(next_ids.numel()):
+            g, dl = self._mtp_fn(self.fw, self.mw, hidden, next_ids, r, start, self.pool.mtp_cache.kv, n_ctx)
         return g[:n], dl[:n]
 
     def memory_report(self) -> dict[str, int]:
         return self.pool.memory_report()
 
     # ------------------------------------------------------------------ requests
-    def new_request(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> _Seq:
-        """Validate and tokenize a request (raises RuntimeStateError for bad options or an over-long prompt)."""
+    def new_request(
+        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
+    ) -> _Seq:
+        """Validate and tokenize a request (RuntimeStateError for bad options or an over-long prompt)."""
         if not isinstance(params, SamplingParams):
             raise RuntimeStateError(f"params must be a SamplingParams, got {type(params).__name__}")
         params.validate()
@@ -265,17 +350,26 @@ class Engine:
             raise RuntimeStateError("the prompt is empty (0 tokens); give at least one token of text")
         bad = [i for i in ids if not 0 <= int(i) < self.config.vocab_size]
         if bad:
-            raise RuntimeStateError(f"prompt token ids {bad[:5]} are outside the vocabulary 0..{self.config.vocab_size - 1}")
+            raise RuntimeStateError(
+                f"prompt token ids {bad[:5]} are outside the vocabulary 0..{self.config.vocab_size - 1}"
+            )
         if len(ids) >= self.max_seq_len:
             raise RuntimeStateError(
-                f"prompt is {len(ids)} tokens but the engine's max_seq_len is {self.max_seq_len} (prompt + at least "
+                f"prompt is {len(ids)} tokens but the engine's max_seq_len is {self.max_seq_len} "
+                f"(prompt + at least "
                 f"one generated token must fit); shorten the prompt or load with a larger max_seq_len"
             )
         if request_id is None:
-            request_id = f"req-{self._next_id}"
-        self._next_id += 1
+            request_id = f"req-{next(self._ids)}"
         gen = None if params.greedy else params.make_generator()
-        return _Seq(request_id, ids, params, gen, IncrementalDetokenizer(self.tokenizer), StopStringFilter(params.stop))
+        return _Seq(
+            request_id,
+            ids,
+            params,
+            gen,
+            IncrementalDetokenizer(self.tokenizer),
+            StopStringFilter(params.stop),
+        )
 
     def generate(self, prompt: str | list[int], params: SamplingParams | None = None) -> Completion:
         """Blocking, single request."""
@@ -292,7 +386,9 @@ class Engine:
                 self.release(seq)
         return Completion("".join(pieces), list(seq.out_ids), seq.finish_reason, self.stats(seq))
 
-    def generate_batch(self, prompts: list[str | list[int]], params: SamplingParams | None = None) -> list[Completion]:
+    def generate_batch(
+        self, prompts: list[str | list[int]], params: SamplingParams | None = None
+    ) -> list[Completion]:
         """Blocking, a static batch (len(prompts) <= max_batch_size): every prompt is prefilled first, then
         all decode together in one batched step per iteration until each finishes (what a benchmark of
         batch-N decode wants; the scheduler is the continuous-batching path)."""
@@ -317,7 +413,9 @@ class Engine:
             finally:
                 for s in seqs:
                     self.release(s)
-        return [Completion("".join(pieces[id(s)]), list(s.out_ids), s.finish_reason, self.stats(s)) for s in seqs]
+        return [
+            Completion("".join(pieces[id(s)]), list(s.out_ids), s.finish_reason, self.stats(s)) for s in seqs
+        ]
 
     def admit(self, seq: _Seq) -> None:
         seq.slot = self.pool.acquire()
@@ -358,16 +456,18 @@ class Engine:
         last = e == len(seq.prompt_ids)
         if not last:
             if self.mtp:
-                nxt = torch.tensor([seq.prompt_ids[s + 1:e + 1]], device=self.device)
+                nxt = torch.tensor([seq.prompt_ids[s + 1 : e + 1]], device=self.device)
                 self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
             return
         logits = self.model.logits(h[:, -1])  # [1, vocab]
         tok = self._sample(seq, logits)[0]
         seq.pending = tok
         if self.mtp:
-            nxt = torch.tensor([seq.prompt_ids[s + 1:e] + [tok]], device=self.device)
+            nxt = torch.tensor([seq.prompt_ids[s + 1 : e] + [tok]], device=self.device)
             dl, g = self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
-            seq.drafts = self._draft_rest([seq.slot], g[:, -1:], dl[:, -1], self.pool.mtp_cache.lengths[rows].clone())[0]
+            seq.drafts = self._draft_rest(
+                [seq.slot], g[:, -1:], dl[:, -1], self.pool.mtp_cache.lengths[rows].clone()
+            )[0]
         self._emit(seq, [tok], events)
 
     def _decode(self, seqs: list[_Seq], events) -> None:
@@ -391,7 +491,9 @@ class Engine:
         start = cache.lengths[rows]
         if all(s.params.greedy for s in seqs):
             return self._verify_greedy(seqs, slots, rows, start, events)
-        h, logits, rec = self._step([[s.pending] + s.drafts for s in seqs], slots, start, True)  # [batch, K+1]
+        h, logits, rec = self._step(
+            [[s.pending] + s.drafts for s in seqs], slots, start, True
+        )  # [batch, K+1]
         targets = []
         accept = []
         greedy = [s.params.greedy for s in seqs]
@@ -424,10 +526,15 @@ class Engine:
         n = len(seqs)
         p = self._pad(n) - n
         r = torch.tensor(slots + [self.pool.scratch_row] * p, device=self.device)
-        x = torch.tensor([[s.pending] + s.drafts for s in seqs] + [[0] * (self.mtp + 1)] * p, device=self.device)
+        x = torch.tensor(
+            [[s.pending] + s.drafts for s in seqs] + [[0] * (self.mtp + 1)] * p, device=self.device
+        )
         st = torch.cat([start, start.new_zeros(p)]) if p else start
         n_ctx = self.pool.capacity if self._compile else self._ctx(int(start.max()) + 2 * self.mtp + 1)
-        y, j, drafts = self._spec_fn(self.fw, self.mw, x, r, st, cache.kv, cache.conv, cache.ssm, mcache.kv, n_ctx)
+        with self._step_threads(x.numel()):
+            y, j, drafts = self._spec_fn(
+                self.fw, self.mw, x, r, st, cache.kv, cache.conv, cache.ssm, mcache.kv, n_ctx
+            )
         j = j[:n]
         cache.lengths[rows] = start + j + 1
         mcache.lengths[rows] = start + j + 1
@@ -460,7 +567,7 @@ class Engine:
         """logits [batch, vocab] -> one token per seq."""
         if all(s.params.greedy for s in seqs):
             return logits.argmax(-1).tolist()
-        return [self._sample(s, logits[b:b + 1])[0] for b, s in enumerate(seqs)]
+        return [self._sample(s, logits[b : b + 1])[0] for b, s in enumerate(seqs)]
 
     def _emit(self, seq: _Seq, new: list[int], events) -> None:
         if seq.t_first is None:
@@ -519,8 +626,12 @@ class Engine:
             fwd = seq.iters + 1
             drafted = self.mtp * fwd
             accepted = max(0, seq.n_generated - fwd)
-            st.update(acceptance_length=seq.n_generated / fwd, draft_tokens=drafted, accepted_draft_tokens=accepted,
-                      acceptance_rate=accepted / drafted)
+            st.update(
+                acceptance_length=seq.n_generated / fwd,
+                draft_tokens=drafted,
+                accepted_draft_tokens=accepted,
+                acceptance_rate=accepted / drafted,
+            )
         return st
 
     def scheduler(self, **kw: Any):
@@ -529,8 +640,15 @@ class Engine:
         return Scheduler(self, **kw)
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float64": torch.float64,
+}
 
 
 def _bad_dtype(name: str):

@@ -38,19 +38,35 @@ class SamplingParams:
             self.stop = (self.stop,)
         self.stop = tuple(self.stop or ())
         checks = [
-            (isinstance(self.max_tokens, int) and not isinstance(self.max_tokens, bool) and self.max_tokens >= 1,
-             f"max_tokens must be an integer >= 1, got {self.max_tokens!r}"),
-            (_is_number(self.temperature) and 0.0 <= self.temperature <= MAX_TEMPERATURE,
-             f"temperature must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {self.temperature!r}"),
-            (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0,
-             f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}"),
-            (_is_number(self.top_p) and 0.0 < self.top_p <= 1.0,
-             f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}"),
-            (self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
-                                   and 0 <= self.seed < 2**63),
-             f"seed must be None or an integer in [0, 2**63), got {self.seed!r}"),
-            (all(isinstance(s, str) and s for s in self.stop),
-             f"stop must be a list of non-empty strings, got {list(self.stop)!r}"),
+            (
+                isinstance(self.max_tokens, int)
+                and not isinstance(self.max_tokens, bool)
+                and self.max_tokens >= 1,
+                f"max_tokens must be an integer >= 1, got {self.max_tokens!r}",
+            ),
+            (
+                _is_number(self.temperature) and 0.0 <= self.temperature <= MAX_TEMPERATURE,
+                f"temperature must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {self.temperature!r}",
+            ),
+            (
+                isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0,
+                f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}",
+            ),
+            (
+                _is_number(self.top_p) and 0.0 < self.top_p <= 1.0,
+                f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}",
+            ),
+            (
+                self.seed is None
+                or (
+                    isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63
+                ),
+                f"seed must be None or an integer in [0, 2**63), got {self.seed!r}",
+            ),
+            (
+                all(isinstance(s, str) and s for s in self.stop),
+                f"stop must be a list of non-empty strings, got {list(self.stop)!r}",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -92,7 +108,9 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return x
 
 
-def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> list[int]:
+def sample_tokens(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> list[int]:
     """logits [n, V] (n consecutive positions of one request) -> n token ids, drawn in order."""
     if params.greedy:
         return logits.argmax(dim=-1).tolist()

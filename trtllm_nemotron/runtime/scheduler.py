@@ -83,10 +83,13 @@ class Scheduler:
         self._thread.start()
 
     # ---- public
-    def submit(self, prompt: str | list[int], params: SamplingParams | None = None, *,
-               request_id: str | None = None) -> RequestHandle:
+    def submit(
+        self, prompt: str | list[int], params: SamplingParams | None = None, *, request_id: str | None = None
+    ) -> RequestHandle:
         if self._stop:
-            raise RuntimeStateError("the scheduler has been shut down; create a new one with engine.scheduler()")
+            raise RuntimeStateError(
+                "the scheduler has been shut down; create a new one with engine.scheduler()"
+            )
         seq = self.engine.new_request(prompt, params or SamplingParams(), request_id)
         h = RequestHandle(self, seq)
         with self._cv:
@@ -154,8 +157,9 @@ class Scheduler:
                         h = self._waiting.popleft()
                         eng.admit(h._seq)
                         self._active.append(h)
-            if not self._active:
-                continue
+                if not self._active:  # waiting for a slot held outside this scheduler: do not spin
+                    self._cv.wait(self._idle_wait_s)
+                    continue
             with eng.lock:
                 by_seq = {id(h._seq): h for h in self._active}
                 try:

@@ -24,8 +24,16 @@ from trtllm_nemotron.errors import RuntimeStateError
 
 
 class SlotPool:
-    def __init__(self, model, max_batch_size: int, max_seq_len: int, *, mtp: int = 0,
-                 ssm_dtype: torch.dtype = torch.float32, scratch: bool = False) -> None:
+    def __init__(
+        self,
+        model,
+        max_batch_size: int,
+        max_seq_len: int,
+        *,
+        mtp: int = 0,
+        ssm_dtype: torch.dtype = torch.float32,
+        scratch: bool = False,
+    ) -> None:
         if max_batch_size < 1:
             raise RuntimeStateError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
@@ -36,7 +44,9 @@ class SlotPool:
         self.scratch_row = max_batch_size if scratch else None
         rows = max_batch_size + (1 if scratch else 0)
         self.cache = model.allocate_cache(rows, self.capacity, ssm_dtype=ssm_dtype)
-        self.mtp_cache = model.allocate_cache(rows, self.capacity, ssm_dtype=ssm_dtype, mtp=True) if mtp else None
+        self.mtp_cache = (
+            model.allocate_cache(rows, self.capacity, ssm_dtype=ssm_dtype, mtp=True) if mtp else None
+        )
         self._free = list(range(max_batch_size))
         self.in_use: set[int] = set()
 
@@ -47,7 +57,8 @@ class SlotPool:
     def acquire(self) -> int:
         if not self._free:
             raise RuntimeStateError(
-                f"all {self.max_batch_size} sequence slots are busy; wait for a request to finish or load the "
+                f"all {self.max_batch_size} sequence slots are busy; wait for a request to finish or load "
+                "the "
                 "engine with a larger max_batch_size"
             )
         slot = self._free.pop(0)

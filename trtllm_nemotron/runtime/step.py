@@ -68,31 +68,64 @@ class FlatWeights:
         m = block.mixer
         ch = block.char
         if ch == "M":
-            w = {"in_proj": m.in_proj.weight, "in_bias": m.in_proj.bias,
-                 "conv_w": m.conv1d.weight.reshape(m.conv_dim, m.K), "conv_b": m.conv1d.bias,
-                 "A_log": m.A_log, "D": m.D, "dt_bias": m.dt_bias, "norm": m.norm.weight,
-                 "out_proj": m.out_proj.weight, "out_bias": m.out_proj.bias}
+            w = {
+                "in_proj": m.in_proj.weight,
+                "in_bias": m.in_proj.bias,
+                "conv_w": m.conv1d.weight.reshape(m.conv_dim, m.K),
+                "conv_b": m.conv1d.bias,
+                "A_log": m.A_log,
+                "D": m.D,
+                "dt_bias": m.dt_bias,
+                "norm": m.norm.weight,
+                "out_proj": m.out_proj.weight,
+                "out_bias": m.out_proj.bias,
+            }
             dt_min = m.time_step_min if m.clamp_dt_min is True else None
-            meta = {"H": m.H, "P": m.P, "G": m.G, "N": m.N, "K": m.K, "d_inner": m.d_inner,
-                    "conv_dim": m.conv_dim, "dt_min": dt_min, "group": m.norm.group_size}
+            meta = {
+                "H": m.H,
+                "P": m.P,
+                "G": m.G,
+                "N": m.N,
+                "K": m.K,
+                "d_inner": m.d_inner,
+                "conv_dim": m.conv_dim,
+                "dt_min": dt_min,
+                "group": m.norm.group_size,
+            }
         elif ch == "*":
             w = {n: getattr(m, n).weight for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
             w.update({n + "_b": getattr(m, n).bias for n in ("q_proj", "k_proj", "v_proj", "o_proj")})
             meta = {"nh": m.nh, "nkv": m.nkv, "hd": m.hd}
         elif ch == "E":
-            w = {"gate": m.gate.weight, "bias": m.gate.e_score_correction_bias,
-                 "up": _stack_experts(m, "up_proj"), "down": _stack_experts(m, "down_proj"),
-                 "fc1": m.fc1_latent_proj.weight if m.latent else None,
-                 "fc2": m.fc2_latent_proj.weight if m.latent else None,
-                 "sh_up": m.shared_experts.up_proj.weight if m.shared_experts is not None else None,
-                 "sh_down": m.shared_experts.down_proj.weight if m.shared_experts is not None else None}
+            w = {
+                "gate": m.gate.weight,
+                "bias": m.gate.e_score_correction_bias,
+                "up": _stack_experts(m, "up_proj"),
+                "down": _stack_experts(m, "down_proj"),
+                "fc1": m.fc1_latent_proj.weight if m.latent else None,
+                "fc2": m.fc2_latent_proj.weight if m.latent else None,
+                "sh_up": m.shared_experts.up_proj.weight if m.shared_experts is not None else None,
+                "sh_down": m.shared_experts.down_proj.weight if m.shared_experts is not None else None,
+            }
             g = m.gate
-            meta = {"top_k": g.top_k, "n_group": g.n_group, "topk_group": g.topk_group,
-                    "norm_topk_prob": g.norm_topk_prob, "scale": g.routed_scaling_factor}
+            meta = {
+                "top_k": g.top_k,
+                "n_group": g.n_group,
+                "topk_group": g.topk_group,
+                "norm_topk_prob": g.norm_topk_prob,
+                "scale": g.routed_scaling_factor,
+            }
             if any(e.up_proj.bias is not None for e in m.experts):
-                raise NotImplementedError("expert biases (mlp_bias=True) are not supported by the runtime step")
+                raise NotImplementedError(
+                    "expert biases (mlp_bias=True) are not supported by the runtime step"
+                )
         elif ch == "-":
-            w = {"up": m.up_proj.weight, "up_b": m.up_proj.bias, "down": m.down_proj.weight, "down_b": m.down_proj.bias}
+            w = {
+                "up": m.up_proj.weight,
+                "up_b": m.up_proj.bias,
+                "down": m.down_proj.weight,
+                "down_b": m.down_proj.bias,
+            }
             meta = {}
         else:  # pragma: no cover - the config validates the pattern
             raise ValueError(ch)
@@ -110,7 +143,7 @@ def _stack_experts(moe, proj: str) -> torch.Tensor:
 
 
 def _attention(L: _Layer, x, kv, rows, pos, n_ctx: int):
-    """x [batch, T, hidden]; pos [batch, T] absolute positions; attends over the first n_ctx cache positions."""
+    """x [batch, T, hidden]; pos [batch, T] absolute positions; attends to the first n_ctx cache positions."""
     batch, T, _ = x.shape
     nh, nkv, hd = L.meta["nh"], L.meta["nkv"], L.meta["hd"]
     w = L.w
@@ -137,7 +170,7 @@ def _mamba(L: _Layer, x, conv_state, ssm_state, rows, record: bool):
     z, xBC, dt = _lin(x, w["in_proj"], w["in_bias"]).split([d_inner, conv_dim, H], dim=-1)
     window = torch.cat([conv_state[rows].to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)  # [batch, C, K-1+T]
     cw = w["conv_w"].float()  # [C, K]
-    cols = [(window[:, :, t:t + K].float() * cw).sum(-1) for t in range(T)]  # T x [batch, C]
+    cols = [(window[:, :, t : t + K].float() * cw).sum(-1) for t in range(T)]  # T x [batch, C]
     xc = torch.stack(cols, dim=1)  # [batch, T, C] fp32
     if w["conv_b"] is not None:
         xc = xc + w["conv_b"].float()
@@ -156,7 +189,9 @@ def _mamba(L: _Layer, x, conv_state, ssm_state, rows, record: bool):
     state = ssm_state[rows].float()  # [batch, H, P, N]
     ys, states = [], []
     for t in range(T):
-        state = state * dA[:, t, :, None, None] + (d[:, t, :, None] * xs[:, t])[..., None] * Bm[:, t, :, None, :]
+        state = (
+            state * dA[:, t, :, None, None] + (d[:, t, :, None] * xs[:, t])[..., None] * Bm[:, t, :, None, :]
+        )
         ys.append(torch.einsum("bhpn,bhn->bhp", state, Cm[:, t]) + Df[:, None] * xs[:, t])
         if record:
             states.append(state)
@@ -181,7 +216,9 @@ def _route(logits, bias, top_k: int, n_group: int, topk_group: int, norm_topk_pr
         group_scores = choice.view(n, n_group, E // n_group).topk(2, dim=-1).values.sum(-1)  # [n, n_group]
         group_idx = group_scores.topk(topk_group, dim=-1).indices
         keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, group_idx, True)
-        choice = choice.masked_fill(~keep[:, :, None].expand(n, n_group, E // n_group).reshape(n, E), float("-inf"))
+        choice = choice.masked_fill(
+            ~keep[:, :, None].expand(n, n_group, E // n_group).reshape(n, E), float("-inf")
+        )
     idx = choice.topk(top_k, dim=-1).indices  # [n, k]
     w = scores.gather(1, idx)
     if norm_topk_prob:
@@ -195,8 +232,9 @@ def _moe(L: _Layer, x):
     xf = x.reshape(-1, shape[-1])  # [n, hidden]
     w, m = L.w, L.meta
     logits = F.linear(xf.float(), w["gate"].float())
-    wts, idx = _route(logits, w["bias"], m["top_k"], m["n_group"], m["topk_group"], m["norm_topk_prob"],
-                      m["scale"])  # [n, k]
+    wts, idx = _route(
+        logits, w["bias"], m["top_k"], m["n_group"], m["topk_group"], m["norm_topk_prob"], m["scale"]
+    )  # [n, k]
     r = _lin(xf, w["fc1"]) if w["fc1"] is not None else xf  # [n, X]
     n, k = idx.shape
     E = w["up"].shape[0]
@@ -243,7 +281,9 @@ def run_layers(layers: list[_Layer], h, cache_kv, cache_conv, cache_ssm, rows, p
     return h, records
 
 
-def forward_step(fw: FlatWeights, ids, rows, start, cache_kv, cache_conv, cache_ssm, n_ctx: int, record: bool):
+def forward_step(
+    fw: FlatWeights, ids, rows, start, cache_kv, cache_conv, cache_ssm, n_ctx: int, record: bool
+):
     """Backbone step: ids [batch, T] -> (final-normed hidden [batch, T, hidden], logits fp32, records)."""
     T = ids.shape[1]
     pos = start[:, None] + torch.arange(T, device=ids.device)  # [batch, T]
@@ -259,13 +299,17 @@ def mtp_step(fw: FlatWeights, mw: FlatWeights, hidden, next_ids, rows, start, ca
     T = next_ids.shape[1]
     pos = start[:, None] + torch.arange(T, device=next_ids.device)
     e = F.embedding(next_ids, fw.embed)
-    u = F.linear(torch.cat([rms_norm(e, mw.enorm, mw.eps), rms_norm(hidden, mw.hnorm, mw.eps)], dim=-1), mw.eh_proj)
+    u = F.linear(
+        torch.cat([rms_norm(e, mw.enorm, mw.eps), rms_norm(hidden, mw.hnorm, mw.eps)], dim=-1), mw.eh_proj
+    )
     u, _ = run_layers(mw.layers, u, cache_kv, {}, {}, rows, pos, n_ctx, False)
     g = rms_norm(u, mw.final_norm, mw.eps)
     return g, F.linear(g, fw.lm_head).float()
 
 
-def commit_mamba(records: dict, cache_conv: dict, cache_ssm: dict, rows: torch.Tensor, accept: torch.Tensor) -> None:
+def commit_mamba(
+    records: dict, cache_conv: dict, cache_ssm: dict, rows: torch.Tensor, accept: torch.Tensor
+) -> None:
     """Write the recorded state after token `accept[b]` (0-based within the step) into rows `rows`."""
     b = torch.arange(rows.shape[0], device=rows.device)
     for i, (window, states) in records.items():
@@ -277,8 +321,9 @@ def commit_mamba(records: dict, cache_conv: dict, cache_ssm: dict, rows: torch.T
         cache_ssm[i][rows] = states[b, accept].to(cache_ssm[i].dtype)
 
 
-def spec_step_greedy(fw: FlatWeights, mw: FlatWeights, ids, rows, start, cache_kv, cache_conv, cache_ssm, mtp_kv,
-                     n_ctx: int):
+def spec_step_greedy(
+    fw: FlatWeights, mw: FlatWeights, ids, rows, start, cache_kv, cache_conv, cache_ssm, mtp_kv, n_ctx: int
+):
     """One whole greedy MTP iteration as one function (one compiled graph): verify, accept, commit, draft.
 
     ids [batch, K+1] = [last token, d_1..d_K] at positions start[b].. -> (target tokens y [batch, K+1],

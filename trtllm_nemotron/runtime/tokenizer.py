@@ -34,8 +34,15 @@ _BYTE_SPECIALS = ("<unk>", "<s>", "</s>")
 class Tokenizer:
     """encode / decode / apply_chat_template over a `tokenizers.Tokenizer`."""
 
-    def __init__(self, tok: Any, *, chat_template: str | None = None, eos_token: str | None = None,
-                 bos_token: str | None = None, byte_fallback: bool = False) -> None:
+    def __init__(
+        self,
+        tok: Any,
+        *,
+        chat_template: str | None = None,
+        eos_token: str | None = None,
+        bos_token: str | None = None,
+        byte_fallback: bool = False,
+    ) -> None:
         self._tok = tok
         self.chat_template = chat_template
         self.eos_token = eos_token
@@ -63,16 +70,25 @@ class Tokenizer:
             try:
                 tok = _Tok.from_file(str(path / "tokenizer.json"))
             except Exception as e:  # tokenizers raises a bare Exception on malformed files
-                raise CheckpointError(f"cannot read {path / 'tokenizer.json'}: {e}; re-export the tokenizer") from e
+                raise CheckpointError(
+                    f"cannot read {path / 'tokenizer.json'}: {e}; re-export the tokenizer"
+                ) from e
             return cls(tok, chat_template=template, eos_token=eos, bos_token=bos)
         if vocab_size is not None and vocab_size < 256 + len(_BYTE_SPECIALS):
             raise CheckpointError(
                 f"{path} has no tokenizer.json and vocab_size {vocab_size} is too small for the byte-level "
                 f"fallback (needs >= {256 + len(_BYTE_SPECIALS)}); add a tokenizer.json to the checkpoint"
             )
-        log.warning("no tokenizer.json in %s: using a byte-level fallback tokenizer (ids 3..258 = bytes)", path)
-        return cls(byte_level_tokenizer(), chat_template=template, eos_token="</s>", bos_token="<s>",
-                   byte_fallback=True)
+        log.warning(
+            "no tokenizer.json in %s: using a byte-level fallback tokenizer (ids 3..258 = bytes)", path
+        )
+        return cls(
+            byte_level_tokenizer(),
+            chat_template=template,
+            eos_token="</s>",
+            bos_token="<s>",
+            byte_fallback=True,
+        )
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=not self.byte_fallback).ids)
@@ -95,8 +111,9 @@ class Tokenizer:
                 ids.append(i)
         return ids
 
-    def apply_chat_template(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
-                            **kwargs: Any) -> str:
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
         """Render `messages` ([{"role", "content"}, ...]) with the checkpoint's template (ChatML if none)."""
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -107,8 +124,13 @@ class Tokenizer:
 
         env.globals["raise_exception"] = raise_exception
         tmpl = env.from_string(self.chat_template or CHATML_TEMPLATE)
-        return tmpl.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                           bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
+        return tmpl.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+            **kwargs,
+        )
 
 
 def _token_str(v: Any) -> str | None:
@@ -135,7 +157,11 @@ def byte_level_tokenizer() -> Any:
 
 def _gpt2_byte_order() -> dict[str, int]:
     """GPT-2's byte -> printable-char table, inverted: char -> byte value."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -160,20 +186,20 @@ class IncrementalDetokenizer:
 
     def push(self, new_ids: list[int]) -> str:
         self.ids.extend(new_ids)
-        prefix = self.tok.decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self.tok.decode(self.ids[self.prefix_offset:])
+        prefix = self.tok.decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self.tok.decode(self.ids[self.prefix_offset :])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            delta = full[len(prefix):]
+            delta = full[len(prefix) :]
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
             return delta
         return ""
 
     def flush(self) -> str:
         """Whatever is still held back (an invalid trailing byte sequence shows as U+FFFD)."""
-        prefix = self.tok.decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self.tok.decode(self.ids[self.prefix_offset:])
+        prefix = self.tok.decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self.tok.decode(self.ids[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.ids)
-        return full[len(prefix):]
+        return full[len(prefix) :]
 
 
 class StopStringFilter:
@@ -190,7 +216,7 @@ class StopStringFilter:
             return ""
         self.text += delta
         if not self.stops:
-            out, self.emitted = self.text[self.emitted:], len(self.text)
+            out, self.emitted = self.text[self.emitted :], len(self.text)
             return out
         longest = max(len(s) for s in self.stops)
         start = max(0, self.emitted - longest + 1)
@@ -198,7 +224,7 @@ class StopStringFilter:
         if hits:
             cut = min(hits)
             self.matched = True
-            out = self.text[self.emitted:cut]
+            out = self.text[self.emitted : cut]
             self.text = self.text[:cut]
             self.emitted = cut
             return out
@@ -209,9 +235,9 @@ class StopStringFilter:
                     hold = max(hold, n)
                     break
         end = max(self.emitted, len(self.text) - hold)
-        out, self.emitted = self.text[self.emitted:end], end
+        out, self.emitted = self.text[self.emitted : end], end
         return out
 
     def flush(self) -> str:
-        out, self.emitted = self.text[self.emitted:], len(self.text)
+        out, self.emitted = self.text[self.emitted :], len(self.text)
         return out
