@@ -72,19 +72,35 @@ def block_scales(amax: torch.Tensor, weight_scale_2: torch.Tensor) -> torch.Tens
     return scale.clamp(min=F8E4M3_MIN_SCALE, max=F8E4M3_MAX).to(torch.float8_e4m3fn)
 
 
+def _bucket_bounds() -> tuple[float, ...]:
+    """Midpoints of the E2M1 magnitude grid, each round-up midpoint nudged one fp32 ulp down.
+
+    bucketize counts the bounds strictly below |q|; nudging a round-up midpoint m to nextafter(m, 0) makes
+    |q| == m count it too (no fp32 value lies between the two), so one bucketize pass gives
+    round-to-nearest with ties to the even code.
+    """
+    up = set(E2M1_ROUND_UP_MIDPOINTS)
+    out = []
+    for m in _MIDPOINTS:
+        t = torch.tensor(m, dtype=torch.float32)
+        out.append(torch.nextafter(t, torch.zeros(())).item() if m in up else m)
+    return tuple(out)
+
+
+_BOUNDS = _bucket_bounds()
+
+
 def e2m1_codes(q: torch.Tensor) -> torch.Tensor:
     """Round fp32 values (already divided by their scale) to 4-bit E2M1 codes, uint8 in 0..15.
 
     magnitude index = #(midpoints strictly below |q|) + [|q| is a round-up midpoint]
     which is round-to-nearest on [0, .5, 1, 1.5, 2, 3, 4, 6] with ties to the even index; > 6 saturates.
+    One bucketize pass over nudged bounds computes it (`_bucket_bounds`); the sign is bit 3.
     """
-    mag = q.abs()
-    bounds = torch.tensor(_MIDPOINTS, dtype=mag.dtype, device=mag.device)
-    idx = torch.bucketize(mag, bounds, out_int32=True)  # count of midpoints < |q|
-    for m in E2M1_ROUND_UP_MIDPOINTS:
-        idx += mag == m
-    idx += (q < 0) * 8  # sign bit; -0.0 is not < 0
-    return idx.to(torch.uint8)
+    q = q.float()
+    bounds = torch.tensor(_BOUNDS, dtype=torch.float32, device=q.device)
+    idx = torch.bucketize(q.abs(), bounds, out_int32=True).to(torch.uint8)
+    return idx | ((q < 0).to(torch.uint8) << 3)  # sign bit; -0.0 is not < 0
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:
