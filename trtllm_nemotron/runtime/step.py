@@ -18,6 +18,11 @@ step itself:
        with record=False the Mamba state is written back in place. Attention KV is always written at the
        token positions (rolling back = setting the length).
 
+Routed experts, by size (all give y [tokens, k, X], summed over k in fp32 the same way): few tokens gather
+the chosen experts (as a fused reduction for big experts); many tokens with small experts run every expert
+on every token as batched GEMMs; many tokens with big experts are grouped by expert (`_experts_grouped`,
+eager, between compiled segments: its shapes depend on the routing).
+
 `commit_mamba` writes the recorded state of position `accept[b]` back into the pool. The maths follow the
 reference ops exactly (spec §4.2, §4.3.3, §4.4-4.6); only the order of fp32 additions may differ.
 """
@@ -226,6 +231,32 @@ def _route(logits, bias, top_k: int, n_group: int, topk_group: int, norm_topk_pr
     return w * scale, idx
 
 
+GATHER_REDUCTION_MIN = 2**16  # expert size (F x X elements) from which the gather path is a fused reduction
+DENSE_MOE_MACS = 2**24  # above this, running every expert on every token costs more than grouping by expert
+
+
+@torch.compiler.disable
+def _experts_grouped(
+    r: torch.Tensor, idx: torch.Tensor, up: torch.Tensor, down: torch.Tensor
+) -> torch.Tensor:
+    """y [n, k, X]: expert idx[t, j] applied to r[t], computed as one GEMM pair per expert over the tokens
+    routed to it (only the chosen pairs are computed). Runs eagerly (its shapes depend on the routing), so a
+    compiled step calls it between graph segments."""
+    n, k = idx.shape
+    flat = idx.reshape(-1)  # [n*k]
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=up.shape[0]).tolist()
+    y = r.new_empty(n * k, up.shape[2])
+    start = 0
+    for e, c in enumerate(counts):
+        if c:
+            sel = order[start : start + c]
+            h = F.relu(F.linear(r[sel // k], up[e])).square()  # [c, F]
+            y[sel] = F.linear(h, down[e])
+            start += c
+    return y.view(n, k, -1)
+
+
 def _moe(L: _Layer, x):
     """x [batch, T, hidden] -> [batch, T, hidden]; routed experts gathered from the stacked weights."""
     shape = x.shape
@@ -238,15 +269,24 @@ def _moe(L: _Layer, x):
     r = _lin(xf, w["fc1"]) if w["fc1"] is not None else xf  # [n, X]
     n, k = idx.shape
     E = w["up"].shape[0]
-    if n * k < E:  # few tokens: gather the chosen experts' weights (reads k experts per token)
+    if n * k < E and w["up"].shape[1] * w["up"].shape[2] >= GATHER_REDUCTION_MIN:
+        # few tokens, big experts: the chosen experts' rows times the input, written as a reduction so that
+        # the compiler fuses the indexing into the dot products (weights read once, never copied; measured
+        # +10% decode speed on the 190M benchmark model, nothing to gain on the 5.5M embedded one)
+        h = F.relu((w["up"][idx] * r[:, None, None, :]).sum(-1)).square()  # [n, k, F]
+        y = (w["down"][idx] * h[:, :, None, :]).sum(-1)  # [n, k, X]
+    elif n * k < E:  # few tokens: gather the chosen experts' weights (reads k experts per token)
         up = w["up"][idx]  # [n, k, F, X]
         h = F.relu(torch.einsum("nkfx,nx->nkf", up, r)).square()
         down = w["down"][idx]  # [n, k, X, F]
         y = torch.einsum("nkxf,nkf->nkx", down, h)  # [n, k, X]
-    else:  # many tokens: every expert over every token as batched GEMMs (reads each expert once), then pick
+    elif E * n * w["up"].shape[1] * w["up"].shape[2] <= DENSE_MOE_MACS:
+        # many tokens, small experts: every expert over every token as batched GEMMs (each expert read once)
         h = F.relu(torch.matmul(r, w["up"].transpose(1, 2))).square()  # [E, n, F]
         y_all = torch.matmul(h, w["down"].transpose(1, 2))  # [E, n, X]
         y = y_all[idx, torch.arange(n, device=x.device)[:, None]]  # [n, k, X]
+    else:  # many tokens, big experts: group the (token, expert) pairs by expert (data-dependent, eager)
+        y = _experts_grouped(r, idx, w["up"], w["down"])
     acc = (y.float() * wts[..., None]).sum(1)  # [n, X] fp32
     routed = acc.to(x.dtype)
     if w["fc2"] is not None:
