@@ -405,12 +405,12 @@ def _mixer_tensors(cfg: NemotronHConfig, char: str, prefix: str) -> dict[str, Te
             if cfg.attention_bias:
                 t[f"{prefix}{n}.bias"] = TensorSpec((shape[0],))
     elif char == "E":
-        X, I, S, E = cfg.expert_dim, cfg.moe_intermediate_size, cfg.shared_expert_size, cfg.n_routed_experts
+        X, F, S, E = cfg.expert_dim, cfg.moe_intermediate_size, cfg.shared_expert_size, cfg.n_routed_experts
         t[f"{prefix}gate.weight"] = TensorSpec((E, D))
         t[f"{prefix}gate.e_score_correction_bias"] = TensorSpec((E,), "float32")
         for j in range(E):
-            t[f"{prefix}experts.{j}.up_proj.weight"] = TensorSpec((I, X))
-            t[f"{prefix}experts.{j}.down_proj.weight"] = TensorSpec((X, I))
+            t[f"{prefix}experts.{j}.up_proj.weight"] = TensorSpec((F, X))
+            t[f"{prefix}experts.{j}.down_proj.weight"] = TensorSpec((X, F))
         if cfg.n_shared_experts:
             t[f"{prefix}shared_experts.up_proj.weight"] = TensorSpec((S, D))
             t[f"{prefix}shared_experts.down_proj.weight"] = TensorSpec((D, S))
