@@ -25,6 +25,15 @@ eager, between compiled segments: its shapes depend on the routing).
 
 `commit_mamba` writes the recorded state of position `accept[b]` back into the pool. The maths follow the
 reference ops exactly (spec §4.2, §4.3.3, §4.4-4.6); only the order of fp32 additions may differ.
+
+Plugin ops: whenever the kernels are meant to run -- CUDA tensors, or TRTLLM_NEMOTRON_KERNELS=interpret
+(`plugins._dispatch`) -- the Mamba conv + recurrence goes through `plugins.mamba_state_update` (its
+multi-token `keep_steps` mode records the per-token states for MTP verification) and the MoE routing
+through `plugins.latent_moe_routing`, each wrapped in `torch.compiler.disable` (run eagerly between
+compiled graph segments). On CPU by default (the reference backend) the step keeps the inline torch
+versions below: the plugin op is opaque to inductor, so calling it would split the compiled step into
+segments and cost the fusion that makes the compiled CPU step fast, for the same maths as the reference.
+Inside a compiled graph the choice is by device only (CUDA: plugin); eager steps also honour the env var.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import plugins
+from plugins import _dispatch
 from trtllm_nemotron.model.norms import gated_rms_norm, rms_norm
 
 
@@ -173,6 +184,14 @@ def _mamba(L: _Layer, x, conv_state, ssm_state, rows, record: bool):
     H, P, G, N, K = m["H"], m["P"], m["G"], m["N"], m["K"]
     d_inner, conv_dim = m["d_inner"], m["conv_dim"]
     z, xBC, dt = _lin(x, w["in_proj"], w["in_bias"]).split([d_inner, conv_dim, H], dim=-1)
+    if (
+        m["dt_min"] is None  # the plugin has no dt clamp (production semantics)
+        and conv_state.dtype == xBC.dtype
+        and _use_plugin("mamba_state_update", x)
+    ):
+        y, rec = _mamba_plugin(L, xBC, dt, conv_state, ssm_state, rows, record)
+        y = gated_rms_norm(y.reshape(batch, T, d_inner), z, w["norm"], m["group"], L.eps)
+        return _lin(y.to(x.dtype), w["out_proj"], w["out_bias"]), rec
     window = torch.cat([conv_state[rows].to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)  # [batch, C, K-1+T]
     cw = w["conv_w"].float()  # [C, K]
     cols = [(window[:, :, t : t + K].float() * cw).sum(-1) for t in range(T)]  # T x [batch, C]
@@ -210,10 +229,58 @@ def _mamba(L: _Layer, x, conv_state, ssm_state, rows, record: bool):
     return out, None
 
 
+def _use_plugin(op: str, x: torch.Tensor) -> bool:
+    """True when the plugin op's kernel is meant to run for tensors like x: CUDA tensors, or
+    TRTLLM_NEMOTRON_KERNELS=interpret. Inside a compiled graph the choice is by device only (static)."""
+    if torch.compiler.is_compiling():
+        return x.is_cuda
+    return _dispatch.backend_for(op, x.device.type) != "reference"
+
+
+@torch.compiler.disable
+def _mamba_plugin(L: _Layer, xBC, dt, conv_state, ssm_state, rows, record: bool):
+    """Conv + SSM recurrence through `plugins.mamba_state_update` -> (y [batch, T, H*P] fp32, record or None).
+
+    record=True: the plugin runs on scratch copies of the pool rows (its multi-token mode still advances the
+    state it is given), so the pool is untouched; the record is (raw window [batch, C, K-1+T] as the inline
+    path builds it, ssm_steps [batch, T, H, P, N]) for `commit_mamba`. record=False: pool rows updated in place.
+    """
+    m, w = L.meta, L.w
+    A = -torch.exp(w["A_log"].float())
+    if record:
+        conv0 = conv_state[rows]  # copies (advanced indexing)
+        window = torch.cat([conv0.to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)
+        slots = torch.arange(rows.shape[0], device=rows.device)
+        y, ssm_steps, _ = plugins.mamba_state_update(
+            xBC.contiguous(), dt.contiguous(), conv0, ssm_state[rows], w["conv_w"], w["conv_b"],
+            w["dt_bias"], A, w["D"], slots, n_groups=m["G"], keep_steps=True,
+        )  # fmt: skip
+        return y, (window, ssm_steps)
+    y, _, _ = plugins.mamba_state_update(
+        xBC.contiguous(), dt.contiguous(), conv_state, ssm_state, w["conv_w"], w["conv_b"],
+        w["dt_bias"], A, w["D"], rows, n_groups=m["G"], keep_steps=False,
+    )  # fmt: skip
+    return y, None
+
+
+@torch.compiler.disable
+def _route_plugin(
+    logits, bias, top_k: int, n_group: int, topk_group: int, norm_topk_prob: bool, scale: float
+):
+    """`_route` through `plugins.latent_moe_routing` (idx as int64 for indexing)."""
+    w, idx, _, _ = plugins.latent_moe_routing(
+        logits.contiguous(), bias, top_k=top_k, n_group=n_group, topk_group=topk_group,
+        norm_topk_prob=norm_topk_prob, routed_scaling_factor=scale,
+    )  # fmt: skip
+    return w, idx.long()
+
+
 def _route(logits, bias, top_k: int, n_group: int, topk_group: int, norm_topk_prob: bool, scale: float):
     """DeepSeek-V3 noaux_tc routing (spec §4.4) in plain torch ops, so inductor fuses it into the step (the
     network calls the `latent_moe_routing` plugin op, opaque to the compiler). logits [n, E] fp32 ->
     (weights [n, k] fp32, idx [n, k])."""
+    if _use_plugin("latent_moe_routing", logits):
+        return _route_plugin(logits, bias, top_k, n_group, topk_group, norm_topk_prob, scale)
     n, E = logits.shape
     scores = logits.sigmoid()
     choice = scores + bias.float()
@@ -336,6 +403,12 @@ def forward_step(
 def mtp_step(fw: FlatWeights, mw: FlatWeights, hidden, next_ids, rows, start, cache_kv, n_ctx: int):
     """MTP block (spec §4.7): (final-normed h_t [batch, T, hidden], x_{t+1} [batch, T]) at MTP positions
     start[b].. -> (final-normed g [batch, T, hidden], draft logits fp32 [batch, T, vocab])."""
+    g = _mtp_block(fw, mw, hidden, next_ids, rows, start, cache_kv, n_ctx)
+    return g, F.linear(g, fw.lm_head).float()
+
+
+def _mtp_block(fw: FlatWeights, mw: FlatWeights, hidden, next_ids, rows, start, cache_kv, n_ctx: int):
+    """`mtp_step` without the LM head: final-normed g [batch, T, hidden]."""
     T = next_ids.shape[1]
     pos = start[:, None] + torch.arange(T, device=next_ids.device)
     e = F.embedding(next_ids, fw.embed)
@@ -343,8 +416,7 @@ def mtp_step(fw: FlatWeights, mw: FlatWeights, hidden, next_ids, rows, start, ca
         torch.cat([rms_norm(e, mw.enorm, mw.eps), rms_norm(hidden, mw.hnorm, mw.eps)], dim=-1), mw.eh_proj
     )
     u, _ = run_layers(mw.layers, u, cache_kv, {}, {}, rows, pos, n_ctx, False)
-    g = rms_norm(u, mw.final_norm, mw.eps)
-    return g, F.linear(g, fw.lm_head).float()
+    return rms_norm(u, mw.final_norm, mw.eps)
 
 
 def commit_mamba(
@@ -378,10 +450,10 @@ def spec_step_greedy(
     y = logits.argmax(-1)  # [batch, K+1]
     j = (ids[:, 1:] == y[:, :K]).long().cumprod(1).sum(1)  # [batch]
     commit_mamba(rec, cache_conv, cache_ssm, rows, j)
-    g, dl = mtp_step(fw, mw, h, y, rows, start, mtp_kv, n_ctx)  # [batch, K+1, ...]
+    g = _mtp_block(fw, mw, h, y, rows, start, mtp_kv, n_ctx)  # [batch, K+1, hidden] (all K+1 MTP KV written)
     b = torch.arange(batch, device=ids.device)
     g = g[b, j][:, None]  # [batch, 1, hidden]
-    d = dl[b, j].argmax(-1)  # [batch]
+    d = F.linear(g[:, 0], fw.lm_head).float().argmax(-1)  # [batch]: the head only for entry j (drafts only)
     drafts = [d]
     pos = start + j + 1
     for i in range(K - 1):
