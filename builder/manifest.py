@@ -37,12 +37,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from trtllm_nemotron.errors import BuildError
+from trtllm_nemotron.fileio import atomic_write_text
 
 FORMAT_VERSION = 1
 KIND = "trtllm-nemotron-engine"
@@ -80,16 +79,7 @@ def write_manifest(engine_dir: str | Path, manifest: dict[str, Any]) -> Path:
     if missing:
         raise BuildError(f"manifest is missing keys {missing}; this is a bug in builder.pipeline")
     path = Path(engine_dir) / MANIFEST
-    fd, tmp = tempfile.mkstemp(dir=engine_dir, prefix=".build.json.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -25,8 +25,6 @@ recorded in that file (`TRTLLM_SOURCE`).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from builder.plan import Plan
 from builder.targets import Target, get_target
 from trtllm_nemotron.config import NemotronHConfig
 from trtllm_nemotron.errors import BuildError
+from trtllm_nemotron.fileio import atomic_write_text
 
 _KEYS_FILE = Path(__file__).parent / "data" / "trtllm_llm_args.json"
 CUDA_GRAPH_BATCH_MTP = 64  # super_v3 MTP recipe
@@ -146,14 +145,7 @@ def write_llm_api_yaml(config: dict[str, Any], path: str | Path) -> Path:
         f"{TRTLLM_SOURCE['repo']}@{TRTLLM_SOURCE['commit']}.\n"
     )
     text = header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
     return path
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from trtllm_nemotron.checkpoint.reader import INDEX_FILE
 from trtllm_nemotron.errors import CheckpointError
+from trtllm_nemotron.fileio import publish_permissions
 
 if TYPE_CHECKING:
     import torch
@@ -231,7 +232,7 @@ def save_checkpoint(
         for fname, content in (extra_files or {}).items():
             p = tmp / fname
             p.write_bytes(content) if isinstance(content, bytes) else p.write_text(content)
-        _publish_permissions(tmp)
+        publish_permissions(tmp)
         old = None
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
@@ -248,13 +249,4 @@ def save_checkpoint(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out_dir
-
-
-def _publish_permissions(root: Path) -> None:
-    """mkdtemp makes 0700 dirs (and the shards 0600): give the finished checkpoint the umask's ordinary
-    modes, so a server running as another user (tritonserver's model process) can read it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [root, *root.rglob("*")]:
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 

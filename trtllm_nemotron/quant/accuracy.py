@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from trtllm_nemotron.errors import QuantError
+from trtllm_nemotron.fileio import atomic_write_text
 
 ACCURACY_FILE = "accuracy.json"
 HELDOUT_TEXTS = (
@@ -104,12 +104,9 @@ def accuracy_report(
             "texts": len(windows),
         }
     )
-    tmp = quant_dir / f".{ACCURACY_FILE}.tmp"
     try:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, quant_dir / ACCURACY_FILE)
+        atomic_write_text(quant_dir / ACCURACY_FILE, json.dumps(report, indent=2) + "\n")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise QuantError(
             f"could not write {quant_dir / ACCURACY_FILE} ({e}); check the directory is writable"
         ) from e
