@@ -31,6 +31,7 @@ from pathlib import Path
 from triton_repo.model_config import InstanceGroup, ModelConfigSpec, write_config
 from triton_repo.protocol import LLMAPI_INPUTS, LLMAPI_OUTPUTS, NEMOTRON_INPUTS, NEMOTRON_OUTPUTS
 from trtllm_nemotron.errors import PackageError
+from trtllm_nemotron.fileio import publish_permissions
 
 GPU_TARGETS = ("b200", "h200", "h100")
 NEMOTRON_MODEL = "nemotron"
@@ -203,7 +204,7 @@ def package(engine_dir: Path | str, out: Path | str, cfg: PackageConfig | None =
                     "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                     "created_unix": int(time.time())}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
+        publish_permissions(tmp)  # mkdtemp made it 0700
         if out.exists():
             trash = out.parent / f".{out.name}.old.{os.getpid()}"
             out.rename(trash)
