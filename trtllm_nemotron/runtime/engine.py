@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 CTX_BUCKET = 128
 SMALL_STEP_WORK = 2**25  # tokens x active parameters below which a CPU step runs on one thread
 KERNEL_CHOICES = (None, "auto", "torch", "triton")
+BACKENDS = ("auto", "native", "inductor", "eager")
 
 
 @dataclass
@@ -118,6 +119,7 @@ class Engine:
         compile: bool = False,
         eos_token_ids: list[int] | None = None,
         source: str = "",
+        backend: str = "auto",
     ) -> None:
         cfg = model.config
         self.model = model
@@ -141,6 +143,8 @@ class Engine:
             )
         if prefill_chunk < 1:
             raise RuntimeStateError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        if backend not in BACKENDS:
+            raise RuntimeStateError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.max_seq_len = max_seq_len
         self.max_batch_size = max_batch_size
         self.mtp = mtp
@@ -156,10 +160,15 @@ class Engine:
         self._step_fn = S.forward_step
         self._mtp_fn = S.mtp_step
         self._spec_fn = S.spec_step_greedy
+        self._commit_fn = S.commit_mamba
         self._compile = False
+        self._native = None
         self._ids = itertools.count()
         self._active_params = cfg.parameter_counts()["active"]
-        if compile:
+        self.backend = self._select_backend(backend, compile, ssm_dtype)
+        if self.backend == "native":
+            self.enable_native()
+        elif self.backend == "inductor":
             self.enable_compile()
 
     # ------------------------------------------------------------------ loading
@@ -177,12 +186,15 @@ class Engine:
         ssm_dtype: torch.dtype | str = "float32",
         prefill_chunk: int = 256,
         compile: bool = False,
+        backend: str = "auto",
     ) -> Engine:
         """Load an engine dir (build.json + checkpoint/) or a plain HF checkpoint dir (BF16 / FP8 / NVFP4).
 
         dtype None: float32 on CPU, bfloat16 on CUDA. mtp None: the engine's MTP setting (build.json
         `mtp.max_draft_len`); for a plain checkpoint with MTP layers, 3 (the build default); 0 turns it off.
         kernels: None / "auto" / "torch" (the reference ops) / "triton" (CUDA only).
+        backend: the decode step -- "native" (the C++ CPU step, runtime/native), "inductor" (torch.compile),
+        "eager", or "auto" (native where it can run, else inductor with compile=True, else eager).
         """
         from trtllm_nemotron.model import load_model
 
@@ -238,19 +250,56 @@ class Engine:
             compile=compile,
             eos_token_ids=sorted(eos),
             source=str(path),
+            backend=backend,
         )
         log.info(
-            "loaded %s in %.2fs (%s, %s, mtp=%d, %d slots x %d tokens, cache %.1f MiB)",
+            "loaded %s in %.2fs (%s, %s, %s step, mtp=%d, %d slots x %d tokens, cache %.1f MiB)",
             path,
             time.perf_counter() - t0,
             dev,
             model.backbone.embeddings.weight.dtype,
+            eng.backend,
             mtp,
             max_batch_size,
             eng.max_seq_len,
             eng.pool.memory_report()["total"] / 2**20,
         )
         return eng
+
+    def _select_backend(self, backend: str, compile: bool, ssm_dtype: torch.dtype) -> str:
+        """auto: the native CPU step when it can run this model (CPU, float32, a C++ compiler, the plugin
+        kernels not forced), else inductor with compile=True, else eager. native: that or a clear error."""
+        if backend in ("eager", "inductor"):
+            return backend
+        from trtllm_nemotron.runtime import native
+
+        why = native.unsupported_reason(self.model, self.pool.cache, ssm_dtype)
+        if why is None and self.device.type == "cpu":
+            from plugins import _dispatch
+
+            if _dispatch.backend_for("mamba_state_update", "cpu") != "reference":
+                why = "TRTLLM_NEMOTRON_KERNELS forces the plugin kernels, which the native step does not call"
+        if why is None:
+            try:
+                native.library()
+            except native.NativeUnavailable as e:
+                why = str(e)
+        if why is None:
+            return "native"
+        if backend == "native":
+            raise RuntimeStateError(f"backend='native' cannot run here: {why}")
+        log.info("native CPU step not used (%s)", why)
+        return "inductor" if compile else "eager"
+
+    def enable_native(self) -> None:
+        """Run the decode / verify / MTP steps in the native CPU step (runtime/native: one C++ call per step)."""
+        from trtllm_nemotron.runtime.native import NativeStep
+
+        self._native = NativeStep(self.fw, self.mw, self.pool.cache, self.pool.mtp_cache)
+        n = self._native
+        self._step_fn, self._mtp_fn, self._spec_fn = n.forward_step, n.mtp_step, n.spec_step_greedy
+        self._commit_fn = n.commit_mamba
+        self.backend = "native"
 
     def enable_compile(self) -> None:
         """Capture the decode/verify step and the MTP step with torch.compile (inductor, C++ wrapper, static
@@ -273,6 +322,9 @@ class Engine:
             )
         self._compiled = fns
         self._compile = True
+        self._native = None
+        self._commit_fn = S.commit_mamba
+        self.backend = "inductor"
 
     def _threads_for(self, n_tokens: int) -> bool:
         """True: run this step on one thread. On CPU a step whose work (tokens x active parameters) is small
@@ -283,6 +335,9 @@ class Engine:
     @contextlib.contextmanager
     def _step_threads(self, n_tokens: int):
         """Select the step functions (compiled per thread count) and the intra-op threads for a step."""
+        if self._native is not None:  # the native step picks its own threads
+            yield
+            return
         one = self._threads_for(n_tokens)
         if self._compile:
             self._step_fn, self._mtp_fn, self._spec_fn = self._compiled[one]
@@ -475,9 +530,13 @@ class Engine:
         slots = [s.slot for s in seqs]
         rows = torch.tensor(slots, device=self.device)
         start = cache.lengths[rows]
-        _, logits, _ = self._step([[s.pending] for s in seqs], slots, start, False)
+        if self._native is not None and all(s.params.greedy for s in seqs):
+            # the hot path: one C++ call, argmax inside, no logits copied out
+            toks = self._native.decode_greedy(torch.tensor([[s.pending] for s in seqs]), rows, start).tolist()
+        else:
+            _, logits, _ = self._step([[s.pending] for s in seqs], slots, start, False)
+            toks = self._sample_batch(seqs, logits[:, 0])
         cache.lengths[rows] = start + 1
-        toks = self._sample_batch(seqs, logits[:, 0])
         for s, t in zip(seqs, toks, strict=True):
             s.iters += 1
             s.pending = t
@@ -506,7 +565,7 @@ class Engine:
             targets.append(y)
             accept.append(j)
         acc = torch.tensor(accept, device=self.device)
-        S.commit_mamba(rec, cache.conv, cache.ssm, rows, acc)
+        self._commit_fn(rec, cache.conv, cache.ssm, rows, acc)
         cache.lengths[rows] = start + acc + 1
         # MTP over the K+1 new (h_t, x_{t+1}) pairs; entry j (the last accepted position) drafts next
         g, dl = self._mtp(h, torch.tensor(targets, device=self.device), slots, start)

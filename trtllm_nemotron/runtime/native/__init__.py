@@ -1,0 +1,297 @@
+"""The native CPU step: the decode / verify / MTP steps of `runtime/step.py` as one C++ call each.
+
+Why: at small sizes a decode step built from framework ops -- even captured by `torch.compile` -- costs its
+per-op dispatch and thread synchronisation, not its maths (the embedded model's step is ~4 M multiply-adds; a
+compiled step spent ~94 % of its time outside matrix multiplies). `step.cpp` runs a whole step (embedding,
+every layer, final norm, LM head; for MTP the whole greedy iteration: verify, accept, commit, draft) in one
+call with no dispatch, fp32, OpenMP over output rows / experts / heads when the work is large enough.
+
+The library is compiled on first use with the host C++ compiler (`g++ -O3 -march=native -fopenmp`, ~4 s) into
+`$TRTLLM_NEMOTRON_CACHE_DIR/native/<hash>/` (default `~/.cache/trtllm_nemotron`), keyed by the source, the
+flags, the compiler and the CPU, written to a temp dir and renamed so concurrent builders never see half a file.
+No compiler -> `NativeUnavailable` with the reason; the engine then falls back to the torch step.
+
+`NativeStep(fw, mw, cache, mtp_cache)` binds the weights (`step.FlatWeights`) and the slot pool's caches once
+(pointers into torch-owned tensors, kept alive here) and exposes the same functions as `runtime/step.py`:
+`forward_step`, `mtp_step`, `spec_step_greedy`, `commit_mamba`. Supported: CPU, float32 weights and caches
+(the engine's CPU default); anything else is refused by `unsupported_reason`.
+
+Every output element is computed by the same C++ code whatever the batch, the number of tokens per row or the
+thread count, so a request decodes to the same bits alone or in a batch, with or without MTP.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("step.cpp")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
+PAR_MIN = 1 << 17  # multiply-adds from which one matvec / expert batch is split over threads
+
+MAMBA, ATTN, MOE, MLP = 0, 1, 2, 3
+_KIND = {"M": MAMBA, "*": ATTN, "E": MOE, "-": MLP}
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+
+
+class NativeUnavailable(RuntimeError):
+    """The native step cannot be built or used here (the message says why and what to do)."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TRTLLM_NEMOTRON_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "trtllm_nemotron"
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise NativeUnavailable(
+            "no C++ compiler found (looked for $CXX, g++, c++); install g++ to use the native CPU step, "
+            "or load the engine with backend='inductor'"
+        )
+    return cxx
+
+
+def _cpu_id() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def build(force: bool = False) -> Path:
+    """Compile step.cpp (once per source/compiler/CPU) and return the shared library's path."""
+    cxx = _compiler()
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise NativeUnavailable(f"the C++ compiler {cxx!r} does not run ({e}); install g++") from e
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_id(), platform.machine()]).encode()
+    ).hexdigest()[:16]
+    out = cache_dir() / "native" / key / "libnemotron_step.so"
+    if out.is_file() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
+        so = Path(tmp) / out.name
+        cmd = [cxx, *FLAGS, "-o", str(so), str(SOURCE)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise NativeUnavailable(
+                f"compiling the native CPU step failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
+            )
+        os.replace(so, out)
+    log.info("built the native CPU step: %s", out)
+    return out
+
+
+def library() -> ctypes.CDLL:
+    """The loaded library (built on first use)."""
+    global _lib
+    with _lock:
+        if _lib is None:
+            lib = ctypes.CDLL(str(build()))
+            vp, i32, i64, f64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_double
+            lib.nt_new.restype = vp
+            lib.nt_new.argtypes = [i32, i32, f64, vp, vp, vp]
+            lib.nt_free.argtypes = [vp]
+            lib.nt_set_threads.argtypes = [i32, i64]
+            lib.nt_set_mtp.argtypes = [vp, f64, vp, vp, vp, vp]
+            lib.nt_add_layer.restype = i32
+            lib.nt_add_layer.argtypes = [vp, i32, i32, vp, vp, vp]
+            lib.nt_forward.argtypes = [vp, vp, vp, vp, i32, i32, i32, vp, vp, vp]
+            lib.nt_commit.argtypes = [vp, vp, vp, i32]
+            lib.nt_mtp.argtypes = [vp, vp, vp, vp, vp, i32, i32, vp, vp, vp]
+            lib.nt_spec_greedy.argtypes = [vp, vp, vp, vp, i32, i32, vp, vp, vp]
+            _lib = lib
+        return _lib
+
+
+def unsupported_reason(model, cache, ssm_dtype: torch.dtype) -> str | None:
+    """None when the native step can run this model and cache, else why not."""
+    w = model.backbone.embeddings.weight
+    if w.device.type != "cpu":
+        return f"the model is on {w.device}; the native step is CPU only"
+    bad = {p.dtype for p in model.parameters() if p.dtype != torch.float32}
+    if bad:
+        return f"the native step needs float32 weights; this model has {sorted(map(str, bad))}"
+    if ssm_dtype != torch.float32:
+        return f"the native step keeps the Mamba state in float32; ssm_dtype is {ssm_dtype}"
+    for t in cache.tensors():
+        if t.is_floating_point() and t.dtype != torch.float32:
+            return f"the native step needs float32 caches; found {t.dtype}"
+    return None
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class NativeStep:
+    """The weights and caches of one engine bound to the C++ step (see the module docstring)."""
+
+    def __init__(self, fw, mw, cache, mtp_cache, *, threads: int | None = None, par_min: int = PAR_MIN):
+        self.lib = library()
+        self.threads = threads or torch.get_num_threads()
+        self.par_min = par_min
+        self._keep: list[torch.Tensor] = []  # tensors whose memory the C++ side points into
+        cfg = fw.cfg
+        self.hidden, self.vocab = cfg.hidden_size, cfg.vocab_size
+        self.handle = self.lib.nt_new(
+            self.hidden, self.vocab, fw.eps, self._p(fw.embed), self._p(fw.norm_f), self._p(fw.lm_head)
+        )
+        if not self.handle:
+            raise NativeUnavailable("nt_new failed")
+        self.cache, self.mtp_cache = cache, mtp_cache
+        for L in fw.layers:
+            self._add(0, L, cache)
+        if mw is not None:
+            self.lib.nt_set_mtp(
+                self.handle, mw.eps, self._p(mw.enorm), self._p(mw.hnorm), self._p(mw.eh_proj),
+                self._p(mw.final_norm),
+            )  # fmt: skip
+            for L in mw.layers:
+                self._add(1, L, mtp_cache)
+        self.has_mtp = mw is not None
+
+    def __del__(self) -> None:
+        h, self.handle = getattr(self, "handle", None), None
+        if h:
+            self.lib.nt_free(h)
+
+    def _p(self, t: torch.Tensor | None) -> int | None:
+        """Pointer to a float32 contiguous CPU tensor (a converted copy is kept alive when needed)."""
+        if t is None:
+            return None
+        t = t.detach()
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
+            t = t.to("cpu", torch.float32).contiguous()
+        self._keep.append(t)
+        return t.data_ptr()
+
+    @staticmethod
+    def _state(t: torch.Tensor) -> int:
+        """Pointer to a cache tensor the C++ side writes into (must be used in place)."""
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
+            raise NativeUnavailable(f"cache tensor must be float32, contiguous, on CPU; got {t.dtype}")
+        return t.data_ptr()
+
+    def _add(self, stack: int, L, cache) -> None:
+        m, w = L.meta, L.w
+        kind = _KIND[L.char]
+        fv = [L.eps]
+        if kind == MAMBA:
+            iv = [m["H"], m["P"], m["G"], m["N"], m["K"], m["d_inner"], m["conv_dim"], m["group"]]
+            iv.append(int(m["dt_min"] is not None))
+            fv.append(float(m["dt_min"] or 0.0))
+            names = ("in_proj", "in_bias", "conv_w", "conv_b", "A_log", "D", "dt_bias", "norm", "out_proj",
+                     "out_bias")  # fmt: skip
+            ptrs = [self._p(L.norm_w), *(self._p(w[n]) for n in names)]
+            ptrs += [self._state(cache.conv[L.cache_idx]), self._state(cache.ssm[L.cache_idx])]
+        elif kind == ATTN:
+            kc, vc = cache.kv[L.cache_idx]
+            iv = [m["nh"], m["nkv"], m["hd"], kc.shape[2]]
+            names = ("q_proj", "q_proj_b", "k_proj", "k_proj_b", "v_proj", "v_proj_b", "o_proj", "o_proj_b")
+            ptrs = [self._p(L.norm_w), *(self._p(w[n]) for n in names), self._state(kc), self._state(vc)]
+        elif kind == MOE:
+            E, F, X = w["up"].shape
+            sh = w["sh_up"].shape[0] if w["sh_up"] is not None else 0
+            iv = [E, F, X, m["top_k"], m["n_group"], m["topk_group"], int(m["norm_topk_prob"]), sh]
+            fv.append(float(m["scale"]))
+            names = ("gate", "bias", "up", "down", "fc1", "fc2", "sh_up", "sh_down")
+            ptrs = [self._p(L.norm_w), *(self._p(w[n]) for n in names)]
+        else:
+            iv = [w["up"].shape[0]]
+            ptrs = [self._p(L.norm_w), *(self._p(w[n]) for n in ("up", "up_b", "down", "down_b"))]
+        ia = (ctypes.c_int64 * len(iv))(*iv)
+        fa = (ctypes.c_double * len(fv))(*fv)
+        pa = (ctypes.c_void_p * len(ptrs))(*ptrs)
+        rc = self.lib.nt_add_layer(self.handle, stack, kind, ia, fa, pa)
+        if rc != 0:
+            raise NativeUnavailable(f"layer {L.char}{L.cache_idx} is outside what the native step supports ({rc})")
+
+    # ------------------------------------------------------------------ the step.py API
+    def _threads(self) -> None:
+        self.lib.nt_set_threads(self.threads, self.par_min)
+
+    @staticmethod
+    def _i64(t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.int64).contiguous()
+
+    def forward_step(self, fw, ids, rows, start, cache_kv, cache_conv, cache_ssm, n_ctx, record):
+        """= step.forward_step (the caches are the bound ones). With record=True the per-token Mamba states stay
+        inside the library; `commit_mamba` writes the accepted ones."""
+        ids, rows, start = self._i64(ids), self._i64(rows), self._i64(start)
+        batch, T = ids.shape
+        h = torch.empty(batch, T, self.hidden)
+        logits = torch.empty(batch, T, self.vocab)
+        self._threads()
+        self.lib.nt_forward(
+            self.handle, ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, T, int(record),
+            h.data_ptr(), logits.data_ptr(), None,
+        )  # fmt: skip
+        return h, logits, ({"native": rows} if record else {})
+
+    def decode_greedy(self, ids: torch.Tensor, rows: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """One plain decode step, argmax only (no logits copied out): ids [batch, 1] -> next ids [batch]."""
+        batch = ids.shape[0]
+        out = torch.empty(batch, dtype=torch.int64)
+        h = torch.empty(batch, self.hidden)
+        self._threads()
+        self.lib.nt_forward(
+            self.handle, ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, 1, 0, h.data_ptr(), None,
+            out.data_ptr(),
+        )  # fmt: skip
+        return out
+
+    def commit_mamba(self, records, cache_conv, cache_ssm, rows, accept) -> None:
+        rows, accept = self._i64(rows), self._i64(accept)
+        self.lib.nt_commit(self.handle, rows.data_ptr(), accept.data_ptr(), rows.shape[0])
+
+    def mtp_step(self, fw, mw, hidden, next_ids, rows, start, cache_kv, n_ctx):
+        hidden = hidden.float().contiguous()
+        next_ids, rows, start = self._i64(next_ids), self._i64(rows), self._i64(start)
+        batch, T = next_ids.shape
+        g = torch.empty(batch, T, self.hidden)
+        logits = torch.empty(batch, T, self.vocab)
+        self._threads()
+        self.lib.nt_mtp(
+            self.handle, hidden.data_ptr(), next_ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, T,
+            g.data_ptr(), logits.data_ptr(), None,
+        )  # fmt: skip
+        return g, logits
+
+    def spec_step_greedy(self, fw, mw, ids, rows, start, cache_kv, cache_conv, cache_ssm, mtp_kv, n_ctx):
+        ids, rows, start = self._i64(ids), self._i64(rows), self._i64(start)
+        batch, T = ids.shape
+        K = T - 1
+        if K < 1 or not self.has_mtp:
+            raise NativeUnavailable("spec_step_greedy needs MTP layers and at least one draft token")
+        y = torch.empty(batch, T, dtype=torch.int64)
+        j = torch.empty(batch, dtype=torch.int64)
+        drafts = torch.empty(batch, K, dtype=torch.int64)
+        self._threads()
+        self.lib.nt_spec_greedy(
+            self.handle, ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, K, y.data_ptr(),
+            j.data_ptr(), drafts.data_ptr(),
+        )  # fmt: skip
+        return y, j, drafts

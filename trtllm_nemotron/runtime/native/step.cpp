@@ -1,0 +1,719 @@
+// Native CPU decode / verify step for Nemotron-H (fp32), called from Python through ctypes.
+//
+// One call runs a whole step -- embedding, every layer, final norm and LM head -- over `batch` cache rows with
+// T new tokens each, with no per-op dispatch: at the embedded model's size a step is ~4 M multiply-adds, and
+// the cost of a step built from framework ops is their dispatch and thread synchronisation, not the maths.
+//
+// The maths are those of the reference network (trtllm_nemotron/model, spec nemotron_h.md §4.2-§4.7) and of
+// runtime/step.py, term by term; only the order of fp32 additions differs. Every output element is computed by
+// the same code whatever the batch, T or thread count (one dot-product routine for every row and column, work
+// split by output rows), so a request gives bit-identical results alone or in a batch, and a T = 1 + K
+// verification step gives the same logits as K + 1 single-token steps.
+//
+// Layers are described once (nt_add_layer) with pointers into torch-owned weight and cache tensors, which the
+// Python side keeps alive. Cache layouts are those of model/cache.py:
+//   kv    [rows, n_kv_heads, capacity, head_dim]   conv  [rows, conv_dim, K-1]   ssm [rows, H, P, N]
+//
+// Build: g++ -O3 -march=native -fopenmp -shared -fPIC (runtime/native/__init__.py).
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+typedef float v8 __attribute__((vector_size(32), aligned(4)));  // unaligned loads allowed (aligned(4))
+
+int g_threads = 1;
+long g_par_min = 1L << 17;  // multiply-adds from which a matvec is split over threads
+
+// The horizontal sums of four accumulators at once: a pairwise tree, the same additions for every row
+// (rows a caller does not have are zero vectors), so R = 1 and R = 4 give the same bits.
+inline void hsum4(v8 a0, v8 a1, v8 a2, v8 a3, float* out, int R) {
+  v8 t0 = __builtin_shufflevector(a0, a1, 0, 2, 8, 10, 4, 6, 12, 14) +
+          __builtin_shufflevector(a0, a1, 1, 3, 9, 11, 5, 7, 13, 15);
+  v8 t1 = __builtin_shufflevector(a2, a3, 0, 2, 8, 10, 4, 6, 12, 14) +
+          __builtin_shufflevector(a2, a3, 1, 3, 9, 11, 5, 7, 13, 15);
+  v8 t2 = __builtin_shufflevector(t0, t1, 0, 2, 8, 10, 4, 6, 12, 14) +
+          __builtin_shufflevector(t0, t1, 1, 3, 9, 11, 5, 7, 13, 15);
+  // t2 = [r0 lo, r1 lo, r2 lo, r3 lo, r0 hi, r1 hi, r2 hi, r3 hi]
+  for (int r = 0; r < R; r++) out[r] = t2[r] + t2[r + 4];
+}
+
+// The dot-product kernel of this file: 4 rows times one column. Each output (row r) is two 8-wide
+// accumulators, over the even and the odd 8-column halves of each 16-column chunk (a zero-padded last chunk),
+// summed, then the hsum4 tree: every output of every matvec, plain or packed, whatever the batch, T or
+// thread split, is computed by these same additions in the same order. Eight accumulator chains keep both
+// FMA pipes busy for a single column (the decode step is bound by streaming weights through one column);
+// the accumulators are written out by hand (an array of them indexed in a loop is spilled by the compiler,
+// 4x slower), and a 4x2 variant with one accumulator per output measured slower on both T = 1 and T = 4.
+inline v8 load_tail(const float* p, int n) {
+  float t[8] = {0};
+  if (n > 0) std::memcpy(t, p, sizeof(float) * std::min(n, 8));
+  return *(const v8*)t;
+}
+
+// w0..w3: the rows' first chunks; `wstep` floats between a row's consecutive 16-column chunks (16 for plain
+// rows, 64 for packed blocks where the 4 rows' chunks are interleaved).
+inline void kern4(const float* w0, const float* w1, const float* w2, const float* w3, int wstep, const float* x,
+                  int in, float* out) {
+  v8 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+  int i = 0;
+  for (; i + 16 <= in; i += 16, w0 += wstep, w1 += wstep, w2 += wstep, w3 += wstep) {
+    v8 x0 = *(const v8*)(x + i), x1 = *(const v8*)(x + i + 8);
+    a0 += *(const v8*)w0 * x0;
+    b0 += *(const v8*)(w0 + 8) * x1;
+    a1 += *(const v8*)w1 * x0;
+    b1 += *(const v8*)(w1 + 8) * x1;
+    a2 += *(const v8*)w2 * x0;
+    b2 += *(const v8*)(w2 + 8) * x1;
+    a3 += *(const v8*)w3 * x0;
+    b3 += *(const v8*)(w3 + 8) * x1;
+  }
+  if (i < in) {
+    const int r = in - i;
+    v8 x0 = load_tail(x + i, r), x1 = load_tail(x + i + 8, r - 8);
+    a0 += load_tail(w0, r) * x0;
+    b0 += load_tail(w0 + 8, r - 8) * x1;
+    a1 += load_tail(w1, r) * x0;
+    b1 += load_tail(w1 + 8, r - 8) * x1;
+    a2 += load_tail(w2, r) * x0;
+    b2 += load_tail(w2 + 8, r - 8) * x1;
+    a3 += load_tail(w3, r) * x0;
+    b3 += load_tail(w3 + 8, r - 8) * x1;
+  }
+  hsum4(a0 + b0, a1 + b1, a2 + b2, a3 + b3, out, 4);
+}
+
+// Rows o0..o0+nrows-1 (nrows <= 4; a short block repeats its last row, whose extra results are dropped)
+// for ncol columns.
+inline void block_cols(const float* w0, const float* w1, const float* w2, const float* w3, int wstep, int in,
+                       const float* X, long ldx, int ncol, float* Y, long ldy, int o0, int nrows, const float* b) {
+  float s[4];
+  for (int c = 0; c < ncol; c++) {
+    kern4(w0, w1, w2, w3, wstep, X + c * ldx, in, s);
+    for (int r = 0; r < nrows; r++) Y[c * ldy + o0 + r] = b ? s[r] + b[o0 + r] : s[r];
+  }
+}
+
+inline long packed_size(int out, int in) { return (long)((out + 3) / 4) * 4 * ((in + 15) / 16) * 16; }
+
+// W [out, in] row-major -> blocks of 4 rows, each chunk of 16 columns stored as the 4 rows' 16 values (zero
+// padded to whole blocks and chunks): a block is read as one sequential stream, +50 % bandwidth on small
+// expert matrices whose 4 short row streams the hardware prefetcher follows badly (measured).
+void pack4(const float* W, int out, int in, float* P) {
+  const int chunks = (in + 15) / 16;
+  std::memset(P, 0, sizeof(float) * packed_size(out, in));
+  for (int o = 0; o < out; o++) {
+    float* blk = P + (long)(o / 4) * 4 * chunks * 16;
+    for (int i = 0; i < in; i++) blk[(i / 16) * 64 + (o % 4) * 16 + i % 16] = W[(long)o * in + i];
+  }
+}
+
+// Y [ncol, out] = X [ncol, in] @ W^T for a packed W, single-threaded (called per expert).
+void matvec_packed(const float* P, int out, int in, const float* X, long ldx, int ncol, float* Y, long ldy) {
+  const long blk = (long)4 * ((in + 15) / 16) * 16;
+  for (int o = 0; o < out; o += 4) {
+    const float* w = P + (long)(o / 4) * blk;
+    block_cols(w, w + 16, w + 32, w + 48, 64, in, X, ldx, ncol, Y, ldy, o, std::min(4, out - o), nullptr);
+  }
+}
+
+// Y[c*ldy + o] = W[o] . X[c*ldx] (+ b[o]) for rows o in [o0, o1), columns c in [0, ncol).
+void matvec_range(const float* W, const float* b, int in, const float* X, long ldx, int ncol, float* Y,
+                  long ldy, int o0, int o1) {
+  for (int o = o0; o < o1; o += 4) {
+    const int nr = std::min(4, o1 - o);
+    const float* w0 = W + (long)o * in;
+    const float* w1 = W + (long)(o + std::min(1, nr - 1)) * in;
+    const float* w2 = W + (long)(o + std::min(2, nr - 1)) * in;
+    const float* w3 = W + (long)(o + std::min(3, nr - 1)) * in;
+    block_cols(w0, w1, w2, w3, 16, in, X, ldx, ncol, Y, ldy, o, nr, b);
+  }
+}
+
+// Y [ncol, out] = X [ncol, in] @ W[out, in]^T (+ b), split over threads by blocks of 4 output rows.
+void matvec(const float* W, const float* b, int out, int in, const float* X, long ldx, int ncol, float* Y,
+            long ldy) {
+  long work = (long)out * in * ncol;
+  int nt = (g_threads > 1 && work >= g_par_min && !omp_in_parallel()) ? g_threads : 1;
+  if (nt == 1) {
+    matvec_range(W, b, in, X, ldx, ncol, Y, ldy, 0, out);
+    return;
+  }
+  int nb = (out + 3) / 4;
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), n = omp_get_num_threads();
+    int b0 = (int)((long)nb * t / n), b1 = (int)((long)nb * (t + 1) / n);
+    matvec_range(W, b, in, X, ldx, ncol, Y, ldy, b0 * 4, std::min(out, b1 * 4));
+  }
+}
+
+inline float silu(float x) { return x / (1.f + std::exp(-x)); }
+inline float softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); }  // torch: beta 1, threshold 20
+inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+
+// y = w * x * rsqrt(mean(x^2) + eps) over `d` channels
+void rms_norm(const float* x, const float* w, int d, float eps, float* y) {
+  float ss = 0.f;
+  for (int i = 0; i < d; i++) ss += x[i] * x[i];
+  float r = 1.f / std::sqrt(ss / d + eps);
+  for (int i = 0; i < d; i++) y[i] = w[i] * (x[i] * r);
+}
+
+enum Kind { MAMBA = 0, ATTN = 1, MOE = 2, MLP = 3 };
+
+struct Layer {
+  int kind;
+  const float* norm_w;
+  float eps;
+  // Mamba
+  int H, P, G, N, K, d_inner, conv_dim, group;
+  bool has_dt_min;
+  float dt_min;
+  const float *in_w, *in_b, *conv_w, *conv_b, *A_log, *D, *dt_bias, *gnorm_w, *out_w, *out_b;
+  float *conv_state, *ssm_state;
+  std::vector<float> rec_window, rec_states;  // record mode: [batch, C, K-1+T], [batch, T, H, P, N]
+  int rec_batch = 0, rec_T = 0;
+  // attention
+  int nh, nkv, hd, cap;
+  const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
+  float *kc, *vc;
+  // MoE (experts stacked: up [E, F, X], down [E, X, F]); dense MLP uses up/down + biases with F
+  int E, F, X, top_k, n_group, topk_group, shF;
+  bool norm_topk;
+  float scale;
+  const float *gate, *bias, *up, *down, *fc1, *fc2, *sh_up, *sh_down, *up_b, *down_b;
+  std::vector<float> up_packed, down_packed;  // MoE experts, pack4 layout, one block of packed_size each
+};
+
+struct Model {
+  int hidden, vocab;
+  float eps;
+  const float *embed, *norm_f, *lm_head;
+  // MTP block
+  const float *enorm, *hnorm, *eh_proj, *final_norm;
+  float mtp_eps;
+  std::vector<Layer> stacks[2];  // 0: backbone, 1: MTP block
+  std::vector<float> buf_h, buf_x, buf_a, buf_b, buf_c, buf_d, buf_e, buf_g;
+};
+
+float* grow(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// ---------------------------------------------------------------------------------------------- attention
+void attention(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, const int64_t* start,
+               int batch, int T) {
+  const int n = batch * T, hid = m.hidden, nh = L.nh, nkv = L.nkv, hd = L.hd;
+  float* q = grow(m.buf_a, (size_t)n * nh * hd);
+  float* k = grow(m.buf_b, (size_t)n * nkv * hd);
+  float* v = grow(m.buf_c, (size_t)n * nkv * hd);
+  float* o = grow(m.buf_d, (size_t)n * nh * hd);
+  matvec(L.q_w, L.q_b, nh * hd, hid, x, hid, n, q, nh * hd);
+  matvec(L.k_w, L.k_b, nkv * hd, hid, x, hid, n, k, nkv * hd);
+  matvec(L.v_w, L.v_b, nkv * hd, hid, x, hid, n, v, nkv * hd);
+  const long row_stride = (long)nkv * L.cap * hd;
+  for (int b = 0; b < batch; b++)
+    for (int t = 0; t < T; t++) {
+      long pos = start[b] + t;
+      for (int g = 0; g < nkv; g++) {
+        long off = rows[b] * row_stride + ((long)g * L.cap + pos) * hd;
+        std::memcpy(L.kc + off, k + ((long)(b * T + t) * nkv + g) * hd, sizeof(float) * hd);
+        std::memcpy(L.vc + off, v + ((long)(b * T + t) * nkv + g) * hd, sizeof(float) * hd);
+      }
+    }
+  const float scale = 1.f / std::sqrt((float)hd);
+  const int rep = nh / nkv;
+  long maxctx = 0;
+  for (int b = 0; b < batch; b++) maxctx = std::max(maxctx, (long)start[b] + T);
+  long work = (long)n * nh * maxctx * hd * 2;
+  int nt = (g_threads > 1 && work >= g_par_min) ? g_threads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) collapse(2) if (nt > 1)
+  for (int bt = 0; bt < n; bt++)
+    for (int hh = 0; hh < nh; hh++) {
+      int b = bt / T, t = bt % T;
+      long len = start[b] + t + 1;  // causal: positions 0..pos
+      int g = hh / rep;
+      const float* qv = q + ((long)bt * nh + hh) * hd;
+      const float* kbase = L.kc + rows[b] * row_stride + (long)g * L.cap * hd;
+      const float* vbase = L.vc + rows[b] * row_stride + (long)g * L.cap * hd;
+      std::vector<float> sc(len);
+      float mx = -std::numeric_limits<float>::infinity();
+      for (long p = 0; p < len; p++) {
+        const float* kv = kbase + p * hd;
+        float s = 0.f;
+        for (int i = 0; i < hd; i++) s += qv[i] * kv[i];
+        sc[p] = s * scale;
+        mx = std::max(mx, sc[p]);
+      }
+      float den = 0.f;
+      for (long p = 0; p < len; p++) {
+        sc[p] = std::exp(sc[p] - mx);
+        den += sc[p];
+      }
+      float* ov = o + ((long)bt * nh + hh) * hd;
+      for (int i = 0; i < hd; i++) ov[i] = 0.f;
+      for (long p = 0; p < len; p++) {
+        const float* vv = vbase + p * hd;
+        float w = sc[p] / den;
+        for (int i = 0; i < hd; i++) ov[i] += w * vv[i];
+      }
+    }
+  float* y = grow(m.buf_e, (size_t)n * hid);
+  matvec(L.o_w, L.o_b, hid, nh * hd, o, nh * hd, n, y, hid);
+  for (long i = 0; i < (long)n * hid; i++) h[i] += y[i];
+}
+
+// ---------------------------------------------------------------------------------------------- Mamba-2
+void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, int batch, int T, bool record) {
+  const int n = batch * T, hid = m.hidden;
+  const int H = L.H, P = L.P, G = L.G, N = L.N, K = L.K, di = L.d_inner, C = L.conv_dim;
+  const int in_out = di + C + H, W = K - 1 + T, hpg = H / G;
+  float* zxd = grow(m.buf_a, (size_t)n * in_out);
+  matvec(L.in_w, L.in_b, in_out, hid, x, hid, n, zxd, in_out);
+  float* y = grow(m.buf_b, (size_t)n * di);
+  float* xc = grow(m.buf_c, (size_t)n * C);
+  if (record) {
+    L.rec_window.resize((size_t)batch * C * W);
+    L.rec_states.resize((size_t)batch * T * H * P * N);
+    L.rec_batch = batch;
+    L.rec_T = T;
+  }
+  std::vector<float> win_local;
+  const long srow = (long)H * P * N, crow = (long)C * (K - 1);
+  for (int b = 0; b < batch; b++) {
+    // conv window [C, K-1+T]: cached K-1 columns, then this step's xBC
+    float* win = record ? L.rec_window.data() + (long)b * C * W : (win_local.resize((size_t)C * W), win_local.data());
+    const float* cs = L.conv_state + rows[b] * crow;
+    for (int c = 0; c < C; c++) {
+      for (int j = 0; j < K - 1; j++) win[c * W + j] = cs[c * (K - 1) + j];
+      for (int t = 0; t < T; t++) win[c * W + K - 1 + t] = zxd[(long)(b * T + t) * in_out + di + c];
+    }
+    for (int t = 0; t < T; t++) {
+      float* o = xc + (long)(b * T + t) * C;
+      for (int c = 0; c < C; c++) {
+        float s = 0.f;
+        for (int j = 0; j < K; j++) s += win[c * W + t + j] * L.conv_w[c * K + j];
+        if (L.conv_b) s += L.conv_b[c];
+        o[c] = silu(s);
+      }
+    }
+    float* state = L.ssm_state + rows[b] * srow;
+    std::vector<float> st_copy;
+    if (record) {
+      st_copy.assign(state, state + srow);
+      state = st_copy.data();
+    }
+    for (int t = 0; t < T; t++) {
+      const float* xt = xc + (long)(b * T + t) * C;  // x [di], B [G*N], C [G*N]
+      const float* dtr = zxd + (long)(b * T + t) * in_out + di + C;
+      float* yt = y + (long)(b * T + t) * di;
+      int nt = (g_threads > 1 && srow >= (1L << 16)) ? g_threads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+      for (int hh = 0; hh < H; hh++) {
+        float d = softplus(dtr[hh] + L.dt_bias[hh]);
+        if (L.has_dt_min) d = std::max(d, L.dt_min);
+        float dA = std::exp(d * -std::exp(L.A_log[hh]));
+        int g = hh / hpg;
+        const float* Bv = xt + di + g * N;
+        const float* Cv = xt + di + G * N + g * N;
+        for (int p = 0; p < P; p++) {
+          float xv = xt[hh * P + p];
+          float dx = d * xv;
+          float* s = state + ((long)hh * P + p) * N;
+          float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+          for (int k = 0; k < N; k++) {
+            s[k] = s[k] * dA + dx * Bv[k];
+            acc += s[k] * Cv[k];
+          }
+          yt[hh * P + p] = acc + L.D[hh] * xv;
+        }
+      }
+      if (record) std::memcpy(L.rec_states.data() + ((long)b * T + t) * srow, state, sizeof(float) * srow);
+    }
+    if (!record) {
+      float* csw = L.conv_state + rows[b] * crow;
+      for (int c = 0; c < C; c++)
+        for (int j = 0; j < K - 1; j++) csw[c * (K - 1) + j] = win[c * W + T + j];
+    }
+  }
+  // gated RMS norm (norm_before_gate = False): u = y * silu(z), normalised per group of `group` channels
+  for (int i = 0; i < n; i++) {
+    float* yi = y + (long)i * di;
+    const float* z = zxd + (long)i * in_out;
+    for (int c = 0; c < di; c++) yi[c] *= silu(z[c]);
+    for (int g0 = 0; g0 < di; g0 += L.group) {
+      float ss = 0.f;
+      for (int c = g0; c < g0 + L.group; c++) ss += yi[c] * yi[c];
+      float r = 1.f / std::sqrt(ss / L.group + L.eps);
+      for (int c = g0; c < g0 + L.group; c++) yi[c] = L.gnorm_w[c] * (yi[c] * r);
+    }
+  }
+  float* out = grow(m.buf_d, (size_t)n * hid);
+  matvec(L.out_w, L.out_b, hid, di, y, di, n, out, hid);
+  for (long i = 0; i < (long)n * hid; i++) h[i] += out[i];
+}
+
+// ---------------------------------------------------------------------------------------------- MoE
+// DeepSeek-V3 noaux_tc routing (spec §4.4): logits [E] -> idx [k] (descending choice), weights [k].
+void route(const Layer& L, const float* logits, int* idx, float* wts) {
+  const int E = L.E, k = L.top_k;
+  float scores[1024], choice[1024];
+  for (int e = 0; e < E; e++) {
+    scores[e] = sigmoid(logits[e]);
+    choice[e] = scores[e] + L.bias[e];
+  }
+  if (L.n_group > 1) {
+    const int per = E / L.n_group;
+    float gs[256];
+    for (int g = 0; g < L.n_group; g++) {
+      float a = -INFINITY, b2 = -INFINITY;
+      for (int e = g * per; e < (g + 1) * per; e++) {
+        float c = choice[e];
+        if (c > a) {
+          b2 = a;
+          a = c;
+        } else if (c > b2) {
+          b2 = c;
+        }
+      }
+      gs[g] = a + b2;
+    }
+    bool keep[256] = {false};
+    for (int r = 0; r < L.topk_group; r++) {
+      int best = -1;
+      for (int g = 0; g < L.n_group; g++)
+        if (!keep[g] && (best < 0 || gs[g] > gs[best])) best = g;
+      keep[best] = true;
+    }
+    for (int e = 0; e < E; e++)
+      if (!keep[e / per]) choice[e] = -INFINITY;
+  }
+  bool taken[1024] = {false};
+  for (int r = 0; r < k; r++) {
+    int best = -1;
+    for (int e = 0; e < E; e++)
+      if (!taken[e] && (best < 0 || choice[e] > choice[best])) best = e;
+    taken[best] = true;
+    idx[r] = best;
+    wts[r] = scores[best];
+  }
+  if (L.norm_topk) {
+    float s = 0.f;
+    for (int r = 0; r < k; r++) s += wts[r];
+    for (int r = 0; r < k; r++) wts[r] = wts[r] / (s + 1e-20f);
+  }
+  for (int r = 0; r < k; r++) wts[r] *= L.scale;
+}
+
+void moe(Model& m, Layer& L, const float* x, float* h, int n) {
+  const int hid = m.hidden, E = L.E, F = L.F, X = L.X, k = L.top_k;
+  float* logits = grow(m.buf_a, (size_t)n * E);
+  matvec(L.gate, nullptr, E, hid, x, hid, n, logits, E);
+  std::vector<int> idx((size_t)n * k);
+  std::vector<float> wts((size_t)n * k);
+  for (int i = 0; i < n; i++) route(L, logits + (long)i * E, idx.data() + (long)i * k, wts.data() + (long)i * k);
+  const float* r = x;
+  if (L.fc1) {
+    float* rl = grow(m.buf_b, (size_t)n * X);
+    matvec(L.fc1, nullptr, X, hid, x, hid, n, rl, X);
+    r = rl;
+  }
+  // group the (token, slot) pairs by expert; each expert's rows run as one multi-column matvec
+  std::vector<int> count(E + 1, 0), offs(E + 1, 0), order((size_t)n * k);
+  for (int p = 0; p < n * k; p++) count[idx[p]]++;
+  for (int e = 0; e < E; e++) offs[e + 1] = offs[e] + count[e];
+  {
+    std::vector<int> fill(offs.begin(), offs.end() - 1);
+    for (int p = 0; p < n * k; p++) order[fill[idx[p]]++] = p;
+  }
+  std::vector<int> active;
+  for (int e = 0; e < E; e++)
+    if (count[e]) active.push_back(e);
+  float* xin = grow(m.buf_c, (size_t)n * k * X);   // gathered inputs, grouped by expert
+  float* hmid = grow(m.buf_d, (size_t)n * k * F);  // expert hidden
+  float* yexp = grow(m.buf_e, (size_t)n * k * X);  // expert outputs, grouped by expert
+  for (int p = 0; p < n * k; p++) std::memcpy(xin + (long)p * X, r + (long)(order[p] / k) * X, sizeof(float) * X);
+  long work = (long)n * k * F * X * 2;
+  int nt = (g_threads > 1 && work >= g_par_min && (int)active.size() > 1) ? g_threads : 1;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+  for (size_t a = 0; a < active.size(); a++) {
+    int e = active[a], o = offs[e], c = count[e];
+    matvec_packed(L.up_packed.data() + e * packed_size(F, X), F, X, xin + (long)o * X, X, c, hmid + (long)o * F, F);
+    for (long i = (long)o * F; i < (long)(o + c) * F; i++) {
+      float v = hmid[i] > 0.f ? hmid[i] : 0.f;
+      hmid[i] = v * v;
+    }
+    matvec_packed(L.down_packed.data() + e * packed_size(X, F), X, F, hmid + (long)o * F, F, c, yexp + (long)o * X, X);
+  }
+  std::vector<int> where((size_t)n * k);
+  for (int q = 0; q < n * k; q++) where[order[q]] = q;
+  std::vector<float> routed((size_t)n * X, 0.f);
+  for (int i = 0; i < n; i++) {
+    float* ri = routed.data() + (long)i * X;
+    for (int j = 0; j < k; j++) {
+      const float* yv = yexp + (long)where[i * k + j] * X;
+      float w = wts[(long)i * k + j];
+      for (int c = 0; c < X; c++) ri[c] += yv[c] * w;
+    }
+  }
+  float* out = grow(m.buf_g, (size_t)n * hid);
+  if (L.fc2)
+    matvec(L.fc2, nullptr, hid, X, routed.data(), X, n, out, hid);
+  else
+    std::memcpy(out, routed.data(), sizeof(float) * n * hid);
+  if (L.sh_up) {
+    float* s1 = grow(m.buf_c, (size_t)n * L.shF);
+    matvec(L.sh_up, nullptr, L.shF, hid, x, hid, n, s1, L.shF);
+    for (long i = 0; i < (long)n * L.shF; i++) {
+      float v = s1[i] > 0.f ? s1[i] : 0.f;
+      s1[i] = v * v;
+    }
+    float* s2 = grow(m.buf_d, (size_t)n * hid);
+    matvec(L.sh_down, nullptr, hid, L.shF, s1, L.shF, n, s2, hid);
+    for (long i = 0; i < (long)n * hid; i++) out[i] += s2[i];
+  }
+  for (long i = 0; i < (long)n * hid; i++) h[i] += out[i];
+}
+
+void mlp(Model& m, Layer& L, const float* x, float* h, int n) {
+  const int hid = m.hidden, F = L.F;
+  float* a = grow(m.buf_a, (size_t)n * F);
+  matvec(L.up, L.up_b, F, hid, x, hid, n, a, F);
+  for (long i = 0; i < (long)n * F; i++) {
+    float v = a[i] > 0.f ? a[i] : 0.f;
+    a[i] = v * v;
+  }
+  float* y = grow(m.buf_b, (size_t)n * hid);
+  matvec(L.down, L.down_b, hid, F, a, F, n, y, hid);
+  for (long i = 0; i < (long)n * hid; i++) h[i] += y[i];
+}
+
+void run_layers(Model& m, int stack, float* h, const int64_t* rows, const int64_t* start, int batch, int T,
+                bool record) {
+  const int n = batch * T, hid = m.hidden;
+  float* x = grow(m.buf_x, (size_t)n * hid);
+  for (Layer& L : m.stacks[stack]) {
+    for (int i = 0; i < n; i++) rms_norm(h + (long)i * hid, L.norm_w, hid, L.eps, x + (long)i * hid);
+    switch (L.kind) {
+      case ATTN: attention(m, L, x, h, rows, start, batch, T); break;
+      case MAMBA: mamba(m, L, x, h, rows, batch, T, record); break;
+      case MOE: moe(m, L, x, h, n); break;
+      default: mlp(m, L, x, h, n); break;
+    }
+  }
+}
+
+// final-normed hidden [n, hid] -> logits [n, vocab] (optional) and argmax [n] (optional)
+void head(Model& m, const float* g, int n, float* logits, int64_t* argmax) {
+  if (!logits && !argmax) return;
+  std::vector<float> tmp;
+  float* lg = logits ? logits : (tmp.resize((size_t)n * m.vocab), tmp.data());
+  matvec(m.lm_head, nullptr, m.vocab, m.hidden, g, m.hidden, n, lg, m.vocab);
+  if (argmax)
+    for (int i = 0; i < n; i++) {
+      const float* l = lg + (long)i * m.vocab;
+      int best = 0;
+      for (int v = 1; v < m.vocab; v++)
+        if (l[v] > l[best]) best = v;
+      argmax[i] = best;
+    }
+}
+
+void mtp_block(Model& m, const float* hidden, const int64_t* next_ids, const int64_t* rows, const int64_t* start,
+               int batch, int T, float* g_out) {
+  const int n = batch * T, hid = m.hidden;
+  std::vector<float> cat((size_t)n * 2 * hid);
+  for (int i = 0; i < n; i++) {
+    rms_norm(m.embed + next_ids[i] * hid, m.enorm, hid, m.mtp_eps, cat.data() + (long)i * 2 * hid);
+    rms_norm(hidden + (long)i * hid, m.hnorm, hid, m.mtp_eps, cat.data() + (long)i * 2 * hid + hid);
+  }
+  float* u = grow(m.buf_h, (size_t)n * hid);
+  matvec(m.eh_proj, nullptr, hid, 2 * hid, cat.data(), 2 * hid, n, u, hid);
+  run_layers(m, 1, u, rows, start, batch, T, false);
+  for (int i = 0; i < n; i++) rms_norm(u + (long)i * hid, m.final_norm, hid, m.mtp_eps, g_out + (long)i * hid);
+}
+
+void backbone(Model& m, const int64_t* ids, const int64_t* rows, const int64_t* start, int batch, int T,
+              bool record, float* hidden_out) {
+  const int n = batch * T, hid = m.hidden;
+  float* h = grow(m.buf_h, (size_t)n * hid);
+  for (int i = 0; i < n; i++) std::memcpy(h + (long)i * hid, m.embed + ids[i] * hid, sizeof(float) * hid);
+  run_layers(m, 0, h, rows, start, batch, T, record);
+  for (int i = 0; i < n; i++) rms_norm(h + (long)i * hid, m.norm_f, hid, m.eps, hidden_out + (long)i * hid);
+}
+
+void commit(Model& m, const int64_t* rows, const int64_t* accept, int batch) {
+  for (Layer& L : m.stacks[0]) {
+    if (L.kind != MAMBA) continue;
+    const int C = L.conv_dim, K = L.K, T = L.rec_T, W = K - 1 + T;
+    const long srow = (long)L.H * L.P * L.N;
+    for (int b = 0; b < batch; b++) {
+      const float* win = L.rec_window.data() + (long)b * C * W;
+      float* cs = L.conv_state + rows[b] * (long)C * (K - 1);
+      for (int c = 0; c < C; c++)
+        for (int j = 0; j < K - 1; j++) cs[c * (K - 1) + j] = win[c * W + accept[b] + 1 + j];
+      std::memcpy(L.ssm_state + rows[b] * srow, L.rec_states.data() + ((long)b * T + accept[b]) * srow,
+                  sizeof(float) * srow);
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+void* nt_new(int hidden, int vocab, double eps, const float* embed, const float* norm_f, const float* lm_head) {
+  Model* m = new Model();
+  m->hidden = hidden;
+  m->vocab = vocab;
+  m->eps = (float)eps;
+  m->embed = embed;
+  m->norm_f = norm_f;
+  m->lm_head = lm_head;
+  m->enorm = m->hnorm = m->eh_proj = m->final_norm = nullptr;
+  return m;
+}
+
+void nt_free(void* m) { delete static_cast<Model*>(m); }
+
+void nt_set_threads(int threads, long par_min) {
+  g_threads = std::max(1, threads);
+  g_par_min = par_min;
+}
+
+void nt_set_mtp(void* mp, double eps, const float* enorm, const float* hnorm, const float* eh_proj,
+                const float* final_norm) {
+  Model* m = static_cast<Model*>(mp);
+  m->mtp_eps = (float)eps;
+  m->enorm = enorm;
+  m->hnorm = hnorm;
+  m->eh_proj = eh_proj;
+  m->final_norm = final_norm;
+}
+
+// ints / floats / ptrs: the per-kind field lists of runtime/native/__init__.py (`_LAYER_FIELDS`).
+int nt_add_layer(void* mp, int stack, int kind, const int64_t* iv, const double* fv, const void* const* pv) {
+  Model* m = static_cast<Model*>(mp);
+  Layer L{};
+  L.kind = kind;
+  L.norm_w = (const float*)pv[0];
+  L.eps = (float)fv[0];
+  auto P = [&](int i) { return (const float*)pv[i]; };
+  switch (kind) {
+    case MAMBA:
+      L.H = iv[0], L.P = iv[1], L.G = iv[2], L.N = iv[3], L.K = iv[4], L.d_inner = iv[5], L.conv_dim = iv[6];
+      L.group = iv[7], L.has_dt_min = iv[8] != 0, L.dt_min = (float)fv[1];
+      L.in_w = P(1), L.in_b = P(2), L.conv_w = P(3), L.conv_b = P(4), L.A_log = P(5), L.D = P(6);
+      L.dt_bias = P(7), L.gnorm_w = P(8), L.out_w = P(9), L.out_b = P(10);
+      L.conv_state = (float*)pv[11], L.ssm_state = (float*)pv[12];
+      break;
+    case ATTN:
+      L.nh = iv[0], L.nkv = iv[1], L.hd = iv[2], L.cap = iv[3];
+      L.q_w = P(1), L.q_b = P(2), L.k_w = P(3), L.k_b = P(4), L.v_w = P(5), L.v_b = P(6), L.o_w = P(7);
+      L.o_b = P(8), L.kc = (float*)pv[9], L.vc = (float*)pv[10];
+      break;
+    case MOE:
+      L.E = iv[0], L.F = iv[1], L.X = iv[2], L.top_k = iv[3], L.n_group = iv[4], L.topk_group = iv[5];
+      L.norm_topk = iv[6] != 0, L.shF = iv[7], L.scale = (float)fv[1];
+      if (L.E > 1024 || L.n_group > 256) return -1;
+      L.gate = P(1), L.bias = P(2), L.up = P(3), L.down = P(4), L.fc1 = P(5), L.fc2 = P(6);
+      L.sh_up = P(7), L.sh_down = P(8);
+      L.up_packed.resize(L.E * packed_size(L.F, L.X));
+      L.down_packed.resize(L.E * packed_size(L.X, L.F));
+      for (int e = 0; e < L.E; e++) {
+        pack4(L.up + (long)e * L.F * L.X, L.F, L.X, L.up_packed.data() + e * packed_size(L.F, L.X));
+        pack4(L.down + (long)e * L.X * L.F, L.X, L.F, L.down_packed.data() + e * packed_size(L.X, L.F));
+      }
+      break;
+    case MLP:
+      L.F = iv[0];
+      L.up = P(1), L.up_b = P(2), L.down = P(3), L.down_b = P(4);
+      break;
+    default:
+      return -2;
+  }
+  m->stacks[stack].push_back(std::move(L));
+  return 0;
+}
+
+// Backbone step: ids [batch, T] at positions start[b].. of cache rows `rows` -> final-normed hidden
+// [batch*T, hidden], logits [batch*T, vocab] and/or argmax [batch*T] (either may be null). record != 0: the
+// Mamba state is not written; the state after every token is kept for nt_commit.
+void nt_forward(void* mp, const int64_t* ids, const int64_t* rows, const int64_t* start, int batch, int T,
+                int record, float* hidden_out, float* logits_out, int64_t* argmax_out) {
+  Model& m = *static_cast<Model*>(mp);
+  backbone(m, ids, rows, start, batch, T, record != 0, hidden_out);
+  head(m, hidden_out, batch * T, logits_out, argmax_out);
+}
+
+void nt_commit(void* mp, const int64_t* rows, const int64_t* accept, int batch) {
+  commit(*static_cast<Model*>(mp), rows, accept, batch);
+}
+
+// MTP block: (final-normed h [batch*T, hidden], next ids [batch*T]) -> g [batch*T, hidden], logits / argmax.
+void nt_mtp(void* mp, const float* hidden, const int64_t* next_ids, const int64_t* rows, const int64_t* start,
+            int batch, int T, float* g_out, float* logits_out, int64_t* argmax_out) {
+  Model& m = *static_cast<Model*>(mp);
+  mtp_block(m, hidden, next_ids, rows, start, batch, T, g_out);
+  head(m, g_out, batch * T, logits_out, argmax_out);
+}
+
+// One greedy MTP iteration (runtime/step.py spec_step_greedy): ids [batch, K+1] = [last, d_1..d_K] ->
+// y [batch, K+1] target tokens, j [batch] accepted drafts, drafts [batch, K] next drafts.
+void nt_spec_greedy(void* mp, const int64_t* ids, const int64_t* rows, const int64_t* start, int batch, int K,
+                    int64_t* y, int64_t* j, int64_t* drafts) {
+  Model& m = *static_cast<Model*>(mp);
+  const int T = K + 1, n = batch * T, hid = m.hidden;
+  std::vector<float> hbuf((size_t)n * hid), gbuf((size_t)n * hid), gsel((size_t)batch * hid);
+  backbone(m, ids, rows, start, batch, T, true, hbuf.data());
+  head(m, hbuf.data(), n, nullptr, y);
+  for (int b = 0; b < batch; b++) {
+    int a = 0;
+    while (a < K && ids[b * T + 1 + a] == y[b * T + a]) a++;
+    j[b] = a;
+  }
+  commit(m, rows, j, batch);
+  // The MTP block over the pairs (h_t, y_t) up to the last accepted position only: the entries after it would
+  // write MTP KV past the committed length (overwritten by the drafts below before anything reads it) and
+  // draft from a rejected position. Tm = 1 + max accepted; rows with fewer accepted run spare entries.
+  int Tm = 1;
+  for (int b = 0; b < batch; b++) Tm = std::max(Tm, (int)j[b] + 1);
+  std::vector<float> hsel((size_t)batch * Tm * hid);
+  std::vector<int64_t> ysel((size_t)batch * Tm);
+  for (int b = 0; b < batch; b++)
+    for (int t = 0; t < Tm; t++) {
+      std::memcpy(hsel.data() + ((long)b * Tm + t) * hid, hbuf.data() + ((long)b * T + t) * hid, sizeof(float) * hid);
+      ysel[b * Tm + t] = y[b * T + t];
+    }
+  mtp_block(m, hsel.data(), ysel.data(), rows, start, batch, Tm, gbuf.data());
+  for (int b = 0; b < batch; b++)
+    std::memcpy(gsel.data() + (long)b * hid, gbuf.data() + ((long)b * Tm + j[b]) * hid, sizeof(float) * hid);
+  std::vector<int64_t> d(batch), pos(batch);
+  head(m, gsel.data(), batch, nullptr, d.data());
+  for (int b = 0; b < batch; b++) {
+    drafts[(long)b * K] = d[b];
+    pos[b] = start[b] + j[b] + 1;
+  }
+  std::vector<float> gnext((size_t)batch * hid);
+  for (int i = 1; i < K; i++) {
+    mtp_block(m, gsel.data(), d.data(), rows, pos.data(), batch, 1, gnext.data());
+    head(m, gnext.data(), batch, nullptr, d.data());
+    std::swap(gsel, gnext);
+    for (int b = 0; b < batch; b++) {
+      drafts[(long)b * K + i] = d[b];
+      pos[b]++;
+    }
+  }
+}
+
+}  // extern "C"
