@@ -1,11 +1,13 @@
 """Runtime decode speed against HF transformers (fp32 `generate`) and llama.cpp (f32 GGUF), 2 threads.
 
     python -m benchmarks.bench_runtime [--models default,180m] [--threads 2] [--new-tokens 128]
-                                       [--batches 1,16] [--mtp 3] [--no-hf] [--no-llamacpp] [--no-compile]
+                                       [--batches 1,16] [--mtp 3] [--backends native,inductor]
+                                       [--no-hf] [--no-llamacpp]
 
 For each model (the default model, i.e. the embedded one when shipped; and a random ~190M-parameter
 make-tiny-style checkpoint, `CONFIG_180M`), in one process, on the same checkpoint:
-- ours: `Engine` (fp32, compiled decode step), greedy, `--new-tokens` tokens, decode tokens/s at batch 1
+- ours: `Engine` (fp32) with each decode-step backend of `--backends` -- `native` (the C++ CPU step,
+  runtime/native), `inductor` (torch.compile), `eager` -- greedy, `--new-tokens` tokens, decode tokens/s at batch 1
   (`Engine.generate`) and batch 16 (`Engine.generate_batch`: all prompts prefilled, then decoded together;
   aggregate tokens/s), with MTP off and with `--mtp` draft tokens (acceptance reported);
 - HF transformers `generate` fp32 (the same checkpoint; decode rate = (n-1) / (t(n) - t(1)), times batch);
@@ -92,14 +94,14 @@ def model_dirs(names: list[str]) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------------------------- ours
 def bench_ours(
-    path: Path, *, n_new: int, batches: list[int], mtps: list[int], compile: bool, reps: int
+    path: Path, *, n_new: int, batches: list[int], mtps: list[int], backend: str, reps: int
 ) -> dict:
     from trtllm_nemotron.runtime import Engine, SamplingParams
 
     res: dict[str, Any] = {}
     params = SamplingParams(max_tokens=n_new, ignore_eos=True)
     for mtp in mtps:
-        eng = Engine.load(path, mtp=mtp, max_batch_size=max(batches), max_seq_len=n_new + 64, compile=compile)
+        eng = Engine.load(path, mtp=mtp, max_batch_size=max(batches), max_seq_len=n_new + 64, backend=backend)
         r: dict[str, Any] = {}
         for b in batches:
             t0 = time.perf_counter()
@@ -108,7 +110,7 @@ def bench_ours(
                 return [eng.generate(PROMPT, params)] if b == 1 else eng.generate_batch([PROMPT] * b, params)
 
             run()  # warm-up (compiles this shape)
-            log(f"ours mtp={mtp} batch={b}: warm-up {time.perf_counter() - t0:.1f}s")
+            log(f"ours {backend} mtp={mtp} batch={b}: warm-up {time.perf_counter() - t0:.1f}s")
             speeds, acc = [], []
             for _ in range(reps):
                 cs = run()
@@ -122,7 +124,7 @@ def bench_ours(
                 "acceptance_length": st["acceptance_length"],
             }
             log(
-                f"ours mtp={mtp} batch={b}: {r[f'b{b}']['tokens_per_s']:.1f} tok/s "
+                f"ours {backend} mtp={mtp} batch={b}: {r[f'b{b}']['tokens_per_s']:.1f} tok/s "
                 f"(AL {st['acceptance_length']})"
             )
         res[f"mtp{mtp}"] = r
@@ -359,7 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--no-llamacpp", action="store_true")
-    ap.add_argument("--no-compile", action="store_true", help="eager decode step (slow; for debugging)")
+    ap.add_argument(
+        "--backends",
+        default="native,inductor",
+        help="comma list of decode-step backends to run side by side: native, inductor, eager",
+    )
     ap.add_argument("--out", type=Path, default=OUT_DIR / "runtime.json")
     args = ap.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -367,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
+    backends = [b for b in args.backends.split(",") if b]
+    bad = sorted(set(backends) - {"native", "inductor", "eager"})
+    if bad or not backends:
+        ap.error(f"--backends: unknown {bad or 'empty list'}; choose from native, inductor, eager")
     mtps = [0] + ([args.mtp] if args.mtp else [])
     report: dict[str, Any] = {
         "threads": args.threads,
@@ -375,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
+        "backends": backends,
         "targets": TARGETS,
         "models": {},
     }
@@ -393,14 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         mtps_here = mtps if cfg.num_nextn_predict_layers else [0]
         r: dict[str, Any] = {"path": str(path), "parameters": cfg.parameter_counts()}
         log(f"{name}: {path} ({r['parameters']['total'] / 1e6:.1f}M parameters)")
-        r["ours"] = bench_ours(
-            path,
-            n_new=args.new_tokens,
-            batches=batches,
-            mtps=mtps_here,
-            compile=not args.no_compile,
-            reps=args.reps,
-        )
+        r["ours"] = {
+            be: bench_ours(
+                path, n_new=args.new_tokens, batches=batches, mtps=mtps_here, backend=be, reps=args.reps
+            )
+            for be in backends
+        }
         if not args.no_hf:
             r["hf"] = bench_hf(path, n_new=args.new_tokens, batches=batches, ids=ids, reps=args.reps)
         if bindir is not None:
@@ -432,22 +441,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(report: dict) -> str:
+    """The markdown table of docs/benchmarks.md: per model and batch, each backend without and with MTP, then
+    the peers and our first backend's ratios to them."""
+    backends = report.get("backends", ["native"])
+    head = " | ".join(f"ours {be} | {be} + MTP (AL)" for be in backends)
     lines = [
         f"Decode tokens/s, {report['threads']} threads, {report['new_tokens']} new tokens, greedy, fp32",
         "",
-        "| model | batch | ours | ours + MTP (AL) | HF fp32 | llama.cpp f32 | ours / HF | ours / llama.cpp |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| model | batch | {head} | HF fp32 | llama.cpp f32 | {backends[0]} / HF | {backends[0]} / llama.cpp |",
+        "|---|---|" + "---|---|" * len(backends) + "---|---|---|---|",
     ]
     for name, r in report["models"].items():
         for b in report["batches"]:
             k = f"b{b}"
-            o = r["ours"]["mtp0"][k]["tokens_per_s"]
-            m = next((v[k] for kk, v in r["ours"].items() if kk != "mtp0"), None)
+            cells = []
+            for be in backends:
+                ours = r["ours"][be]
+                o = ours["mtp0"][k]["tokens_per_s"]
+                m = next((v[k] for kk, v in ours.items() if kk != "mtp0"), None)
+                cells += [f"{o:.1f}", f"{m['tokens_per_s']:.1f} ({m['acceptance_length']:.2f})" if m else "-"]
+            o = r["ours"][backends[0]]["mtp0"][k]["tokens_per_s"]
             hf = r.get("hf", {}).get(k, {}).get("tokens_per_s")
             lc = r.get("llamacpp", {}).get(k, {}).get("tokens_per_s")
-            mtxt = f"{m['tokens_per_s']:.1f} ({m['acceptance_length']:.2f})" if m else "-"
             lines.append(
-                f"| {name} ({r['parameters']['total'] / 1e6:.0f}M) | {b} | {o:.1f} | {mtxt} | "
+                f"| {name} ({r['parameters']['total'] / 1e6:.0f}M) | {b} | {' | '.join(cells)} | "
                 f"{hf and f'{hf:.1f}' or '-'} | {lc and f'{lc:.1f}' or '-'} | "
                 f"{hf and f'{o / hf:.2f}x' or '-'} | {lc and f'{o / lc:.2f}x' or '-'} |"
             )
@@ -455,7 +472,7 @@ def render(report: dict) -> str:
             c = r["llamacpp_check"]
             lines.append(
                 f"| {name}: llama.cpp vs ours logits | max abs diff {c['max_abs_diff']:.4f} | top-1 "
-                f"{c['top1_agree']}/{c['positions']} | | | | | |"
+                f"{c['top1_agree']}/{c['positions']} |" + " |" * (2 * len(backends) + 4)
             )
     lines += ["", f"Targets: {report['targets']}"]
     return "\n".join(lines)

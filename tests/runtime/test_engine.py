@@ -52,7 +52,9 @@ def test_cached_generation_equals_recomputing_the_whole_sequence(engine0):
 
 
 def test_chunked_prefill_equals_one_shot_prefill(tiny_dir, engine0):
-    small = Engine.load(tiny_dir, mtp=0, max_batch_size=1, max_seq_len=256, prefill_chunk=5)
+    small = Engine.load(
+        tiny_dir, mtp=0, max_batch_size=1, max_seq_len=256, prefill_chunk=5, backend=engine0.backend
+    )
     prompt = "def fibonacci(n):\n    if n < 2:\n        return n\n"
     assert len(small.tokenizer.encode(prompt)) > 10
     assert small.generate(prompt, _greedy(16)).token_ids == engine0.generate(prompt, _greedy(16)).token_ids
@@ -71,7 +73,9 @@ def test_greedy_output_identical_with_and_without_mtp(engine0, engine3, prompt):
 
 
 def test_mtp_chunked_prefill_drafts_like_one_shot(tiny_dir, engine3):
-    small = Engine.load(tiny_dir, mtp=3, max_batch_size=1, max_seq_len=256, prefill_chunk=4)
+    small = Engine.load(
+        tiny_dir, mtp=3, max_batch_size=1, max_seq_len=256, prefill_chunk=4, backend=engine3.backend
+    )
     prompt = "class Foo:\n    def bar(self):\n        pass\n"
     a, b = small.generate(prompt, _greedy(12)), engine3.generate(prompt, _greedy(12))
     assert a.token_ids == b.token_ids and a.stats["accepted_draft_tokens"] == b.stats["accepted_draft_tokens"]
@@ -194,7 +198,14 @@ def test_generation_stops_at_max_seq_len_eos_and_stop_strings(engine0):
     assert c.finish_reason == "length" and len(c.token_ids) == 6  # 250 + 6 = max_seq_len
     ref = engine0.generate("def f(x):", _greedy(20))
     eos = ref.token_ids[5]
-    eng = Engine(engine0.model, engine0.tokenizer, max_batch_size=1, max_seq_len=256, eos_token_ids=[eos])
+    eng = Engine(
+        engine0.model,
+        engine0.tokenizer,
+        max_batch_size=1,
+        max_seq_len=256,
+        eos_token_ids=[eos],
+        backend=engine0.backend,
+    )
     c = eng.generate("def f(x):", SamplingParams(max_tokens=20))
     assert c.finish_reason == "stop" and c.token_ids == ref.token_ids[: ref.token_ids.index(eos)]
     stop = ref.text[4:6]

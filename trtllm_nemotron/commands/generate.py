@@ -63,7 +63,18 @@ def _stats_line(d: dict) -> str:
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda. Local only.")
 @click.option("--max-seq-len", type=int, default=None, help="Cache length per sequence. Local only.")
 @click.option(
-    "--compile", "use_compile", is_flag=True, help="Capture the decode step with torch.compile. Local only."
+    "--backend",
+    type=click.Choice(["auto", "native", "inductor", "eager"]),
+    default="auto",
+    show_default=True,
+    help="Decode step: native (C++ CPU step), inductor (torch.compile), eager; auto = native where it can run. "
+    "Local only.",
+)
+@click.option(
+    "--compile",
+    "use_compile",
+    is_flag=True,
+    help="Same as --backend inductor (kept for scripts). Local only.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text + statistics) instead.")
 @user_errors
@@ -84,6 +95,7 @@ def generate(
     chat,
     device,
     max_seq_len,
+    backend,
     use_compile,
     as_json,
 ) -> None:
@@ -98,8 +110,8 @@ def generate(
                 raise click.UsageError(
                     f"{flag} applies to a local --model only (the server's engine decides)"
                 )
-        if chat or use_compile:
-            raise click.UsageError("--chat and --compile apply to a local --model only")
+        if chat or use_compile or backend != "auto":
+            raise click.UsageError("--chat, --backend and --compile apply to a local --model only")
         _remote(
             prompt,
             url,
@@ -126,7 +138,7 @@ def generate(
         device=device,
         max_seq_len=max_seq_len,
         mtp=mtp,
-        use_compile=use_compile,
+        backend="inductor" if use_compile and backend == "auto" else backend,
         max_tokens=max_tokens,
         temperature=temperature,
         top_k=top_k,
@@ -145,14 +157,12 @@ def _default_model() -> str:
     return str(default_model_dir())
 
 
-def _local(
-    prompt, model, stream, as_json, chat, *, device, max_seq_len, mtp, use_compile, **sampling
-) -> None:
+def _local(prompt, model, stream, as_json, chat, *, device, max_seq_len, mtp, backend, **sampling) -> None:
     from trtllm_nemotron.runtime import Engine, SamplingParams
 
     params = SamplingParams(**sampling).validate()  # refuse bad options before loading the model
     engine = Engine.load(
-        model, device=device, max_seq_len=max_seq_len, mtp=mtp, max_batch_size=1, compile=use_compile
+        model, device=device, max_seq_len=max_seq_len, mtp=mtp, max_batch_size=1, backend=backend
     )
     if chat:
         prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])

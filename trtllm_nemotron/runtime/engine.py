@@ -528,15 +528,15 @@ class Engine:
     def _decode(self, seqs: list[_Seq], events) -> None:
         cache = self.pool.cache
         slots = [s.slot for s in seqs]
-        rows = torch.tensor(slots, device=self.device)
-        start = cache.lengths[rows]
         if self._native is not None and all(s.params.greedy for s in seqs):
-            # the hot path: one C++ call, argmax inside, no logits copied out
-            toks = self._native.decode_greedy(torch.tensor([[s.pending] for s in seqs]), rows, start).tolist()
+            # the hot path: one C++ call (reads and advances the cache lengths, argmax inside)
+            toks = self._native.decode_greedy([s.pending for s in seqs], slots)
         else:
+            rows = torch.tensor(slots, device=self.device)
+            start = cache.lengths[rows]
             _, logits, _ = self._step([[s.pending] for s in seqs], slots, start, False)
             toks = self._sample_batch(seqs, logits[:, 0])
-        cache.lengths[rows] = start + 1
+            cache.lengths[rows] = start + 1
         for s, t in zip(seqs, toks, strict=True):
             s.iters += 1
             s.pending = t
@@ -546,9 +546,13 @@ class Engine:
         cache, mcache = self.pool.cache, self.pool.mtp_cache
         K = self.mtp
         slots = [s.slot for s in seqs]
+        greedy_all = all(s.params.greedy for s in seqs)
+        if greedy_all and self._native is not None:  # one C++ call, lengths read and advanced inside
+            y, acc, drafts = self._native.spec_greedy_committed([[s.pending] + s.drafts for s in seqs], slots)
+            return self._emit_verified(seqs, y, acc, drafts, events)
         rows = torch.tensor(slots, device=self.device)
         start = cache.lengths[rows]
-        if all(s.params.greedy for s in seqs):
+        if greedy_all:
             return self._verify_greedy(seqs, slots, rows, start, events)
         h, logits, rec = self._step(
             [[s.pending] + s.drafts for s in seqs], slots, start, True
@@ -597,7 +601,9 @@ class Engine:
         j = j[:n]
         cache.lengths[rows] = start + j + 1
         mcache.lengths[rows] = start + j + 1
-        y, acc, drafts = y[:n].tolist(), j.tolist(), drafts[:n].tolist()
+        self._emit_verified(seqs, y[:n].tolist(), j.tolist(), drafts[:n].tolist(), events)
+
+    def _emit_verified(self, seqs: list[_Seq], y, acc, drafts, events) -> None:
         for i, s in enumerate(seqs):
             s.iters += 1
             new = y[i][: acc[i] + 1]
@@ -680,6 +686,7 @@ class Engine:
             "accepted_draft_tokens": 0,
             "draft_tokens": 0,
             "decode_iterations": seq.iters,
+            "backend": self.backend,
         }
         if self.mtp and seq.n_generated:
             fwd = seq.iters + 1

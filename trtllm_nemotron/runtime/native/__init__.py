@@ -121,7 +121,8 @@ def library() -> ctypes.CDLL:
             lib.nt_forward.argtypes = [vp, vp, vp, vp, i32, i32, i32, vp, vp, vp]
             lib.nt_commit.argtypes = [vp, vp, vp, i32]
             lib.nt_mtp.argtypes = [vp, vp, vp, vp, vp, i32, i32, vp, vp, vp]
-            lib.nt_spec_greedy.argtypes = [vp, vp, vp, vp, i32, i32, vp, vp, vp]
+            lib.nt_spec_greedy.argtypes = [vp, vp, vp, vp, i32, i32, vp, vp, vp, vp, vp]
+            lib.nt_decode_greedy.argtypes = [vp, vp, vp, vp, i32, vp, vp]
             _lib = lib
         return _lib
 
@@ -227,7 +228,9 @@ class NativeStep:
         pa = (ctypes.c_void_p * len(ptrs))(*ptrs)
         rc = self.lib.nt_add_layer(self.handle, stack, kind, ia, fa, pa)
         if rc != 0:
-            raise NativeUnavailable(f"layer {L.char}{L.cache_idx} is outside what the native step supports ({rc})")
+            raise NativeUnavailable(
+                f"layer {L.char}{L.cache_idx} is outside what the native step supports ({rc})"
+            )
 
     # ------------------------------------------------------------------ the step.py API
     def _threads(self) -> None:
@@ -251,17 +254,27 @@ class NativeStep:
         )  # fmt: skip
         return h, logits, ({"native": rows} if record else {})
 
-    def decode_greedy(self, ids: torch.Tensor, rows: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """One plain decode step, argmax only (no logits copied out): ids [batch, 1] -> next ids [batch]."""
-        batch = ids.shape[0]
+    def decode_greedy(self, tokens: list[int], rows: list[int]) -> list[int]:
+        """The engine's greedy decode step in one call: the last token of each row (at the cache's committed
+        length), argmax only (no logits copied out); the cache lengths of `rows` advance by one."""
+        batch = len(rows)
+        ids = torch.tensor(tokens, dtype=torch.int64)
+        r = torch.tensor(rows, dtype=torch.int64)
         out = torch.empty(batch, dtype=torch.int64)
         h = torch.empty(batch, self.hidden)
         self._threads()
-        self.lib.nt_forward(
-            self.handle, ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, 1, 0, h.data_ptr(), None,
+        self.lib.nt_decode_greedy(
+            self.handle, ids.data_ptr(), r.data_ptr(), self._lengths(self.cache), batch, h.data_ptr(),
             out.data_ptr(),
         )  # fmt: skip
-        return out
+        return out.tolist()
+
+    @staticmethod
+    def _lengths(cache) -> int:
+        ln = cache.lengths
+        if ln.dtype != torch.int64 or not ln.is_contiguous() or ln.device.type != "cpu":
+            raise NativeUnavailable("cache lengths must be a contiguous int64 CPU tensor")
+        return ln.data_ptr()
 
     def commit_mamba(self, records, cache_conv, cache_ssm, rows, accept) -> None:
         rows, accept = self._i64(rows), self._i64(accept)
@@ -292,6 +305,26 @@ class NativeStep:
         self._threads()
         self.lib.nt_spec_greedy(
             self.handle, ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, K, y.data_ptr(),
-            j.data_ptr(), drafts.data_ptr(),
+            j.data_ptr(), drafts.data_ptr(), None, None,
         )  # fmt: skip
         return y, j, drafts
+
+    def spec_greedy_committed(self, tokens: list[list[int]], rows: list[int]):
+        """The engine's greedy MTP iteration in one call: rows start at the cache's committed length, and both
+        caches' lengths advance past the last accepted token. tokens [batch][K+1] = [last, d_1..d_K] ->
+        (targets [batch][K+1], accepted [batch], next drafts [batch][K]) as lists."""
+        ids = torch.tensor(tokens, dtype=torch.int64)
+        r = torch.tensor(rows, dtype=torch.int64)
+        batch, T = ids.shape
+        K = T - 1
+        if K < 1 or not self.has_mtp:
+            raise NativeUnavailable("spec_greedy_committed needs MTP layers and at least one draft token")
+        y = torch.empty(batch, T, dtype=torch.int64)
+        j = torch.empty(batch, dtype=torch.int64)
+        drafts = torch.empty(batch, K, dtype=torch.int64)
+        self._threads()
+        self.lib.nt_spec_greedy(
+            self.handle, ids.data_ptr(), r.data_ptr(), None, batch, K, y.data_ptr(), j.data_ptr(),
+            drafts.data_ptr(), self._lengths(self.cache), self._lengths(self.mtp_cache),
+        )  # fmt: skip
+        return y.tolist(), j.tolist(), drafts.tolist()

@@ -155,13 +155,59 @@ void matvec(const float* W, const float* b, int out, int in, const float* X, lon
   }
 }
 
-inline float silu(float x) { return x / (1.f + std::exp(-x)); }
+typedef int vi8 __attribute__((vector_size(32)));
+
+// exp of 8 floats: Cephes expf (range reduction by ln 2, degree-6 polynomial, 2^n through the exponent bits),
+// ~1 ulp. Inputs are clamped to [-87.3, 88.3] (results stay finite; exp(-87.3) = 1.2e-38 stands for 0).
+inline v8 exp8(v8 x) {
+  x = x < -87.3f ? v8{} - 87.3f : x;
+  x = x > 88.3f ? v8{} + 88.3f : x;
+  const v8 magic = v8{} + 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+  v8 n = (x * 1.44269504088896341f + magic) - magic;
+  v8 r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  v8 p = v8{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  v8 y = p * r * r + r + 1.f;
+  vi8 bits = (__builtin_convertvector(n, vi8) + 127) << 23;
+  v8 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+
+// in place over n floats (a zero-padded tail block): x -> exp(x), x -> silu(x) = x / (1 + exp(-x))
+inline void exp_inplace(float* x, long n) {
+  long i = 0;
+  for (; i + 8 <= n; i += 8) *(v8*)(x + i) = exp8(*(const v8*)(x + i));
+  if (i < n) {
+    v8 t = exp8(load_tail(x + i, (int)(n - i)));
+    std::memcpy(x + i, &t, sizeof(float) * (n - i));
+  }
+}
+
+inline void silu_inplace(float* x, long n) {
+  long i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8 v = *(const v8*)(x + i);
+    *(v8*)(x + i) = v / (1.f + exp8(-v));
+  }
+  if (i < n) {
+    v8 v = load_tail(x + i, (int)(n - i));
+    v8 t = v / (1.f + exp8(-v));
+    std::memcpy(x + i, &t, sizeof(float) * (n - i));
+  }
+}
+
 inline float softplus(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); }  // torch: beta 1, threshold 20
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 
 // y = w * x * rsqrt(mean(x^2) + eps) over `d` channels
 void rms_norm(const float* x, const float* w, int d, float eps, float* y) {
   float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
   for (int i = 0; i < d; i++) ss += x[i] * x[i];
   float r = 1.f / std::sqrt(ss / d + eps);
   for (int i = 0; i < d; i++) y[i] = w[i] * (x[i] * r);
@@ -250,15 +296,15 @@ void attention(Model& m, Layer& L, const float* x, float* h, const int64_t* rows
       for (long p = 0; p < len; p++) {
         const float* kv = kbase + p * hd;
         float s = 0.f;
+#pragma omp simd reduction(+ : s)
         for (int i = 0; i < hd; i++) s += qv[i] * kv[i];
         sc[p] = s * scale;
         mx = std::max(mx, sc[p]);
       }
+      for (long p = 0; p < len; p++) sc[p] -= mx;
+      exp_inplace(sc.data(), len);
       float den = 0.f;
-      for (long p = 0; p < len; p++) {
-        sc[p] = std::exp(sc[p] - mx);
-        den += sc[p];
-      }
+      for (long p = 0; p < len; p++) den += sc[p];
       float* ov = o + ((long)bt * nh + hh) * hd;
       for (int i = 0; i < hd; i++) ov[i] = 0.f;
       for (long p = 0; p < len; p++) {
@@ -303,8 +349,9 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
         float s = 0.f;
         for (int j = 0; j < K; j++) s += win[c * W + t + j] * L.conv_w[c * K + j];
         if (L.conv_b) s += L.conv_b[c];
-        o[c] = silu(s);
+        o[c] = s;
       }
+      silu_inplace(o, C);
     }
     float* state = L.ssm_state + rows[b] * srow;
     std::vector<float> st_copy;
@@ -347,12 +394,17 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
     }
   }
   // gated RMS norm (norm_before_gate = False): u = y * silu(z), normalised per group of `group` channels
+  std::vector<float> gate_buf(di);
   for (int i = 0; i < n; i++) {
     float* yi = y + (long)i * di;
     const float* z = zxd + (long)i * in_out;
-    for (int c = 0; c < di; c++) yi[c] *= silu(z[c]);
+    float* sz = gate_buf.data();
+    std::memcpy(sz, z, sizeof(float) * di);
+    silu_inplace(sz, di);
+    for (int c = 0; c < di; c++) yi[c] *= sz[c];
     for (int g0 = 0; g0 < di; g0 += L.group) {
       float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
       for (int c = g0; c < g0 + L.group; c++) ss += yi[c] * yi[c];
       float r = 1.f / std::sqrt(ss / L.group + L.eps);
       for (int c = g0; c < g0 + L.group; c++) yi[c] = L.gnorm_w[c] * (yi[c] * r);
@@ -656,6 +708,18 @@ void nt_forward(void* mp, const int64_t* ids, const int64_t* rows, const int64_t
   head(m, hidden_out, batch * T, logits_out, argmax_out);
 }
 
+// The engine's greedy decode step: start[b] = lengths[rows[b]] (the cache's committed lengths, int64), one
+// token per row, argmax out, lengths[rows[b]] += 1. One call per generated token, no tensor ops around it.
+void nt_decode_greedy(void* mp, const int64_t* ids, const int64_t* rows, int64_t* lengths, int batch,
+                      float* hidden_scratch, int64_t* argmax_out) {
+  Model& m = *static_cast<Model*>(mp);
+  std::vector<int64_t> start(batch);
+  for (int b = 0; b < batch; b++) start[b] = lengths[rows[b]];
+  backbone(m, ids, rows, start.data(), batch, 1, false, hidden_scratch);
+  head(m, hidden_scratch, batch, nullptr, argmax_out);
+  for (int b = 0; b < batch; b++) lengths[rows[b]] += 1;
+}
+
 void nt_commit(void* mp, const int64_t* rows, const int64_t* accept, int batch) {
   commit(*static_cast<Model*>(mp), rows, accept, batch);
 }
@@ -671,8 +735,13 @@ void nt_mtp(void* mp, const float* hidden, const int64_t* next_ids, const int64_
 // One greedy MTP iteration (runtime/step.py spec_step_greedy): ids [batch, K+1] = [last, d_1..d_K] ->
 // y [batch, K+1] target tokens, j [batch] accepted drafts, drafts [batch, K] next drafts.
 void nt_spec_greedy(void* mp, const int64_t* ids, const int64_t* rows, const int64_t* start, int batch, int K,
-                    int64_t* y, int64_t* j, int64_t* drafts) {
+                    int64_t* y, int64_t* j, int64_t* drafts, int64_t* lengths, int64_t* mtp_lengths) {
   Model& m = *static_cast<Model*>(mp);
+  std::vector<int64_t> start_v(batch);
+  if (!start) {  // the engine's call: start from the committed lengths, which are advanced at the end
+    for (int b = 0; b < batch; b++) start_v[b] = lengths[rows[b]];
+    start = start_v.data();
+  }
   const int T = K + 1, n = batch * T, hid = m.hidden;
   std::vector<float> hbuf((size_t)n * hid), gbuf((size_t)n * hid), gsel((size_t)batch * hid);
   backbone(m, ids, rows, start, batch, T, true, hbuf.data());
@@ -714,6 +783,11 @@ void nt_spec_greedy(void* mp, const int64_t* ids, const int64_t* rows, const int
       pos[b]++;
     }
   }
+  if (lengths)  // both caches now hold the committed prefix through the last accepted token
+    for (int b = 0; b < batch; b++) {
+      lengths[rows[b]] = start[b] + j[b] + 1;
+      if (mtp_lengths) mtp_lengths[rows[b]] = start[b] + j[b] + 1;
+    }
 }
 
 }  // extern "C"
