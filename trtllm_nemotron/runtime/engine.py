@@ -282,7 +282,7 @@ class Engine:
         if why is None:
             try:
                 native.library()
-            except native.NativeUnavailable as e:
+            except (native.NativeUnavailable, OSError) as e:
                 why = str(e)
         if why is None:
             return "native"

@@ -69,7 +69,7 @@ def _compiler() -> str:
 
 def _cpu_id() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             if line.startswith(("flags", "Features")):
                 return line
     except OSError:
@@ -84,9 +84,9 @@ def build(force: bool = False) -> Path:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         raise NativeUnavailable(f"the C++ compiler {cxx!r} does not run ({e}); install g++") from e
-    key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_id(), platform.machine()]).encode()
-    ).hexdigest()[:16]
+    h = hashlib.sha256(SOURCE.read_bytes())  # bytes: servers may run with an ASCII locale
+    h.update("\0".join(["", " ".join(FLAGS), version, _cpu_id(), platform.machine()]).encode("utf-8", "replace"))
+    key = h.hexdigest()[:16]
     out = cache_dir() / "native" / key / "libnemotron_step.so"
     if out.is_file() and not force:
         return out

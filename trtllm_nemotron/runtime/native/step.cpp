@@ -4,7 +4,7 @@
 // T new tokens each, with no per-op dispatch: at the embedded model's size a step is ~4 M multiply-adds, and
 // the cost of a step built from framework ops is their dispatch and thread synchronisation, not the maths.
 //
-// The maths are those of the reference network (trtllm_nemotron/model, spec nemotron_h.md §4.2-§4.7) and of
+// The maths are those of the reference network (trtllm_nemotron/model, spec nemotron_h.md sec. 4.2-sec. 4.7) and of
 // runtime/step.py, term by term; only the order of fp32 additions differs. Every output element is computed by
 // the same code whatever the batch, T or thread count (one dot-product routine for every row and column, work
 // split by output rows), so a request gives bit-identical results alone or in a batch, and a T = 1 + K
@@ -416,7 +416,7 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
 }
 
 // ---------------------------------------------------------------------------------------------- MoE
-// DeepSeek-V3 noaux_tc routing (spec §4.4): logits [E] -> idx [k] (descending choice), weights [k].
+// DeepSeek-V3 noaux_tc routing (spec sec. 4.4): logits [E] -> idx [k] (descending choice), weights [k].
 void route(const Layer& L, const float* logits, int* idx, float* wts) {
   const int E = L.E, k = L.top_k;
   float scores[1024], choice[1024];
