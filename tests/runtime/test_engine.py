@@ -134,9 +134,10 @@ def test_request_alone_equals_request_in_a_batch_of_8_with_joins_and_leaves(engi
     alone = [eng.generate(p, _greedy(n)).token_ids for p, n in zip(PROMPTS, lengths, strict=True)]
     with eng.scheduler() as sched:
         handles = []
-        for p, n in zip(PROMPTS, lengths, strict=True):  # 10 requests into 8 slots, joining while others run
+        # 10 requests into 8 slots: one prefill chunk per iteration, so each request joins while the earlier
+        # ones decode, and the last two wait for slots that requests leaving at different steps free
+        for p, n in zip(PROMPTS, lengths, strict=True):
             handles.append(sched.submit(p, _greedy(n)))
-            time.sleep(0.01)
         results = [h.result() for h in handles]
         assert sched.iterations < sum(lengths)  # requests really shared decode steps
     assert [r.token_ids for r in results] == alone

@@ -3,7 +3,7 @@
 Flow of one request (a `_Seq`), driven by `Engine.iterate` (one scheduler iteration; `generate` and the
 continuous-batching `Scheduler` both call it):
 1. prefill: the prompt runs through the reference network (`model.hidden_states` with the slot's cache
-   row; chunked SSD scan) in chunks of `prefill_chunk` tokens, one chunk per iteration, so a long prompt
+   row; chunked SSD scan; the native backend runs its own step over the chunk) in chunks of `prefill_chunk` tokens, one chunk per iteration, so a long prompt
    never stalls the decoding requests. The last chunk's logits give the first token. With MTP, every chunk
    also runs the MTP block over its (h_t, x_{t+1}) pairs, and the last position drafts `max_draft_len`
    tokens by applying the MTP block recursively (spec §4.7, TRT-LLM MTP_EAGLE_ONE_MODEL).
@@ -22,12 +22,15 @@ Acceptance accounting follows trtllm-bench (spec §6.3): with `iters` verificati
 acceptance_length = tokens / (iters + 1), draft_tokens = K·(iters + 1), accepted = tokens − iters − 1,
 acceptance_rate = accepted / draft_tokens (tokens counts an EOS token too).
 
-Speed: when every row is greedy, a whole MTP iteration (verify, accept, commit, draft) is one function,
-`step.spec_step_greedy`, so it is one compiled graph; sampled rows take the general path above.
-`compile=True` wraps the steps in `torch.compile` (inductor with its C++ wrapper, static shapes; each shape
-compiles lazily on first use and inductor caches the result on disk). Compiled batches are padded to a power
-of two with the pool's scratch row and attention spans the whole row, so a few shapes cover every batch.
-Tests run eager; one test checks compiled == eager.
+Decode-step backends (`backend=`): "native" -- the C++ CPU step (`runtime/native`: a whole decode step, and
+for greedy MTP the whole iteration, in one call; the greedy paths also read and advance the cache lengths
+inside that call); "inductor" -- `torch.compile` of `step.forward_step` / `step.spec_step_greedy` (inductor
+with its C++ wrapper, static shapes; each shape compiles lazily and inductor caches it on disk; batches are
+padded to a power of two with the pool's scratch row); "eager" -- the same torch functions uncompiled.
+"auto" (the default) takes native wherever it can run (CPU, float32 weights and caches, a C++ compiler, the
+plugin kernels not forced), else inductor when compile=True, else eager. Prefill always runs the reference
+network (chunked SSD scan) except on the native backend, whose step runs prompt chunks too. Tests run
+native and eager; one test checks inductor == eager.
 """
 
 from __future__ import annotations
@@ -505,21 +508,34 @@ class Engine:
         cache = self.pool.cache
         s, e = seq.prefilled, min(len(seq.prompt_ids), seq.prefilled + self.prefill_chunk)
         rows = torch.tensor([seq.slot], device=self.device)
-        ids = torch.tensor([seq.prompt_ids[s:e]], device=self.device)
-        h = self.model.hidden_states(ids, cache, rows=rows)  # [1, T, hidden]
+        nat = self._native
+        if (
+            nat is not None
+        ):  # the native step runs the chunk too (sequential Mamba recurrence, causal attention)
+            h = nat.prefill(seq.prompt_ids[s:e], seq.slot)
+        else:
+            ids = torch.tensor([seq.prompt_ids[s:e]], device=self.device)
+            h = self.model.hidden_states(ids, cache, rows=rows)  # [1, T, hidden]
         seq.prefilled = e
         last = e == len(seq.prompt_ids)
         if not last:
             if self.mtp:
-                nxt = torch.tensor([seq.prompt_ids[s + 1 : e + 1]], device=self.device)
-                self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
+                if nat is not None:
+                    nat.mtp_prefill(h, seq.prompt_ids[s + 1 : e + 1], seq.slot)
+                else:
+                    nxt = torch.tensor([seq.prompt_ids[s + 1 : e + 1]], device=self.device)
+                    self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
             return
         logits = self.model.logits(h[:, -1])  # [1, vocab]
         tok = self._sample(seq, logits)[0]
         seq.pending = tok
         if self.mtp:
-            nxt = torch.tensor([seq.prompt_ids[s + 1 : e] + [tok]], device=self.device)
-            dl, g = self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
+            if nat is not None:
+                g = nat.mtp_prefill(h, seq.prompt_ids[s + 1 : e] + [tok], seq.slot)
+                dl = self.model.logits(g[:, -1:])
+            else:
+                nxt = torch.tensor([seq.prompt_ids[s + 1 : e] + [tok]], device=self.device)
+                dl, g = self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
             seq.drafts = self._draft_rest(
                 [seq.slot], g[:, -1:], dl[:, -1], self.pool.mtp_cache.lengths[rows].clone()
             )[0]

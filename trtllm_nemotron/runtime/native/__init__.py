@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from trtllm_nemotron.errors import RuntimeStateError
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("step.cpp")
@@ -85,7 +87,9 @@ def build(force: bool = False) -> Path:
     except (OSError, subprocess.CalledProcessError) as e:
         raise NativeUnavailable(f"the C++ compiler {cxx!r} does not run ({e}); install g++") from e
     h = hashlib.sha256(SOURCE.read_bytes())  # bytes: servers may run with an ASCII locale
-    h.update("\0".join(["", " ".join(FLAGS), version, _cpu_id(), platform.machine()]).encode("utf-8", "replace"))
+    h.update(
+        "\0".join(["", " ".join(FLAGS), version, _cpu_id(), platform.machine()]).encode("utf-8", "replace")
+    )
     key = h.hexdigest()[:16]
     out = cache_dir() / "native" / key / "libnemotron_step.so"
     if out.is_file() and not force:
@@ -275,6 +279,48 @@ class NativeStep:
         if ln.dtype != torch.int64 or not ln.is_contiguous() or ln.device.type != "cpu":
             raise NativeUnavailable("cache lengths must be a contiguous int64 CPU tensor")
         return ln.data_ptr()
+
+    def prefill(self, tokens: list[int], row: int) -> torch.Tensor:
+        """One prompt chunk of one row, at the row's committed length: state written, length advanced by
+        len(tokens). -> final-normed hidden [1, T, hidden] (no logits: the caller needs the last one only)."""
+        T = len(tokens)
+        start = int(self.cache.lengths[row])
+        if start + T > self.cache.max_seq_len:
+            raise RuntimeStateError(
+                f"sequence would reach {start + T} tokens but the cache holds max_seq_len={self.cache.max_seq_len}"
+            )
+        ids = torch.tensor([tokens], dtype=torch.int64)
+        r = torch.tensor([row], dtype=torch.int64)
+        st = torch.tensor([start], dtype=torch.int64)
+        h = torch.empty(1, T, self.hidden)
+        self._threads()
+        self.lib.nt_forward(
+            self.handle, ids.data_ptr(), r.data_ptr(), st.data_ptr(), 1, T, 0, h.data_ptr(), None, None
+        )
+        self.cache.lengths[row] = start + T
+        return h
+
+    def mtp_prefill(self, hidden: torch.Tensor, next_tokens: list[int], row: int) -> torch.Tensor:
+        """The MTP block over one row's prompt chunk (h_t, x_{t+1}) at the MTP cache's committed length;
+        length advanced by T. -> final-normed g [1, T, hidden]."""
+        T = len(next_tokens)
+        start = int(self.mtp_cache.lengths[row])
+        if start + T > self.mtp_cache.max_seq_len:
+            raise RuntimeStateError(
+                f"MTP positions would reach {start + T} but the cache holds {self.mtp_cache.max_seq_len}"
+            )
+        hidden = hidden.float().contiguous()
+        ids = torch.tensor([next_tokens], dtype=torch.int64)
+        r = torch.tensor([row], dtype=torch.int64)
+        st = torch.tensor([start], dtype=torch.int64)
+        g = torch.empty(1, T, self.hidden)
+        self._threads()
+        self.lib.nt_mtp(
+            self.handle, hidden.data_ptr(), ids.data_ptr(), r.data_ptr(), st.data_ptr(), 1, T, g.data_ptr(), None,
+            None,
+        )  # fmt: skip
+        self.mtp_cache.lengths[row] = start + T
+        return g
 
     def commit_mamba(self, records, cache_conv, cache_ssm, rows, accept) -> None:
         rows, accept = self._i64(rows), self._i64(accept)
