@@ -179,3 +179,28 @@ def test_forced_plugin_kernels_keep_the_torch_step(tiny_dir, monkeypatch):
     assert os.environ["TRTLLM_NEMOTRON_KERNELS"] == "interpret"
     eng = Engine.load(tiny_dir, mtp=0, max_batch_size=1, max_seq_len=64)
     assert eng.backend == "eager"
+
+
+def test_bf16_weight_streaming_is_exact():
+    """Weights that are exactly bfloat16 (a bf16 checkpoint upcast at load) may be streamed as bfloat16: the
+    widened values are the same floats, so every result is bit-identical to the float32 path."""
+    model, fw, mw, _ = _setup("tiny")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float())
+    fw, mw = S.FlatWeights(model), S.FlatWeights(model, mtp=True)
+    V = model.config.vocab_size
+    ids = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(5))
+    rows, start = torch.tensor([0, 1]), torch.zeros(2, dtype=torch.long)
+    outs = []
+    for bf16 in (True, False):
+        c, m = model.allocate_cache(2, 16), model.allocate_cache(2, 16, mtp=True)
+        nat = native.NativeStep(fw, mw, c, m, bf16=bf16)
+        h, logits, _ = nat.forward_step(fw, ids, rows, start, c.kv, c.conv, c.ssm, 16, False)  # T = 5
+        _, step, _ = nat.forward_step(
+            fw, ids[:, :1], rows, start + 5, c.kv, c.conv, c.ssm, 16, False
+        )  # T = 1
+        outs.append((logits, step, nat.weight_bytes))
+    (a, a1, bytes_bf16), (b, b1, bytes_fp32) = outs
+    assert torch.equal(a, b) and torch.equal(a1, b1)
+    assert bytes_bf16 * 2 == bytes_fp32

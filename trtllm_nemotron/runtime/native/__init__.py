@@ -18,6 +18,12 @@ No compiler -> `NativeUnavailable` with the reason; the engine then falls back t
 
 Every output element is computed by the same C++ code whatever the batch, the number of tokens per row or the
 thread count, so a request decodes to the same bits alone or in a batch, with or without MTP.
+
+Weights: the step keeps pointers to the float32 tensors, plus its own copies where a layout or format pays:
+the MoE experts re-packed in blocks of 4 rows (one sequential stream per block), and, for models of at least
+`BF16_MIN_BYTES` whose weights are exactly bfloat16 (a bf16 checkpoint upcast at load), bfloat16 copies that
+are widened in registers -- the same floats, half the bytes streamed per step. `weight_bytes` reports what
+one step reads at most.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("step.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
 PAR_MIN = 1 << 17  # multiply-adds from which one matvec / expert batch is split over threads
+# float32 weight bytes from which weights that are exactly bfloat16 are streamed as bfloat16: a model this big
+# does not stay in the CPU caches, so its decode step is bound by memory bandwidth and half the bytes is ~1.3x
+# the speed (the 192M benchmark model); below it the weights stay cache-resident and the widening only costs.
+BF16_MIN_BYTES = 64 << 20
 
 MAMBA, ATTN, MOE, MLP = 0, 1, 2, 3
 _KIND = {"M": MAMBA, "*": ATTN, "E": MOE, "-": MLP}
@@ -116,7 +126,9 @@ def library() -> ctypes.CDLL:
             lib = ctypes.CDLL(str(build()))
             vp, i32, i64, f64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_double
             lib.nt_new.restype = vp
-            lib.nt_new.argtypes = [i32, i32, f64, vp, vp, vp]
+            lib.nt_new.argtypes = [i32, i32, f64, vp, vp, vp, i32]
+            lib.nt_weight_bytes.restype = i64
+            lib.nt_weight_bytes.argtypes = [vp]
             lib.nt_free.argtypes = [vp]
             lib.nt_set_threads.argtypes = [i32, i64]
             lib.nt_set_mtp.argtypes = [vp, f64, vp, vp, vp, vp]
@@ -154,15 +166,33 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 class NativeStep:
     """The weights and caches of one engine bound to the C++ step (see the module docstring)."""
 
-    def __init__(self, fw, mw, cache, mtp_cache, *, threads: int | None = None, par_min: int = PAR_MIN):
+    def __init__(
+        self,
+        fw,
+        mw,
+        cache,
+        mtp_cache,
+        *,
+        threads: int | None = None,
+        par_min: int = PAR_MIN,
+        bf16: bool | None = None,
+    ):
         self.lib = library()
         self.threads = threads or torch.get_num_threads()
         self.par_min = par_min
         self._keep: list[torch.Tensor] = []  # tensors whose memory the C++ side points into
         cfg = fw.cfg
         self.hidden, self.vocab = cfg.hidden_size, cfg.vocab_size
+        if bf16 is None:  # see BF16_MIN_BYTES
+            bf16 = 4 * cfg.parameter_counts()["total"] >= BF16_MIN_BYTES
         self.handle = self.lib.nt_new(
-            self.hidden, self.vocab, fw.eps, self._p(fw.embed), self._p(fw.norm_f), self._p(fw.lm_head)
+            self.hidden,
+            self.vocab,
+            fw.eps,
+            self._p(fw.embed),
+            self._p(fw.norm_f),
+            self._p(fw.lm_head),
+            int(bf16),
         )
         if not self.handle:
             raise NativeUnavailable("nt_new failed")
@@ -177,6 +207,7 @@ class NativeStep:
             for L in mw.layers:
                 self._add(1, L, mtp_cache)
         self.has_mtp = mw is not None
+        self.weight_bytes = int(self.lib.nt_weight_bytes(self.handle))
 
     def __del__(self) -> None:
         h, self.handle = getattr(self, "handle", None), None

@@ -58,42 +58,66 @@ inline v8 load_tail(const float* p, int n) {
   return *(const v8*)t;
 }
 
-// w0..w3: the rows' first chunks; `wstep` floats between a row's consecutive 16-column chunks (16 for plain
+// Weights are float32, or bfloat16 when every value of the matrix is exactly a bfloat16 (the checkpoint's
+// own precision, upcast at load): widening bf16 -> fp32 is exact, so the products and sums are the same
+// floats either way, from half the bytes (a decode step streams its weights: 1.16x at batch 1 on the
+// bandwidth-bound 192M benchmark model, measured interleaved; the caller enables it for big models only).
+typedef unsigned short vh8 __attribute__((vector_size(16), aligned(2)));
+typedef unsigned int vu8 __attribute__((vector_size(32)));
+typedef uint16_t bf16;
+
+inline v8 ldw(const float* p) { return *(const v8*)p; }
+inline v8 ldw(const bf16* p) {
+  vu8 u = __builtin_convertvector(*(const vh8*)p, vu8) << 16;
+  v8 f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+template <typename WT>
+inline v8 ldw_tail(const WT* p, int n) {
+  WT t[8] = {0};
+  if (n > 0) std::memcpy(t, p, sizeof(WT) * std::min(n, 8));
+  return ldw(t);
+}
+
+// w0..w3: the rows' first chunks; `wstep` elements between a row's consecutive 16-column chunks (16 for plain
 // rows, 64 for packed blocks where the 4 rows' chunks are interleaved).
-inline void kern4(const float* w0, const float* w1, const float* w2, const float* w3, int wstep, const float* x,
-                  int in, float* out) {
+template <typename WT>
+inline void kern4(const WT* w0, const WT* w1, const WT* w2, const WT* w3, int wstep, const float* x, int in,
+                  float* out) {
   v8 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
   int i = 0;
   for (; i + 16 <= in; i += 16, w0 += wstep, w1 += wstep, w2 += wstep, w3 += wstep) {
     v8 x0 = *(const v8*)(x + i), x1 = *(const v8*)(x + i + 8);
-    a0 += *(const v8*)w0 * x0;
-    b0 += *(const v8*)(w0 + 8) * x1;
-    a1 += *(const v8*)w1 * x0;
-    b1 += *(const v8*)(w1 + 8) * x1;
-    a2 += *(const v8*)w2 * x0;
-    b2 += *(const v8*)(w2 + 8) * x1;
-    a3 += *(const v8*)w3 * x0;
-    b3 += *(const v8*)(w3 + 8) * x1;
+    a0 += ldw(w0) * x0;
+    b0 += ldw(w0 + 8) * x1;
+    a1 += ldw(w1) * x0;
+    b1 += ldw(w1 + 8) * x1;
+    a2 += ldw(w2) * x0;
+    b2 += ldw(w2 + 8) * x1;
+    a3 += ldw(w3) * x0;
+    b3 += ldw(w3 + 8) * x1;
   }
   if (i < in) {
     const int r = in - i;
     v8 x0 = load_tail(x + i, r), x1 = load_tail(x + i + 8, r - 8);
-    a0 += load_tail(w0, r) * x0;
-    b0 += load_tail(w0 + 8, r - 8) * x1;
-    a1 += load_tail(w1, r) * x0;
-    b1 += load_tail(w1 + 8, r - 8) * x1;
-    a2 += load_tail(w2, r) * x0;
-    b2 += load_tail(w2 + 8, r - 8) * x1;
-    a3 += load_tail(w3, r) * x0;
-    b3 += load_tail(w3 + 8, r - 8) * x1;
+    a0 += ldw_tail(w0, r) * x0;
+    b0 += ldw_tail(w0 + 8, r - 8) * x1;
+    a1 += ldw_tail(w1, r) * x0;
+    b1 += ldw_tail(w1 + 8, r - 8) * x1;
+    a2 += ldw_tail(w2, r) * x0;
+    b2 += ldw_tail(w2 + 8, r - 8) * x1;
+    a3 += ldw_tail(w3, r) * x0;
+    b3 += ldw_tail(w3 + 8, r - 8) * x1;
   }
   hsum4(a0 + b0, a1 + b1, a2 + b2, a3 + b3, out, 4);
 }
 
 // Rows o0..o0+nrows-1 (nrows <= 4; a short block repeats its last row, whose extra results are dropped)
 // for ncol columns.
-inline void block_cols(const float* w0, const float* w1, const float* w2, const float* w3, int wstep, int in,
-                       const float* X, long ldx, int ncol, float* Y, long ldy, int o0, int nrows, const float* b) {
+template <typename WT>
+inline void block_cols(const WT* w0, const WT* w1, const WT* w2, const WT* w3, int wstep, int in, const float* X,
+                       long ldx, int ncol, float* Y, long ldy, int o0, int nrows, const float* b) {
   float s[4];
   for (int c = 0; c < ncol; c++) {
     kern4(w0, w1, w2, w3, wstep, X + c * ldx, in, s);
@@ -106,44 +130,129 @@ inline long packed_size(int out, int in) { return (long)((out + 3) / 4) * 4 * ((
 // W [out, in] row-major -> blocks of 4 rows, each chunk of 16 columns stored as the 4 rows' 16 values (zero
 // padded to whole blocks and chunks): a block is read as one sequential stream, +50 % bandwidth on small
 // expert matrices whose 4 short row streams the hardware prefetcher follows badly (measured).
-void pack4(const float* W, int out, int in, float* P) {
+template <typename WT>
+void pack4(const float* W, int out, int in, WT* P) {
   const int chunks = (in + 15) / 16;
-  std::memset(P, 0, sizeof(float) * packed_size(out, in));
+  std::memset(P, 0, sizeof(WT) * packed_size(out, in));
   for (int o = 0; o < out; o++) {
-    float* blk = P + (long)(o / 4) * 4 * chunks * 16;
-    for (int i = 0; i < in; i++) blk[(i / 16) * 64 + (o % 4) * 16 + i % 16] = W[(long)o * in + i];
+    WT* blk = P + (long)(o / 4) * 4 * chunks * 16;
+    for (int i = 0; i < in; i++) {
+      float v = W[(long)o * in + i];
+      WT& dst = blk[(i / 16) * 64 + (o % 4) * 16 + i % 16];
+      if constexpr (sizeof(WT) == 4) {
+        dst = v;
+      } else {
+        uint32_t u;
+        std::memcpy(&u, &v, 4);
+        dst = (WT)(u >> 16);
+      }
+    }
   }
 }
 
-// Y [ncol, out] = X [ncol, in] @ W^T for a packed W, single-threaded (called per expert).
-void matvec_packed(const float* P, int out, int in, const float* X, long ldx, int ncol, float* Y, long ldy) {
-  const long blk = (long)4 * ((in + 15) / 16) * 16;
-  for (int o = 0; o < out; o += 4) {
-    const float* w = P + (long)(o / 4) * blk;
-    block_cols(w, w + 16, w + 32, w + 48, 64, in, X, ldx, ncol, Y, ldy, o, std::min(4, out - o), nullptr);
+// A weight matrix [out, in]: the float32 tensor, and its exact bfloat16 copy when every value is a bfloat16.
+struct Mat {
+  const float* f = nullptr;
+  std::vector<bf16> h;
+  int out = 0, in = 0;
+  explicit operator bool() const { return f != nullptr; }
+  long bytes() const { return (long)out * in * (h.empty() ? 4 : 2); }
+};
+
+bool exactly_bf16(const float* p, long n) {
+  for (long i = 0; i < n; i++) {
+    uint32_t u;
+    std::memcpy(&u, p + i, 4);
+    if (u & 0xffffu) return false;
   }
+  return true;
 }
+
+Mat make_mat(const float* p, int out, int in, bool allow_bf16) {
+  Mat m;
+  m.f = p, m.out = out, m.in = in;
+  if (p && allow_bf16 && exactly_bf16(p, (long)out * in)) {
+    m.h.resize((size_t)out * in);
+    for (long i = 0; i < (long)out * in; i++) {
+      uint32_t u;
+      std::memcpy(&u, p + i, 4);
+      m.h[i] = (bf16)(u >> 16);
+    }
+  }
+  return m;
+}
+
 
 // Y[c*ldy + o] = W[o] . X[c*ldx] (+ b[o]) for rows o in [o0, o1), columns c in [0, ncol).
-void matvec_range(const float* W, const float* b, int in, const float* X, long ldx, int ncol, float* Y,
-                  long ldy, int o0, int o1) {
+template <typename WT>
+void matvec_range(const WT* W, const float* b, int in, const float* X, long ldx, int ncol, float* Y, long ldy,
+                  int o0, int o1) {
   for (int o = o0; o < o1; o += 4) {
     const int nr = std::min(4, o1 - o);
-    const float* w0 = W + (long)o * in;
-    const float* w1 = W + (long)(o + std::min(1, nr - 1)) * in;
-    const float* w2 = W + (long)(o + std::min(2, nr - 1)) * in;
-    const float* w3 = W + (long)(o + std::min(3, nr - 1)) * in;
+    const WT* w0 = W + (long)o * in;
+    const WT* w1 = W + (long)(o + std::min(1, nr - 1)) * in;
+    const WT* w2 = W + (long)(o + std::min(2, nr - 1)) * in;
+    const WT* w3 = W + (long)(o + std::min(3, nr - 1)) * in;
     block_cols(w0, w1, w2, w3, 16, in, X, ldx, ncol, Y, ldy, o, nr, b);
   }
 }
 
+// bf16 rows -> float32 (exact)
+inline void widen(const bf16* src, long n, float* dst) {
+  for (long i = 0; i < n; i++) {
+    uint32_t u = (uint32_t)src[i] << 16;
+    std::memcpy(dst + i, &u, 4);
+  }
+}
+
+void matvec_range(const Mat& W, const float* b, const float* X, long ldx, int ncol, float* Y, long ldy, int o0,
+                  int o1) {
+  if (W.h.empty()) {
+    matvec_range(W.f, b, W.in, X, ldx, ncol, Y, ldy, o0, o1);
+  } else if (ncol == 1) {
+    matvec_range(W.h.data(), b, W.in, X, ldx, ncol, Y, ldy, o0, o1);
+  } else {
+    // several columns: widen each block of 4 rows once (into L1), then the float kernel for every column
+    // (the same floats, so the same results as the ncol == 1 path)
+    thread_local std::vector<float> blk;
+    const int in = W.in;
+    if (blk.size() < (size_t)4 * in) blk.resize((size_t)4 * in);
+    for (int o = o0; o < o1; o += 4) {
+      const int nr = std::min(4, o1 - o);
+      widen(W.h.data() + (long)o * in, (long)nr * in, blk.data());
+      matvec_range(blk.data(), b ? b + o : nullptr, in, X, ldx, ncol, Y + o, ldy, 0, nr);
+    }
+  }
+}
+
+// Y [ncol, out] = X [ncol, in] @ W^T for a packed W, single-threaded (called per expert). A bf16 block read
+// for several columns is widened once first (as in matvec_range).
+template <typename WT>
+void matvec_packed(const WT* P, int out, int in, const float* X, long ldx, int ncol, float* Y, long ldy) {
+  const long blk = (long)4 * ((in + 15) / 16) * 16;
+  thread_local std::vector<float> wide;
+  for (int o = 0; o < out; o += 4) {
+    const WT* w = P + (long)(o / 4) * blk;
+    if constexpr (sizeof(WT) == 2) {
+      if (ncol > 1) {
+        if (wide.size() < (size_t)blk) wide.resize(blk);
+        widen(w, blk, wide.data());
+        const float* f = wide.data();
+        block_cols(f, f + 16, f + 32, f + 48, 64, in, X, ldx, ncol, Y, ldy, o, std::min(4, out - o), nullptr);
+        continue;
+      }
+    }
+    block_cols(w, w + 16, w + 32, w + 48, 64, in, X, ldx, ncol, Y, ldy, o, std::min(4, out - o), nullptr);
+  }
+}
+
 // Y [ncol, out] = X [ncol, in] @ W[out, in]^T (+ b), split over threads by blocks of 4 output rows.
-void matvec(const float* W, const float* b, int out, int in, const float* X, long ldx, int ncol, float* Y,
-            long ldy) {
-  long work = (long)out * in * ncol;
+void matvec(const Mat& W, const float* b, const float* X, long ldx, int ncol, float* Y, long ldy) {
+  const int out = W.out;
+  long work = (long)out * W.in * ncol;
   int nt = (g_threads > 1 && work >= g_par_min && !omp_in_parallel()) ? g_threads : 1;
   if (nt == 1) {
-    matvec_range(W, b, in, X, ldx, ncol, Y, ldy, 0, out);
+    matvec_range(W, b, X, ldx, ncol, Y, ldy, 0, out);
     return;
   }
   int nb = (out + 3) / 4;
@@ -151,7 +260,7 @@ void matvec(const float* W, const float* b, int out, int in, const float* X, lon
   {
     int t = omp_get_thread_num(), n = omp_get_num_threads();
     int b0 = (int)((long)nb * t / n), b1 = (int)((long)nb * (t + 1) / n);
-    matvec_range(W, b, in, X, ldx, ncol, Y, ldy, b0 * 4, std::min(out, b1 * 4));
+    matvec_range(W, b, X, ldx, ncol, Y, ldy, b0 * 4, std::min(out, b1 * 4));
   }
 }
 
@@ -223,28 +332,37 @@ struct Layer {
   int H, P, G, N, K, d_inner, conv_dim, group;
   bool has_dt_min;
   float dt_min;
-  const float *in_w, *in_b, *conv_w, *conv_b, *A_log, *D, *dt_bias, *gnorm_w, *out_w, *out_b;
+  Mat in_w, out_w;
+  const float *in_b, *conv_w, *conv_b, *A_log, *D, *dt_bias, *gnorm_w, *out_b;
   float *conv_state, *ssm_state;
   std::vector<float> rec_window, rec_states;  // record mode: [batch, C, K-1+T], [batch, T, H, P, N]
   int rec_batch = 0, rec_T = 0;
   // attention
   int nh, nkv, hd, cap;
-  const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
+  Mat q_w, k_w, v_w, o_w;
+  const float *q_b, *k_b, *v_b, *o_b;
   float *kc, *vc;
   // MoE (experts stacked: up [E, F, X], down [E, X, F]); dense MLP uses up/down + biases with F
   int E, F, X, top_k, n_group, topk_group, shF;
   bool norm_topk;
   float scale;
-  const float *gate, *bias, *up, *down, *fc1, *fc2, *sh_up, *sh_down, *up_b, *down_b;
-  std::vector<float> up_packed, down_packed;  // MoE experts, pack4 layout, one block of packed_size each
+  Mat gate, fc1, fc2, sh_up, sh_down, up, down;  // up / down: the dense MLP
+  const float *bias, *up_b, *down_b;
+  // MoE experts (stacks up [E, F, X], down [E, X, F]) in pack4 layout, one block of packed_size each, in
+  // bfloat16 when every expert weight is one, else float32 (the other vector stays empty)
+  std::vector<float> up_packed, down_packed;
+  std::vector<bf16> up_packed_h, down_packed_h;
 };
 
 struct Model {
   int hidden, vocab;
   float eps;
-  const float *embed, *norm_f, *lm_head;
+  const float *embed, *norm_f;
+  Mat lm_head;
   // MTP block
-  const float *enorm, *hnorm, *eh_proj, *final_norm;
+  const float *enorm, *hnorm, *final_norm;
+  Mat eh_proj;
+  bool allow_bf16 = true;
   float mtp_eps;
   std::vector<Layer> stacks[2];  // 0: backbone, 1: MTP block
   std::vector<float> buf_h, buf_x, buf_a, buf_b, buf_c, buf_d, buf_e, buf_g;
@@ -263,9 +381,9 @@ void attention(Model& m, Layer& L, const float* x, float* h, const int64_t* rows
   float* k = grow(m.buf_b, (size_t)n * nkv * hd);
   float* v = grow(m.buf_c, (size_t)n * nkv * hd);
   float* o = grow(m.buf_d, (size_t)n * nh * hd);
-  matvec(L.q_w, L.q_b, nh * hd, hid, x, hid, n, q, nh * hd);
-  matvec(L.k_w, L.k_b, nkv * hd, hid, x, hid, n, k, nkv * hd);
-  matvec(L.v_w, L.v_b, nkv * hd, hid, x, hid, n, v, nkv * hd);
+  matvec(L.q_w, L.q_b, x, hid, n, q, nh * hd);
+  matvec(L.k_w, L.k_b, x, hid, n, k, nkv * hd);
+  matvec(L.v_w, L.v_b, x, hid, n, v, nkv * hd);
   const long row_stride = (long)nkv * L.cap * hd;
   for (int b = 0; b < batch; b++)
     for (int t = 0; t < T; t++) {
@@ -314,7 +432,7 @@ void attention(Model& m, Layer& L, const float* x, float* h, const int64_t* rows
       }
     }
   float* y = grow(m.buf_e, (size_t)n * hid);
-  matvec(L.o_w, L.o_b, hid, nh * hd, o, nh * hd, n, y, hid);
+  matvec(L.o_w, L.o_b, o, nh * hd, n, y, hid);
   for (long i = 0; i < (long)n * hid; i++) h[i] += y[i];
 }
 
@@ -324,7 +442,7 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
   const int H = L.H, P = L.P, G = L.G, N = L.N, K = L.K, di = L.d_inner, C = L.conv_dim;
   const int in_out = di + C + H, W = K - 1 + T, hpg = H / G;
   float* zxd = grow(m.buf_a, (size_t)n * in_out);
-  matvec(L.in_w, L.in_b, in_out, hid, x, hid, n, zxd, in_out);
+  matvec(L.in_w, L.in_b, x, hid, n, zxd, in_out);
   float* y = grow(m.buf_b, (size_t)n * di);
   float* xc = grow(m.buf_c, (size_t)n * C);
   if (record) {
@@ -411,7 +529,7 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
     }
   }
   float* out = grow(m.buf_d, (size_t)n * hid);
-  matvec(L.out_w, L.out_b, hid, di, y, di, n, out, hid);
+  matvec(L.out_w, L.out_b, y, di, n, out, hid);
   for (long i = 0; i < (long)n * hid; i++) h[i] += out[i];
 }
 
@@ -470,14 +588,14 @@ void route(const Layer& L, const float* logits, int* idx, float* wts) {
 void moe(Model& m, Layer& L, const float* x, float* h, int n) {
   const int hid = m.hidden, E = L.E, F = L.F, X = L.X, k = L.top_k;
   float* logits = grow(m.buf_a, (size_t)n * E);
-  matvec(L.gate, nullptr, E, hid, x, hid, n, logits, E);
+  matvec(L.gate, nullptr, x, hid, n, logits, E);
   std::vector<int> idx((size_t)n * k);
   std::vector<float> wts((size_t)n * k);
   for (int i = 0; i < n; i++) route(L, logits + (long)i * E, idx.data() + (long)i * k, wts.data() + (long)i * k);
   const float* r = x;
   if (L.fc1) {
     float* rl = grow(m.buf_b, (size_t)n * X);
-    matvec(L.fc1, nullptr, X, hid, x, hid, n, rl, X);
+    matvec(L.fc1, nullptr, x, hid, n, rl, X);
     r = rl;
   }
   // group the (token, slot) pairs by expert; each expert's rows run as one multi-column matvec
@@ -500,12 +618,21 @@ void moe(Model& m, Layer& L, const float* x, float* h, int n) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
   for (size_t a = 0; a < active.size(); a++) {
     int e = active[a], o = offs[e], c = count[e];
-    matvec_packed(L.up_packed.data() + e * packed_size(F, X), F, X, xin + (long)o * X, X, c, hmid + (long)o * F, F);
+    if (L.up_packed_h.empty())
+      matvec_packed(L.up_packed.data() + e * packed_size(F, X), F, X, xin + (long)o * X, X, c, hmid + (long)o * F, F);
+    else
+      matvec_packed(L.up_packed_h.data() + e * packed_size(F, X), F, X, xin + (long)o * X, X, c, hmid + (long)o * F,
+                    F);
     for (long i = (long)o * F; i < (long)(o + c) * F; i++) {
       float v = hmid[i] > 0.f ? hmid[i] : 0.f;
       hmid[i] = v * v;
     }
-    matvec_packed(L.down_packed.data() + e * packed_size(X, F), X, F, hmid + (long)o * F, F, c, yexp + (long)o * X, X);
+    if (L.down_packed_h.empty())
+      matvec_packed(L.down_packed.data() + e * packed_size(X, F), X, F, hmid + (long)o * F, F, c, yexp + (long)o * X,
+                    X);
+    else
+      matvec_packed(L.down_packed_h.data() + e * packed_size(X, F), X, F, hmid + (long)o * F, F, c,
+                    yexp + (long)o * X, X);
   }
   std::vector<int> where((size_t)n * k);
   for (int q = 0; q < n * k; q++) where[order[q]] = q;
@@ -520,18 +647,18 @@ void moe(Model& m, Layer& L, const float* x, float* h, int n) {
   }
   float* out = grow(m.buf_g, (size_t)n * hid);
   if (L.fc2)
-    matvec(L.fc2, nullptr, hid, X, routed.data(), X, n, out, hid);
+    matvec(L.fc2, nullptr, routed.data(), X, n, out, hid);
   else
     std::memcpy(out, routed.data(), sizeof(float) * n * hid);
   if (L.sh_up) {
     float* s1 = grow(m.buf_c, (size_t)n * L.shF);
-    matvec(L.sh_up, nullptr, L.shF, hid, x, hid, n, s1, L.shF);
+    matvec(L.sh_up, nullptr, x, hid, n, s1, L.shF);
     for (long i = 0; i < (long)n * L.shF; i++) {
       float v = s1[i] > 0.f ? s1[i] : 0.f;
       s1[i] = v * v;
     }
     float* s2 = grow(m.buf_d, (size_t)n * hid);
-    matvec(L.sh_down, nullptr, hid, L.shF, s1, L.shF, n, s2, hid);
+    matvec(L.sh_down, nullptr, s1, L.shF, n, s2, hid);
     for (long i = 0; i < (long)n * hid; i++) out[i] += s2[i];
   }
   for (long i = 0; i < (long)n * hid; i++) h[i] += out[i];
@@ -540,13 +667,13 @@ void moe(Model& m, Layer& L, const float* x, float* h, int n) {
 void mlp(Model& m, Layer& L, const float* x, float* h, int n) {
   const int hid = m.hidden, F = L.F;
   float* a = grow(m.buf_a, (size_t)n * F);
-  matvec(L.up, L.up_b, F, hid, x, hid, n, a, F);
+  matvec(L.up, L.up_b, x, hid, n, a, F);
   for (long i = 0; i < (long)n * F; i++) {
     float v = a[i] > 0.f ? a[i] : 0.f;
     a[i] = v * v;
   }
   float* y = grow(m.buf_b, (size_t)n * hid);
-  matvec(L.down, L.down_b, hid, F, a, F, n, y, hid);
+  matvec(L.down, L.down_b, a, F, n, y, hid);
   for (long i = 0; i < (long)n * hid; i++) h[i] += y[i];
 }
 
@@ -570,7 +697,7 @@ void head(Model& m, const float* g, int n, float* logits, int64_t* argmax) {
   if (!logits && !argmax) return;
   std::vector<float> tmp;
   float* lg = logits ? logits : (tmp.resize((size_t)n * m.vocab), tmp.data());
-  matvec(m.lm_head, nullptr, m.vocab, m.hidden, g, m.hidden, n, lg, m.vocab);
+  matvec(m.lm_head, nullptr, g, m.hidden, n, lg, m.vocab);
   if (argmax)
     for (int i = 0; i < n; i++) {
       const float* l = lg + (long)i * m.vocab;
@@ -590,7 +717,7 @@ void mtp_block(Model& m, const float* hidden, const int64_t* next_ids, const int
     rms_norm(hidden + (long)i * hid, m.hnorm, hid, m.mtp_eps, cat.data() + (long)i * 2 * hid + hid);
   }
   float* u = grow(m.buf_h, (size_t)n * hid);
-  matvec(m.eh_proj, nullptr, hid, 2 * hid, cat.data(), 2 * hid, n, u, hid);
+  matvec(m.eh_proj, nullptr, cat.data(), 2 * hid, n, u, hid);
   run_layers(m, 1, u, rows, start, batch, T, false);
   for (int i = 0; i < n; i++) rms_norm(u + (long)i * hid, m.final_norm, hid, m.mtp_eps, g_out + (long)i * hid);
 }
@@ -624,16 +751,34 @@ void commit(Model& m, const int64_t* rows, const int64_t* accept, int batch) {
 
 extern "C" {
 
-void* nt_new(int hidden, int vocab, double eps, const float* embed, const float* norm_f, const float* lm_head) {
+// allow_bf16: keep an exact bfloat16 copy of every weight matrix whose values are all bfloat16 (see Mat).
+void* nt_new(int hidden, int vocab, double eps, const float* embed, const float* norm_f, const float* lm_head,
+             int allow_bf16) {
   Model* m = new Model();
   m->hidden = hidden;
   m->vocab = vocab;
   m->eps = (float)eps;
   m->embed = embed;
   m->norm_f = norm_f;
-  m->lm_head = lm_head;
-  m->enorm = m->hnorm = m->eh_proj = m->final_norm = nullptr;
+  m->allow_bf16 = allow_bf16 != 0;
+  m->lm_head = make_mat(lm_head, vocab, hidden, m->allow_bf16);
+  m->enorm = m->hnorm = m->final_norm = nullptr;
   return m;
+}
+
+// Bytes of weight matrices one step reads at most (bf16 copies counted instead of their float32 tensors).
+long nt_weight_bytes(void* mp) {
+  Model* m = static_cast<Model*>(mp);
+  long total = m->lm_head.bytes() + m->eh_proj.bytes();
+  for (auto& st : m->stacks)
+    for (Layer& L : st) {
+      for (const Mat* w : {&L.in_w, &L.out_w, &L.q_w, &L.k_w, &L.v_w, &L.o_w, &L.gate, &L.fc1, &L.fc2, &L.sh_up,
+                           &L.sh_down, &L.up, &L.down})
+        total += w->bytes();
+      total += (long)(L.up_packed.size() + L.down_packed.size()) * 4;
+      total += (long)(L.up_packed_h.size() + L.down_packed_h.size()) * 2;
+    }
+  return total;
 }
 
 void nt_free(void* m) { delete static_cast<Model*>(m); }
@@ -649,7 +794,7 @@ void nt_set_mtp(void* mp, double eps, const float* enorm, const float* hnorm, co
   m->mtp_eps = (float)eps;
   m->enorm = enorm;
   m->hnorm = hnorm;
-  m->eh_proj = eh_proj;
+  m->eh_proj = make_mat(eh_proj, m->hidden, 2 * m->hidden, m->allow_bf16);
   m->final_norm = final_norm;
 }
 
@@ -661,35 +806,56 @@ int nt_add_layer(void* mp, int stack, int kind, const int64_t* iv, const double*
   L.norm_w = (const float*)pv[0];
   L.eps = (float)fv[0];
   auto P = [&](int i) { return (const float*)pv[i]; };
+  const int hid = m->hidden;
+  const bool bf = m->allow_bf16;
   switch (kind) {
     case MAMBA:
       L.H = iv[0], L.P = iv[1], L.G = iv[2], L.N = iv[3], L.K = iv[4], L.d_inner = iv[5], L.conv_dim = iv[6];
       L.group = iv[7], L.has_dt_min = iv[8] != 0, L.dt_min = (float)fv[1];
-      L.in_w = P(1), L.in_b = P(2), L.conv_w = P(3), L.conv_b = P(4), L.A_log = P(5), L.D = P(6);
-      L.dt_bias = P(7), L.gnorm_w = P(8), L.out_w = P(9), L.out_b = P(10);
+      L.in_w = make_mat(P(1), L.d_inner + L.conv_dim + L.H, hid, bf);
+      L.in_b = P(2), L.conv_w = P(3), L.conv_b = P(4), L.A_log = P(5), L.D = P(6);
+      L.dt_bias = P(7), L.gnorm_w = P(8), L.out_w = make_mat(P(9), hid, L.d_inner, bf), L.out_b = P(10);
       L.conv_state = (float*)pv[11], L.ssm_state = (float*)pv[12];
       break;
     case ATTN:
       L.nh = iv[0], L.nkv = iv[1], L.hd = iv[2], L.cap = iv[3];
-      L.q_w = P(1), L.q_b = P(2), L.k_w = P(3), L.k_b = P(4), L.v_w = P(5), L.v_b = P(6), L.o_w = P(7);
-      L.o_b = P(8), L.kc = (float*)pv[9], L.vc = (float*)pv[10];
+      L.q_w = make_mat(P(1), L.nh * L.hd, hid, bf), L.q_b = P(2);
+      L.k_w = make_mat(P(3), L.nkv * L.hd, hid, bf), L.k_b = P(4);
+      L.v_w = make_mat(P(5), L.nkv * L.hd, hid, bf), L.v_b = P(6);
+      L.o_w = make_mat(P(7), hid, L.nh * L.hd, bf), L.o_b = P(8);
+      L.kc = (float*)pv[9], L.vc = (float*)pv[10];
       break;
     case MOE:
       L.E = iv[0], L.F = iv[1], L.X = iv[2], L.top_k = iv[3], L.n_group = iv[4], L.topk_group = iv[5];
       L.norm_topk = iv[6] != 0, L.shF = iv[7], L.scale = (float)fv[1];
       if (L.E > 1024 || L.n_group > 256) return -1;
-      L.gate = P(1), L.bias = P(2), L.up = P(3), L.down = P(4), L.fc1 = P(5), L.fc2 = P(6);
-      L.sh_up = P(7), L.sh_down = P(8);
-      L.up_packed.resize(L.E * packed_size(L.F, L.X));
-      L.down_packed.resize(L.E * packed_size(L.X, L.F));
-      for (int e = 0; e < L.E; e++) {
-        pack4(L.up + (long)e * L.F * L.X, L.F, L.X, L.up_packed.data() + e * packed_size(L.F, L.X));
-        pack4(L.down + (long)e * L.X * L.F, L.X, L.F, L.down_packed.data() + e * packed_size(L.X, L.F));
+      L.gate = make_mat(P(1), L.E, hid, bf), L.bias = P(2);
+      L.fc1 = make_mat(P(5), L.X, hid, bf), L.fc2 = make_mat(P(6), hid, L.X, bf);
+      L.sh_up = make_mat(P(7), L.shF, hid, bf), L.sh_down = make_mat(P(8), hid, L.shF, bf);
+      {
+        const float *up = P(3), *down = P(4);
+        const long n = (long)L.E * L.F * L.X;
+        if (bf && exactly_bf16(up, n) && exactly_bf16(down, n)) {
+          L.up_packed_h.resize(L.E * packed_size(L.F, L.X));
+          L.down_packed_h.resize(L.E * packed_size(L.X, L.F));
+          for (int e = 0; e < L.E; e++) {
+            pack4(up + (long)e * L.F * L.X, L.F, L.X, L.up_packed_h.data() + e * packed_size(L.F, L.X));
+            pack4(down + (long)e * L.X * L.F, L.X, L.F, L.down_packed_h.data() + e * packed_size(L.X, L.F));
+          }
+        } else {
+          L.up_packed.resize(L.E * packed_size(L.F, L.X));
+          L.down_packed.resize(L.E * packed_size(L.X, L.F));
+          for (int e = 0; e < L.E; e++) {
+            pack4(up + (long)e * L.F * L.X, L.F, L.X, L.up_packed.data() + e * packed_size(L.F, L.X));
+            pack4(down + (long)e * L.X * L.F, L.X, L.F, L.down_packed.data() + e * packed_size(L.X, L.F));
+          }
+        }
       }
       break;
     case MLP:
       L.F = iv[0];
-      L.up = P(1), L.up_b = P(2), L.down = P(3), L.down_b = P(4);
+      L.up = make_mat(P(1), L.F, hid, bf), L.up_b = P(2);
+      L.down = make_mat(P(3), hid, L.F, bf), L.down_b = P(4);
       break;
     default:
       return -2;
