@@ -291,18 +291,16 @@ class NativeStep:
 
     def decode_greedy(self, tokens: list[int], rows: list[int]) -> list[int]:
         """The engine's greedy decode step in one call: the last token of each row (at the cache's committed
-        length), argmax only (no logits copied out); the cache lengths of `rows` advance by one."""
-        batch = len(rows)
-        ids = torch.tensor(tokens, dtype=torch.int64)
-        r = torch.tensor(rows, dtype=torch.int64)
-        out = torch.empty(batch, dtype=torch.int64)
-        h = torch.empty(batch, self.hidden)
+        length), argmax only (no logits copied out); the cache lengths of `rows` advance by one. Arguments
+        travel as ctypes arrays (no tensors: this is the per-token hot path)."""
+        n = len(rows)
+        arr = ctypes.c_int64 * n
+        out = arr()
         self._threads()
         self.lib.nt_decode_greedy(
-            self.handle, ids.data_ptr(), r.data_ptr(), self._lengths(self.cache), batch, h.data_ptr(),
-            out.data_ptr(),
+            self.handle, arr(*tokens), arr(*rows), self._lengths(self.cache), n, None, out
         )  # fmt: skip
-        return out.tolist()
+        return list(out)
 
     @staticmethod
     def _lengths(cache) -> int:

@@ -876,11 +876,14 @@ void nt_forward(void* mp, const int64_t* ids, const int64_t* rows, const int64_t
 
 // The engine's greedy decode step: start[b] = lengths[rows[b]] (the cache's committed lengths, int64), one
 // token per row, argmax out, lengths[rows[b]] += 1. One call per generated token, no tensor ops around it.
+// hidden_scratch: [batch, hidden] floats, or null for an internal buffer.
 void nt_decode_greedy(void* mp, const int64_t* ids, const int64_t* rows, int64_t* lengths, int batch,
                       float* hidden_scratch, int64_t* argmax_out) {
   Model& m = *static_cast<Model*>(mp);
   std::vector<int64_t> start(batch);
   for (int b = 0; b < batch; b++) start[b] = lengths[rows[b]];
+  std::vector<float> hbuf;
+  if (!hidden_scratch) hidden_scratch = (hbuf.resize((size_t)batch * m.hidden), hbuf.data());
   backbone(m, ids, rows, start.data(), batch, 1, false, hidden_scratch);
   head(m, hidden_scratch, batch, nullptr, argmax_out);
   for (int b = 0; b < batch; b++) lengths[rows[b]] += 1;
