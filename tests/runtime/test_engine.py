@@ -263,3 +263,15 @@ def test_streamed_deltas_concatenate_to_the_completion(engine3):
     ids = [t for e in events for t in e.token_ids]
     assert "".join(e.text for e in events) == engine3.tokenizer.decode(ids)
     assert ids == engine3.generate("def f(x):", _greedy(24)).token_ids
+
+
+def test_next_events_takes_everything_already_queued(engine0):
+    with engine0.scheduler() as sched:
+        h = sched.submit("def f(x):", _greedy(6))
+        while h._events.qsize() < 2 or not any(e.finish_reason for e in list(h._events.queue)):
+            time.sleep(0.005)  # let the request finish: every event is queued
+        evs = h.next_events()
+        assert evs[-1].finish_reason == "length" and all(e.finish_reason is None for e in evs[:-1])
+        assert [t for e in evs for t in e.token_ids] == engine0.generate("def f(x):", _greedy(6)).token_ids
+        with pytest.raises(StopIteration):
+            h.next_events()

@@ -49,6 +49,22 @@ class RequestHandle:
             self._done = True
         return ev
 
+    def next_events(self) -> list[StreamEvent]:
+        """Block for the next event, then also take every event already queued behind it (up to and including
+        a final one): a consumer slower than the engine -- a server sending one response per call -- catches up
+        in one step instead of falling further behind. Raises StopIteration after the final event."""
+        if self._done:
+            raise StopIteration
+        evs = [self._events.get()]
+        while evs[-1].finish_reason is None:
+            try:
+                evs.append(self._events.get_nowait())
+            except queue.Empty:
+                break
+        if evs[-1].finish_reason is not None:
+            self._done = True
+        return evs
+
     def cancel(self) -> None:
         """Stop generating; the slot is freed and the iteration ends with finish_reason "cancelled"."""
         self._sched._cancel(self)

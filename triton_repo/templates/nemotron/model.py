@@ -149,15 +149,20 @@ class TritonPythonModel:
         times = {"arrival_time_ns": arrival_ns, "first_scheduled_time_ns": arrival_ns}
         text, num_tokens = "", 0
         try:
-            for ev in live.handle:
-                if ev.token_ids:
-                    num_tokens += len(ev.token_ids)
-                    now = time.time_ns()
-                    times.setdefault("first_token_time_ns", now)
-                    times["last_token_time_ns"] = now
-                text += ev.text
+            while True:
+                # every event already queued at once: when the engine outpaces the responses (a fast decode
+                # step, many streams), one response carries several tokens instead of the queue growing
+                evs = live.handle.next_events()
+                ev = evs[-1]
+                for e in evs:
+                    if e.token_ids:
+                        num_tokens += len(e.token_ids)
+                        now = time.time_ns()
+                        times.setdefault("first_token_time_ns", now)
+                        times["last_token_time_ns"] = now
+                    text += e.text
                 if ev.finish_reason is None:
-                    if req.streaming and ev.text and not live.cancelled:
+                    if req.streaming and any(e.text for e in evs) and not live.cancelled:
                         arrays = response_arrays(req, text=text, num_tokens=num_tokens, finish_reason=None,
                                                  stop_reason=None, stats=None, times_ns=times)
                         if not live.send(self, arrays=arrays):
