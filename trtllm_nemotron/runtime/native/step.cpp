@@ -451,10 +451,13 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
     L.rec_batch = batch;
     L.rec_T = T;
   }
-  std::vector<float> win_local;
   const long srow = (long)H * P * N, crow = (long)C * (K - 1);
+  // rows are independent: several rows run in parallel (each row's tokens in order), one row splits its heads
+  const int row_threads = (g_threads > 1 && batch > 1 && (long)n * (srow + C * K) >= (1L << 15)) ? g_threads : 1;
+#pragma omp parallel for num_threads(row_threads) schedule(dynamic, 1) if (row_threads > 1)
   for (int b = 0; b < batch; b++) {
     // conv window [C, K-1+T]: cached K-1 columns, then this step's xBC
+    thread_local std::vector<float> win_local;
     float* win = record ? L.rec_window.data() + (long)b * C * W : (win_local.resize((size_t)C * W), win_local.data());
     const float* cs = L.conv_state + rows[b] * crow;
     for (int c = 0; c < C; c++) {
@@ -481,7 +484,7 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
       const float* xt = xc + (long)(b * T + t) * C;  // x [di], B [G*N], C [G*N]
       const float* dtr = zxd + (long)(b * T + t) * in_out + di + C;
       float* yt = y + (long)(b * T + t) * di;
-      int nt = (g_threads > 1 && srow >= (1L << 16)) ? g_threads : 1;
+      int nt = (g_threads > 1 && srow >= (1L << 16) && !omp_in_parallel()) ? g_threads : 1;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
       for (int hh = 0; hh < H; hh++) {
         float d = softplus(dtr[hh] + L.dt_bias[hh]);
@@ -512,10 +515,13 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
     }
   }
   // gated RMS norm (norm_before_gate = False): u = y * silu(z), normalised per group of `group` channels
-  std::vector<float> gate_buf(di);
+  const int norm_threads = (g_threads > 1 && n > 1 && (long)n * di >= (1L << 13)) ? g_threads : 1;
+#pragma omp parallel for num_threads(norm_threads) schedule(static) if (norm_threads > 1)
   for (int i = 0; i < n; i++) {
     float* yi = y + (long)i * di;
     const float* z = zxd + (long)i * in_out;
+    thread_local std::vector<float> gate_buf;
+    gate_buf.resize(di);
     float* sz = gate_buf.data();
     std::memcpy(sz, z, sizeof(float) * di);
     silu_inplace(sz, di);
