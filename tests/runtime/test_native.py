@@ -204,3 +204,41 @@ def test_bf16_weight_streaming_is_exact():
     (a, a1, bytes_bf16), (b, b1, bytes_fp32) = outs
     assert torch.equal(a, b) and torch.equal(a1, b1)
     assert bytes_bf16 * 2 == bytes_fp32
+
+
+def test_out_of_range_calls_are_refused_before_touching_the_caches():
+    model, fw, mw, [(c, m), _] = _setup("tiny", rows=2, cap=8)
+    nat = native.NativeStep(fw, mw, c, m)
+    V = model.config.vocab_size
+    before = _states(c) + _states(m)
+    ok = torch.zeros(1, 1, dtype=torch.long)
+    cases = [
+        ("row outside the slot pool", ok, torch.tensor([2]), torch.tensor([0])),
+        ("position past the cache", ok, torch.tensor([0]), torch.tensor([8])),
+        ("negative position", ok, torch.tensor([0]), torch.tensor([-1])),
+        ("token outside the vocabulary", torch.full((1, 1), V), torch.tensor([0]), torch.tensor([0])),
+    ]
+    for what, ids, rows, start in cases:
+        with pytest.raises(RuntimeStateError, match="native forward step refused"):
+            nat.forward_step(fw, ids, rows, start, c.kv, c.conv, c.ssm, 8, False)
+    with pytest.raises(RuntimeStateError, match="position past"):
+        nat.spec_step_greedy(
+            fw,
+            mw,
+            torch.zeros(1, 4, dtype=torch.long),
+            torch.tensor([0]),
+            torch.tensor([3]),
+            c.kv,
+            c.conv,
+            c.ssm,
+            m.kv,
+            8,
+        )  # fmt: skip  (3 + 4 tokens fit, the drafts do not)
+    c.lengths[1] = 8
+    with pytest.raises(RuntimeStateError, match="position past"):
+        nat.decode_greedy([1], [1])
+    with pytest.raises(RuntimeStateError, match="commit"):
+        nat.commit_mamba({}, c.conv, c.ssm, torch.tensor([0]), torch.tensor([0]))  # nothing recorded
+    for a, b in zip(_states(c) + _states(m), before, strict=True):
+        assert torch.equal(a, b)
+    assert int(c.lengths[1]) == 8

@@ -139,6 +139,9 @@ def library() -> ctypes.CDLL:
             lib.nt_mtp.argtypes = [vp, vp, vp, vp, vp, i32, i32, vp, vp, vp]
             lib.nt_spec_greedy.argtypes = [vp, vp, vp, vp, i32, i32, vp, vp, vp, vp, vp]
             lib.nt_decode_greedy.argtypes = [vp, vp, vp, vp, i32, vp, vp]
+            for f in (lib.nt_forward, lib.nt_commit, lib.nt_mtp, lib.nt_spec_greedy, lib.nt_decode_greedy):
+                f.restype = i32
+            lib.nt_set_caches.argtypes = [vp, i64, i64, i64, i64]
             _lib = lib
         return _lib
 
@@ -159,8 +162,19 @@ def unsupported_reason(model, cache, ssm_dtype: torch.dtype) -> str | None:
     return None
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+_ERRORS = {
+    1: "a cache row outside the slot pool",
+    2: "a position past the cache's capacity (or an accepted count outside the recorded step)",
+    3: "a token id outside the vocabulary",
+    4: "a call this engine does not support (no MTP block, or commit without a matching recorded step)",
+}
+
+
+def _ok(rc: int, what: str) -> None:
+    """Raise RuntimeStateError for a refused call (the C++ step checks rows, positions and ids before writing
+    into the caches)."""
+    if rc:
+        raise RuntimeStateError(f"native {what} refused: {_ERRORS.get(rc, f'error {rc}')}")
 
 
 class NativeStep:
@@ -207,6 +221,11 @@ class NativeStep:
             for L in mw.layers:
                 self._add(1, L, mtp_cache)
         self.has_mtp = mw is not None
+        self.lib.nt_set_caches(
+            self.handle, cache.batch_size, cache.max_seq_len,
+            mtp_cache.batch_size if mtp_cache is not None and mw is not None else 0,
+            mtp_cache.max_seq_len if mtp_cache is not None and mw is not None else 0,
+        )  # fmt: skip
         self.weight_bytes = int(self.lib.nt_weight_bytes(self.handle))
 
     def __del__(self) -> None:
@@ -283,10 +302,10 @@ class NativeStep:
         h = torch.empty(batch, T, self.hidden)
         logits = torch.empty(batch, T, self.vocab)
         self._threads()
-        self.lib.nt_forward(
+        _ok(self.lib.nt_forward(
             self.handle, ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, T, int(record),
             h.data_ptr(), logits.data_ptr(), None,
-        )  # fmt: skip
+        ), "forward step")  # fmt: skip
         return h, logits, ({"native": rows} if record else {})
 
     def decode_greedy(self, tokens: list[int], rows: list[int]) -> list[int]:
@@ -297,9 +316,9 @@ class NativeStep:
         arr = ctypes.c_int64 * n
         out = arr()
         self._threads()
-        self.lib.nt_decode_greedy(
+        _ok(self.lib.nt_decode_greedy(
             self.handle, arr(*tokens), arr(*rows), self._lengths(self.cache), n, None, out
-        )  # fmt: skip
+        ), "decode step")  # fmt: skip
         return list(out)
 
     @staticmethod
@@ -323,8 +342,11 @@ class NativeStep:
         st = torch.tensor([start], dtype=torch.int64)
         h = torch.empty(1, T, self.hidden)
         self._threads()
-        self.lib.nt_forward(
-            self.handle, ids.data_ptr(), r.data_ptr(), st.data_ptr(), 1, T, 0, h.data_ptr(), None, None
+        _ok(
+            self.lib.nt_forward(
+                self.handle, ids.data_ptr(), r.data_ptr(), st.data_ptr(), 1, T, 0, h.data_ptr(), None, None
+            ),
+            "prefill",
         )
         self.cache.lengths[row] = start + T
         return h
@@ -344,16 +366,16 @@ class NativeStep:
         st = torch.tensor([start], dtype=torch.int64)
         g = torch.empty(1, T, self.hidden)
         self._threads()
-        self.lib.nt_mtp(
+        _ok(self.lib.nt_mtp(
             self.handle, hidden.data_ptr(), ids.data_ptr(), r.data_ptr(), st.data_ptr(), 1, T, g.data_ptr(), None,
             None,
-        )  # fmt: skip
+        ), "MTP prefill")  # fmt: skip
         self.mtp_cache.lengths[row] = start + T
         return g
 
     def commit_mamba(self, records, cache_conv, cache_ssm, rows, accept) -> None:
         rows, accept = self._i64(rows), self._i64(accept)
-        self.lib.nt_commit(self.handle, rows.data_ptr(), accept.data_ptr(), rows.shape[0])
+        _ok(self.lib.nt_commit(self.handle, rows.data_ptr(), accept.data_ptr(), rows.shape[0]), "commit")
 
     def mtp_step(self, fw, mw, hidden, next_ids, rows, start, cache_kv, n_ctx):
         hidden = hidden.float().contiguous()
@@ -362,10 +384,10 @@ class NativeStep:
         g = torch.empty(batch, T, self.hidden)
         logits = torch.empty(batch, T, self.vocab)
         self._threads()
-        self.lib.nt_mtp(
+        _ok(self.lib.nt_mtp(
             self.handle, hidden.data_ptr(), next_ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, T,
             g.data_ptr(), logits.data_ptr(), None,
-        )  # fmt: skip
+        ), "MTP step")  # fmt: skip
         return g, logits
 
     def spec_step_greedy(self, fw, mw, ids, rows, start, cache_kv, cache_conv, cache_ssm, mtp_kv, n_ctx):
@@ -378,10 +400,10 @@ class NativeStep:
         j = torch.empty(batch, dtype=torch.int64)
         drafts = torch.empty(batch, K, dtype=torch.int64)
         self._threads()
-        self.lib.nt_spec_greedy(
+        _ok(self.lib.nt_spec_greedy(
             self.handle, ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, K, y.data_ptr(),
             j.data_ptr(), drafts.data_ptr(), None, None,
-        )  # fmt: skip
+        ), "MTP iteration")  # fmt: skip
         return y, j, drafts
 
     def spec_greedy_committed(self, tokens: list[list[int]], rows: list[int]):
@@ -398,8 +420,8 @@ class NativeStep:
         j = torch.empty(batch, dtype=torch.int64)
         drafts = torch.empty(batch, K, dtype=torch.int64)
         self._threads()
-        self.lib.nt_spec_greedy(
+        _ok(self.lib.nt_spec_greedy(
             self.handle, ids.data_ptr(), r.data_ptr(), None, batch, K, y.data_ptr(), j.data_ptr(),
             drafts.data_ptr(), self._lengths(self.cache), self._lengths(self.mtp_cache),
-        )  # fmt: skip
+        ), "MTP iteration")  # fmt: skip
         return y.tolist(), j.tolist(), drafts.tolist()

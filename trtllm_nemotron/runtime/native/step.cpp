@@ -363,6 +363,8 @@ struct Model {
   const float *enorm, *hnorm, *final_norm;
   Mat eh_proj;
   bool allow_bf16 = true;
+  // the bound caches: rows and positions per row (backbone; MTP), for the argument checks
+  long rows = 0, cap = 0, mtp_rows = 0, mtp_cap = 0;
   float mtp_eps;
   std::vector<Layer> stacks[2];  // 0: backbone, 1: MTP block
   std::vector<float> buf_h, buf_x, buf_a, buf_b, buf_c, buf_d, buf_e, buf_g;
@@ -870,53 +872,90 @@ int nt_add_layer(void* mp, int stack, int kind, const int64_t* iv, const double*
   return 0;
 }
 
+// Argument checks of the entry points (the caches are raw pointers here: nothing may write past them).
+// 0: fine; 1: a row outside the cache; 2: a position past its capacity (or negative); 3: a token id outside
+// the vocabulary; 4: an unsupported call (no MTP block bound).
+int check(const Model& m, const int64_t* ids, long n_ids, const int64_t* rows, const int64_t* start, int batch,
+          long span, bool mtp) {
+  const long nrows = mtp ? m.mtp_rows : m.rows, cap = mtp ? m.mtp_cap : m.cap;
+  if (mtp && (!m.eh_proj || nrows == 0)) return 4;
+  for (int b = 0; b < batch; b++) {
+    if (rows[b] < 0 || rows[b] >= nrows) return 1;
+    if (start && (start[b] < 0 || start[b] + span > cap)) return 2;
+  }
+  for (long i = 0; i < n_ids; i++)
+    if (ids[i] < 0 || ids[i] >= m.vocab) return 3;
+  return 0;
+}
+
 // Backbone step: ids [batch, T] at positions start[b].. of cache rows `rows` -> final-normed hidden
 // [batch*T, hidden], logits [batch*T, vocab] and/or argmax [batch*T] (either may be null). record != 0: the
 // Mamba state is not written; the state after every token is kept for nt_commit.
-void nt_forward(void* mp, const int64_t* ids, const int64_t* rows, const int64_t* start, int batch, int T,
-                int record, float* hidden_out, float* logits_out, int64_t* argmax_out) {
+int nt_forward(void* mp, const int64_t* ids, const int64_t* rows, const int64_t* start, int batch, int T,
+               int record, float* hidden_out, float* logits_out, int64_t* argmax_out) {
   Model& m = *static_cast<Model*>(mp);
+  if (int e = check(m, ids, (long)batch * T, rows, start, batch, T, false)) return e;
   backbone(m, ids, rows, start, batch, T, record != 0, hidden_out);
   head(m, hidden_out, batch * T, logits_out, argmax_out);
+  return 0;
 }
 
 // The engine's greedy decode step: start[b] = lengths[rows[b]] (the cache's committed lengths, int64), one
 // token per row, argmax out, lengths[rows[b]] += 1. One call per generated token, no tensor ops around it.
 // hidden_scratch: [batch, hidden] floats, or null for an internal buffer.
-void nt_decode_greedy(void* mp, const int64_t* ids, const int64_t* rows, int64_t* lengths, int batch,
-                      float* hidden_scratch, int64_t* argmax_out) {
+int nt_decode_greedy(void* mp, const int64_t* ids, const int64_t* rows, int64_t* lengths, int batch,
+                     float* hidden_scratch, int64_t* argmax_out) {
   Model& m = *static_cast<Model*>(mp);
+  if (int e = check(m, ids, batch, rows, nullptr, batch, 1, false)) return e;
   std::vector<int64_t> start(batch);
   for (int b = 0; b < batch; b++) start[b] = lengths[rows[b]];
+  if (int e = check(m, ids, 0, rows, start.data(), batch, 1, false)) return e;
   std::vector<float> hbuf;
   if (!hidden_scratch) hidden_scratch = (hbuf.resize((size_t)batch * m.hidden), hbuf.data());
   backbone(m, ids, rows, start.data(), batch, 1, false, hidden_scratch);
   head(m, hidden_scratch, batch, nullptr, argmax_out);
   for (int b = 0; b < batch; b++) lengths[rows[b]] += 1;
+  return 0;
 }
 
-void nt_commit(void* mp, const int64_t* rows, const int64_t* accept, int batch) {
-  commit(*static_cast<Model*>(mp), rows, accept, batch);
+int nt_commit(void* mp, const int64_t* rows, const int64_t* accept, int batch) {
+  Model& m = *static_cast<Model*>(mp);
+  if (int e = check(m, nullptr, 0, rows, nullptr, batch, 0, false)) return e;
+  for (Layer& L : m.stacks[0])
+    if (L.kind == MAMBA) {
+      if (L.rec_batch != batch) return 4;  // commit only what the last recorded step kept
+      for (int b = 0; b < batch; b++)
+        if (accept[b] < 0 || accept[b] >= L.rec_T) return 2;
+    }
+  commit(m, rows, accept, batch);
+  return 0;
 }
 
 // MTP block: (final-normed h [batch*T, hidden], next ids [batch*T]) -> g [batch*T, hidden], logits / argmax.
-void nt_mtp(void* mp, const float* hidden, const int64_t* next_ids, const int64_t* rows, const int64_t* start,
-            int batch, int T, float* g_out, float* logits_out, int64_t* argmax_out) {
+int nt_mtp(void* mp, const float* hidden, const int64_t* next_ids, const int64_t* rows, const int64_t* start,
+           int batch, int T, float* g_out, float* logits_out, int64_t* argmax_out) {
   Model& m = *static_cast<Model*>(mp);
+  if (int e = check(m, next_ids, (long)batch * T, rows, start, batch, T, true)) return e;
   mtp_block(m, hidden, next_ids, rows, start, batch, T, g_out);
   head(m, g_out, batch * T, logits_out, argmax_out);
+  return 0;
 }
 
 // One greedy MTP iteration (runtime/step.py spec_step_greedy): ids [batch, K+1] = [last, d_1..d_K] ->
 // y [batch, K+1] target tokens, j [batch] accepted drafts, drafts [batch, K] next drafts.
-void nt_spec_greedy(void* mp, const int64_t* ids, const int64_t* rows, const int64_t* start, int batch, int K,
-                    int64_t* y, int64_t* j, int64_t* drafts, int64_t* lengths, int64_t* mtp_lengths) {
+int nt_spec_greedy(void* mp, const int64_t* ids, const int64_t* rows, const int64_t* start, int batch, int K,
+                   int64_t* y, int64_t* j, int64_t* drafts, int64_t* lengths, int64_t* mtp_lengths) {
   Model& m = *static_cast<Model*>(mp);
+  if (K < 1) return 4;
+  if (int e = check(m, ids, (long)batch * (K + 1), rows, nullptr, batch, 0, false)) return e;
   std::vector<int64_t> start_v(batch);
   if (!start) {  // the engine's call: start from the committed lengths, which are advanced at the end
     for (int b = 0; b < batch; b++) start_v[b] = lengths[rows[b]];
     start = start_v.data();
   }
+  // the verify writes positions start..start+K, the drafts up to start+2K-1 of the MTP cache
+  if (int e = check(m, nullptr, 0, rows, start, batch, K + 1, false)) return e;
+  if (int e = check(m, nullptr, 0, rows, start, batch, 2 * K, true)) return e;
   const int T = K + 1, n = batch * T, hid = m.hidden;
   std::vector<float> hbuf((size_t)n * hid), gbuf((size_t)n * hid), gsel((size_t)batch * hid);
   backbone(m, ids, rows, start, batch, T, true, hbuf.data());
@@ -963,6 +1002,12 @@ void nt_spec_greedy(void* mp, const int64_t* ids, const int64_t* rows, const int
       lengths[rows[b]] = start[b] + j[b] + 1;
       if (mtp_lengths) mtp_lengths[rows[b]] = start[b] + j[b] + 1;
     }
+  return 0;
+}
+
+void nt_set_caches(void* mp, long rows, long cap, long mtp_rows, long mtp_cap) {
+  Model* m = static_cast<Model*>(mp);
+  m->rows = rows, m->cap = cap, m->mtp_rows = mtp_rows, m->mtp_cap = mtp_cap;
 }
 
 }  // extern "C"
