@@ -213,13 +213,13 @@ def test_out_of_range_calls_are_refused_before_touching_the_caches():
     before = _states(c) + _states(m)
     ok = torch.zeros(1, 1, dtype=torch.long)
     cases = [
-        ("row outside the slot pool", ok, torch.tensor([2]), torch.tensor([0])),
+        ("cache row outside the slot pool", ok, torch.tensor([2]), torch.tensor([0])),
         ("position past the cache", ok, torch.tensor([0]), torch.tensor([8])),
-        ("negative position", ok, torch.tensor([0]), torch.tensor([-1])),
-        ("token outside the vocabulary", torch.full((1, 1), V), torch.tensor([0]), torch.tensor([0])),
+        ("position past the cache", ok, torch.tensor([0]), torch.tensor([-1])),
+        ("token id outside the vocabulary", torch.full((1, 1), V), torch.tensor([0]), torch.tensor([0])),
     ]
     for what, ids, rows, start in cases:
-        with pytest.raises(RuntimeStateError, match="native forward step refused"):
+        with pytest.raises(RuntimeStateError, match=f"native forward step refused: a {what}"):
             nat.forward_step(fw, ids, rows, start, c.kv, c.conv, c.ssm, 8, False)
     with pytest.raises(RuntimeStateError, match="position past"):
         nat.spec_step_greedy(
