@@ -148,6 +148,13 @@ def test_build_is_cached_and_failures_are_clear(tmp_path, monkeypatch):
     assert native.build() == so and so.stat().st_mtime_ns == mtime  # reused, not rebuilt
     assert not [p for p in so.parent.iterdir() if p.name.startswith(".build-")]  # no temp dir left
 
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TRTLLM_NEMOTRON_CACHE_DIR", str(blocker))
+    with pytest.raises(native.NativeUnavailable, match="TRTLLM_NEMOTRON_CACHE_DIR"):
+        native.build()
+    monkeypatch.setenv("TRTLLM_NEMOTRON_CACHE_DIR", str(tmp_path / "cache"))
+
     bad = tmp_path / "bad.cpp"
     bad.write_text("this is not C++\n")
     monkeypatch.setattr(native, "SOURCE", bad)

@@ -65,8 +65,19 @@ class NativeUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
+    """$TRTLLM_NEMOTRON_CACHE_DIR, else ~/.cache/trtllm_nemotron, else (no home, or not writable -- a server
+    account) a per-user directory under the temp dir."""
     root = os.environ.get("TRTLLM_NEMOTRON_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "trtllm_nemotron"
+    if root:
+        return Path(root)
+    try:
+        home = Path.home() / ".cache" / "trtllm_nemotron"
+        home.mkdir(parents=True, exist_ok=True)
+        if os.access(home, os.W_OK):
+            return home
+    except (OSError, RuntimeError):
+        pass
+    return Path(tempfile.gettempdir()) / f"trtllm_nemotron-{os.getuid()}"
 
 
 def _compiler() -> str:
@@ -104,7 +115,13 @@ def build(force: bool = False) -> Path:
     out = cache_dir() / "native" / key / "libnemotron_step.so"
     if out.is_file() and not force:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NativeUnavailable(
+            f"cannot create the native step's build directory {out.parent} ({e}); set TRTLLM_NEMOTRON_CACHE_DIR "
+            "to a writable directory"
+        ) from e
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
         so = Path(tmp) / out.name
         cmd = [cxx, *FLAGS, "-o", str(so), str(SOURCE)]
