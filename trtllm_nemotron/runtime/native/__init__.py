@@ -408,37 +408,34 @@ class NativeStep:
         return g, logits
 
     def spec_step_greedy(self, fw, mw, ids, rows, start, cache_kv, cache_conv, cache_ssm, mtp_kv, n_ctx):
-        ids, rows, start = self._i64(ids), self._i64(rows), self._i64(start)
-        batch, T = ids.shape
-        K = T - 1
-        if K < 1 or not self.has_mtp:
-            raise NativeUnavailable("spec_step_greedy needs MTP layers and at least one draft token")
-        y = torch.empty(batch, T, dtype=torch.int64)
-        j = torch.empty(batch, dtype=torch.int64)
-        drafts = torch.empty(batch, K, dtype=torch.int64)
-        self._threads()
-        _ok(self.lib.nt_spec_greedy(
-            self.handle, ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, K, y.data_ptr(),
-            j.data_ptr(), drafts.data_ptr(), None, None,
-        ), "MTP iteration")  # fmt: skip
-        return y, j, drafts
+        """= step.spec_step_greedy: (targets [batch, K+1], accepted [batch], next drafts [batch, K]); the cache
+        lengths are the caller's to set."""
+        return self._spec(self._i64(ids), self._i64(rows), self._i64(start), committed=False)
 
     def spec_greedy_committed(self, tokens: list[list[int]], rows: list[int]):
         """The engine's greedy MTP iteration in one call: rows start at the cache's committed length, and both
         caches' lengths advance past the last accepted token. tokens [batch][K+1] = [last, d_1..d_K] ->
         (targets [batch][K+1], accepted [batch], next drafts [batch][K]) as lists."""
-        ids = torch.tensor(tokens, dtype=torch.int64)
-        r = torch.tensor(rows, dtype=torch.int64)
+        y, j, drafts = self._spec(
+            torch.tensor(tokens, dtype=torch.int64),
+            torch.tensor(rows, dtype=torch.int64),
+            None,
+            committed=True,
+        )
+        return y.tolist(), j.tolist(), drafts.tolist()
+
+    def _spec(self, ids: torch.Tensor, rows: torch.Tensor, start: torch.Tensor | None, *, committed: bool):
         batch, T = ids.shape
         K = T - 1
         if K < 1 or not self.has_mtp:
-            raise NativeUnavailable("spec_greedy_committed needs MTP layers and at least one draft token")
+            raise NativeUnavailable("a greedy MTP iteration needs MTP layers and at least one draft token")
         y = torch.empty(batch, T, dtype=torch.int64)
         j = torch.empty(batch, dtype=torch.int64)
         drafts = torch.empty(batch, K, dtype=torch.int64)
+        lengths = (self._lengths(self.cache), self._lengths(self.mtp_cache)) if committed else (None, None)
         self._threads()
         _ok(self.lib.nt_spec_greedy(
-            self.handle, ids.data_ptr(), r.data_ptr(), None, batch, K, y.data_ptr(), j.data_ptr(),
-            drafts.data_ptr(), self._lengths(self.cache), self._lengths(self.mtp_cache),
+            self.handle, ids.data_ptr(), rows.data_ptr(), None if start is None else start.data_ptr(), batch, K,
+            y.data_ptr(), j.data_ptr(), drafts.data_ptr(), *lengths,
         ), "MTP iteration")  # fmt: skip
-        return y.tolist(), j.tolist(), drafts.tolist()
+        return y, j, drafts
