@@ -4,8 +4,8 @@
 // T new tokens each, with no per-op dispatch: at the embedded model's size a step is ~4 M multiply-adds, and
 // the cost of a step built from framework ops is their dispatch and thread synchronisation, not the maths.
 //
-// The maths are those of the reference network (trtllm_nemotron/model, spec nemotron_h.md sec. 4.2-sec. 4.7) and of
-// runtime/step.py, term by term; only the order of fp32 additions differs. Every output element is computed by
+// The maths are those of the reference network (trtllm_nemotron/model, spec nemotron_h.md sec. 4.2-4.7) and of
+// runtime/step.py, term by term; only the order of fp32 additions differs (and exp: a ~1 ulp polynomial). Every output element is computed by
 // the same code whatever the batch, T or thread count (one dot-product routine for every row and column, work
 // split by output rows), so a request gives bit-identical results alone or in a batch, and a T = 1 + K
 // verification step gives the same logits as K + 1 single-token steps.
@@ -13,6 +13,9 @@
 // Layers are described once (nt_add_layer) with pointers into torch-owned weight and cache tensors, which the
 // Python side keeps alive. Cache layouts are those of model/cache.py:
 //   kv    [rows, n_kv_heads, capacity, head_dim]   conv  [rows, conv_dim, K-1]   ssm [rows, H, P, N]
+//
+// Every entry point checks its rows, positions and token ids against the bound caches before it writes
+// (nonzero return: runtime/native/__init__.py turns it into a RuntimeStateError).
 //
 // Build: g++ -O3 -march=native -fopenmp -shared -fPIC (runtime/native/__init__.py).
 
@@ -806,7 +809,7 @@ void nt_set_mtp(void* mp, double eps, const float* enorm, const float* hnorm, co
   m->final_norm = final_norm;
 }
 
-// ints / floats / ptrs: the per-kind field lists of runtime/native/__init__.py (`_LAYER_FIELDS`).
+// ints / floats / ptrs: the per-kind field lists written by NativeStep._add (runtime/native/__init__.py).
 int nt_add_layer(void* mp, int stack, int kind, const int64_t* iv, const double* fv, const void* const* pv) {
   Model* m = static_cast<Model*>(mp);
   Layer L{};
