@@ -249,3 +249,17 @@ def test_out_of_range_calls_are_refused_before_touching_the_caches():
     for a, b in zip(_states(c) + _states(m), before, strict=True):
         assert torch.equal(a, b)
     assert int(c.lengths[1]) == 8
+
+
+def test_prefill_past_the_cache_is_refused():
+    model, fw, mw, [(c, m), _] = _setup("tiny", rows=1, cap=8)
+    nat = native.NativeStep(fw, mw, c, m)
+    h = nat.prefill([1, 2, 3, 4, 5], 0)
+    assert h.shape == (1, 5, model.config.hidden_size) and int(c.lengths[0]) == 5
+    nat.mtp_prefill(h, [2, 3, 4, 5, 6], 0)
+    assert int(m.lengths[0]) == 5
+    with pytest.raises(RuntimeStateError, match="native prefill refused: a position past"):
+        nat.prefill([1, 2, 3, 4], 0)
+    with pytest.raises(RuntimeStateError, match="native MTP prefill refused: a position past"):
+        nat.mtp_prefill(h[:, :4], [1, 2, 3, 4], 0)
+    assert int(c.lengths[0]) == 5 and int(m.lengths[0]) == 5

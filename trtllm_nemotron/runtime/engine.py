@@ -3,8 +3,8 @@
 Flow of one request (a `_Seq`), driven by `Engine.iterate` (one scheduler iteration; `generate` and the
 continuous-batching `Scheduler` both call it):
 1. prefill: the prompt runs through the reference network (`model.hidden_states` with the slot's cache
-   row; chunked SSD scan; the native backend runs its own step over the chunk) in chunks of `prefill_chunk` tokens, one chunk per iteration, so a long prompt
-   never stalls the decoding requests. The last chunk's logits give the first token. With MTP, every chunk
+   row; chunked SSD scan; the native backend runs its own step over the chunk) in chunks of
+   `prefill_chunk` tokens, one chunk per iteration, so a long prompt never stalls the decoding requests. The last chunk's logits give the first token. With MTP, every chunk
    also runs the MTP block over its (h_t, x_{t+1}) pairs, and the last position drafts `max_draft_len`
    tokens by applying the MTP block recursively (spec §4.7, TRT-LLM MTP_EAGLE_ONE_MODEL).
 2. decode: all decoding requests run together in one batched `step.forward_step`:
@@ -509,9 +509,8 @@ class Engine:
         s, e = seq.prefilled, min(len(seq.prompt_ids), seq.prefilled + self.prefill_chunk)
         rows = torch.tensor([seq.slot], device=self.device)
         nat = self._native
-        if (
-            nat is not None
-        ):  # the native step runs the chunk too (sequential Mamba recurrence, causal attention)
+        # the native step runs prompt chunks too (sequential Mamba recurrence, causal attention)
+        if nat is not None:
             h = nat.prefill(seq.prompt_ids[s:e], seq.slot)
         else:
             ids = torch.tensor([seq.prompt_ids[s:e]], device=self.device)

@@ -314,16 +314,20 @@ class NativeStep:
     def forward_step(self, fw, ids, rows, start, cache_kv, cache_conv, cache_ssm, n_ctx, record):
         """= step.forward_step (the caches are the bound ones). With record=True the per-token Mamba states stay
         inside the library; `commit_mamba` writes the accepted ones."""
-        ids, rows, start = self._i64(ids), self._i64(rows), self._i64(start)
+        return (*self._forward(self._i64(ids), self._i64(rows), self._i64(start), record, logits=True),
+                {"native": rows} if record else {})  # fmt: skip
+
+    def _forward(self, ids, rows, start, record: bool, *, logits: bool, what: str = "forward step"):
+        """nt_forward -> (final-normed hidden [batch, T, hidden], logits [batch, T, vocab] or None)."""
         batch, T = ids.shape
         h = torch.empty(batch, T, self.hidden)
-        logits = torch.empty(batch, T, self.vocab)
+        lg = torch.empty(batch, T, self.vocab) if logits else None
         self._threads()
         _ok(self.lib.nt_forward(
             self.handle, ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, T, int(record),
-            h.data_ptr(), logits.data_ptr(), None,
-        ), "forward step")  # fmt: skip
-        return h, logits, ({"native": rows} if record else {})
+            h.data_ptr(), None if lg is None else lg.data_ptr(), None,
+        ), what)  # fmt: skip
+        return h, lg
 
     def decode_greedy(self, tokens: list[int], rows: list[int]) -> list[int]:
         """The engine's greedy decode step in one call: the last token of each row (at the cache's committed
@@ -347,47 +351,25 @@ class NativeStep:
 
     def prefill(self, tokens: list[int], row: int) -> torch.Tensor:
         """One prompt chunk of one row, at the row's committed length: state written, length advanced by
-        len(tokens). -> final-normed hidden [1, T, hidden] (no logits: the caller needs the last one only)."""
-        T = len(tokens)
-        start = int(self.cache.lengths[row])
-        if start + T > self.cache.max_seq_len:
-            raise RuntimeStateError(
-                f"sequence would reach {start + T} tokens but the cache holds max_seq_len={self.cache.max_seq_len}"
-            )
-        ids = torch.tensor([tokens], dtype=torch.int64)
-        r = torch.tensor([row], dtype=torch.int64)
-        st = torch.tensor([start], dtype=torch.int64)
-        h = torch.empty(1, T, self.hidden)
-        self._threads()
-        _ok(
-            self.lib.nt_forward(
-                self.handle, ids.data_ptr(), r.data_ptr(), st.data_ptr(), 1, T, 0, h.data_ptr(), None, None
-            ),
-            "prefill",
+        len(tokens). -> final-normed hidden [1, T, hidden] (no logits: the caller needs the last one only).
+        A chunk that does not fit the cache is refused by the step's own checks (RuntimeStateError)."""
+        ln = self.cache.lengths
+        start = ln[row : row + 1].clone()
+        h, _ = self._forward(
+            torch.tensor([tokens]), torch.tensor([row]), start, False, logits=False, what="prefill"
         )
-        self.cache.lengths[row] = start + T
+        ln[row] = start[0] + len(tokens)
         return h
 
     def mtp_prefill(self, hidden: torch.Tensor, next_tokens: list[int], row: int) -> torch.Tensor:
         """The MTP block over one row's prompt chunk (h_t, x_{t+1}) at the MTP cache's committed length;
         length advanced by T. -> final-normed g [1, T, hidden]."""
-        T = len(next_tokens)
-        start = int(self.mtp_cache.lengths[row])
-        if start + T > self.mtp_cache.max_seq_len:
-            raise RuntimeStateError(
-                f"MTP positions would reach {start + T} but the cache holds {self.mtp_cache.max_seq_len}"
-            )
-        hidden = hidden.float().contiguous()
-        ids = torch.tensor([next_tokens], dtype=torch.int64)
-        r = torch.tensor([row], dtype=torch.int64)
-        st = torch.tensor([start], dtype=torch.int64)
-        g = torch.empty(1, T, self.hidden)
-        self._threads()
-        _ok(self.lib.nt_mtp(
-            self.handle, hidden.data_ptr(), ids.data_ptr(), r.data_ptr(), st.data_ptr(), 1, T, g.data_ptr(), None,
-            None,
-        ), "MTP prefill")  # fmt: skip
-        self.mtp_cache.lengths[row] = start + T
+        ln = self.mtp_cache.lengths
+        start = ln[row : row + 1].clone()
+        g, _ = self._mtp(
+            hidden, torch.tensor([next_tokens]), torch.tensor([row]), start, logits=False, what="MTP prefill"
+        )
+        ln[row] = start[0] + len(next_tokens)
         return g
 
     def commit_mamba(self, records, cache_conv, cache_ssm, rows, accept) -> None:
@@ -395,17 +377,20 @@ class NativeStep:
         _ok(self.lib.nt_commit(self.handle, rows.data_ptr(), accept.data_ptr(), rows.shape[0]), "commit")
 
     def mtp_step(self, fw, mw, hidden, next_ids, rows, start, cache_kv, n_ctx):
+        """= step.mtp_step: (final-normed g [batch, T, hidden], draft logits [batch, T, vocab])."""
+        return self._mtp(hidden, self._i64(next_ids), self._i64(rows), self._i64(start), logits=True)
+
+    def _mtp(self, hidden, next_ids, rows, start, *, logits: bool, what: str = "MTP step"):
         hidden = hidden.float().contiguous()
-        next_ids, rows, start = self._i64(next_ids), self._i64(rows), self._i64(start)
         batch, T = next_ids.shape
         g = torch.empty(batch, T, self.hidden)
-        logits = torch.empty(batch, T, self.vocab)
+        lg = torch.empty(batch, T, self.vocab) if logits else None
         self._threads()
         _ok(self.lib.nt_mtp(
             self.handle, hidden.data_ptr(), next_ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, T,
-            g.data_ptr(), logits.data_ptr(), None,
-        ), "MTP step")  # fmt: skip
-        return g, logits
+            g.data_ptr(), None if lg is None else lg.data_ptr(), None,
+        ), what)  # fmt: skip
+        return g, lg
 
     def spec_step_greedy(self, fw, mw, ids, rows, start, cache_kv, cache_conv, cache_ssm, mtp_kv, n_ctx):
         """= step.spec_step_greedy: (targets [batch, K+1], accepted [batch], next drafts [batch, K]); the cache

@@ -55,12 +55,6 @@ inline void hsum4(v8 a0, v8 a1, v8 a2, v8 a3, float* out, int R) {
 // FMA pipes busy for a single column (the decode step is bound by streaming weights through one column);
 // the accumulators are written out by hand (an array of them indexed in a loop is spilled by the compiler,
 // 4x slower), and a 4x2 variant with one accumulator per output measured slower on both T = 1 and T = 4.
-inline v8 load_tail(const float* p, int n) {
-  float t[8] = {0};
-  if (n > 0) std::memcpy(t, p, sizeof(float) * std::min(n, 8));
-  return *(const v8*)t;
-}
-
 // Weights are float32, or bfloat16 when every value of the matrix is exactly a bfloat16 (the checkpoint's
 // own precision, upcast at load): widening bf16 -> fp32 is exact, so the products and sums are the same
 // floats either way, from half the bytes (a decode step streams its weights: 1.16x at batch 1 on the
@@ -76,6 +70,7 @@ inline v8 ldw(const bf16* p) {
   std::memcpy(&f, &u, sizeof(f));
   return f;
 }
+// the first n (<= 8; none if n <= 0) values at p, zero-padded to 8 floats
 template <typename WT>
 inline v8 ldw_tail(const WT* p, int n) {
   WT t[8] = {0};
@@ -103,7 +98,7 @@ inline void kern4(const WT* w0, const WT* w1, const WT* w2, const WT* w3, int ws
   }
   if (i < in) {
     const int r = in - i;
-    v8 x0 = load_tail(x + i, r), x1 = load_tail(x + i + 8, r - 8);
+    v8 x0 = ldw_tail(x + i, r), x1 = ldw_tail(x + i + 8, r - 8);
     a0 += ldw_tail(w0, r) * x0;
     b0 += ldw_tail(w0 + 8, r - 8) * x1;
     a1 += ldw_tail(w1, r) * x0;
@@ -295,7 +290,7 @@ inline void exp_inplace(float* x, long n) {
   long i = 0;
   for (; i + 8 <= n; i += 8) *(v8*)(x + i) = exp8(*(const v8*)(x + i));
   if (i < n) {
-    v8 t = exp8(load_tail(x + i, (int)(n - i)));
+    v8 t = exp8(ldw_tail(x + i, (int)(n - i)));
     std::memcpy(x + i, &t, sizeof(float) * (n - i));
   }
 }
@@ -307,7 +302,7 @@ inline void silu_inplace(float* x, long n) {
     *(v8*)(x + i) = v / (1.f + exp8(-v));
   }
   if (i < n) {
-    v8 v = load_tail(x + i, (int)(n - i));
+    v8 v = ldw_tail(x + i, (int)(n - i));
     v8 t = v / (1.f + exp8(-v));
     std::memcpy(x + i, &t, sizeof(float) * (n - i));
   }
