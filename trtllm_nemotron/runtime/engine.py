@@ -591,12 +591,7 @@ class Engine:
         b = torch.arange(len(seqs), device=self.device)
         mcache.lengths[rows] = start + acc + 1
         drafts = self._draft_rest(slots, g[b, acc][:, None], dl[b, acc], start + acc + 1)
-        for i, s in enumerate(seqs):
-            s.iters += 1
-            new = targets[i][: accept[i] + 1]
-            s.pending = new[-1]
-            s.drafts = drafts[i]
-            self._emit(s, new, events)
+        self._emit_verified(seqs, targets, accept, drafts, events)
 
     def _verify_greedy(self, seqs: list[_Seq], slots: list[int], rows, start, events) -> None:
         """All rows greedy: the whole iteration is one `spec_step_greedy` call (one compiled graph)."""
@@ -619,6 +614,7 @@ class Engine:
         self._emit_verified(seqs, y[:n].tolist(), j.tolist(), drafts[:n].tolist(), events)
 
     def _emit_verified(self, seqs: list[_Seq], y, acc, drafts, events) -> None:
+        """After a verification: row i keeps targets y[i][: acc[i] + 1] and drafts[i] for the next iteration."""
         for i, s in enumerate(seqs):
             s.iters += 1
             new = y[i][: acc[i] + 1]
