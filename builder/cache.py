@@ -9,7 +9,7 @@ twice) should not redo them. Each entry is keyed by a SHA-256 over everything th
     plugin kernels         SM, the model config, and the source of plugins/ (+ the triton version)
 
 so a code change is a cache miss, never a stale hit. Entries are written atomically (temp dir, then
-rename) under `builder.defaults.cache_dir()/<kind>/<key>/`. Only small inputs are cached (the real
+rename: `fileio.atomic_dir`) under `fileio.cache_dir()/<kind>/<key>/`. Only small inputs are cached (the real
 Super checkpoint is ~80-240 GB: copying it into a cache would cost more than it saves).
 `TRTLLM_NEMOTRON_NO_CACHE=1` (or `build --no-cache`) turns the cache off.
 """
@@ -20,12 +20,11 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from builder.defaults import cache_dir
+from trtllm_nemotron.fileio import atomic_dir, cache_dir
 
 MAX_CACHED_BYTES = 1 << 30  # inputs above 1 GiB are never cached
 
@@ -62,12 +61,10 @@ def cached_dir(kind: str, key: str, dest: Path, produce: Callable[[Path], Any]) 
         return json.loads((entry / "meta.json").read_text())["result"], True
     result = json.loads(json.dumps(produce(dest), default=str))
     if enabled():
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.parent / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            shutil.copytree(dest, tmp / "data")
-            (tmp / "meta.json").write_text(json.dumps({"result": result}))
-            tmp.rename(entry)
+            with atomic_dir(entry, replace=entry.exists()) as tmp:  # an existing entry here is incomplete
+                shutil.copytree(dest, tmp / "data")
+                (tmp / "meta.json").write_text(json.dumps({"result": result}))
         except OSError:  # another build filled it first, or the cache dir is read-only: not an error
-            shutil.rmtree(tmp, ignore_errors=True)
+            pass
     return result, False

@@ -26,7 +26,6 @@ import platform
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
@@ -40,6 +39,7 @@ from builder.targets import Target, get_target
 from builder.trtllm_config import TRTLLM_SOURCE, llm_api_config, write_llm_api_yaml
 from trtllm_nemotron.config import NemotronHConfig
 from trtllm_nemotron.errors import BuildError, NemotronError
+from trtllm_nemotron.fileio import atomic_write_text, replace_dir
 
 STAGES = ("inspect", "quantize", "checkpoint", "plugins", "trtllm_config", "validate", "manifest")
 STATE_FILE = ".state.json"
@@ -144,9 +144,7 @@ class _Build:
         self.save_state()
 
     def save_state(self) -> None:
-        tmp = self.stage_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1, default=str))
-        tmp.replace(self.stage_dir / STATE_FILE)
+        atomic_write_text(self.stage_dir / STATE_FILE, json.dumps(self.state, indent=1, default=str))
 
     def data(self, stage: str) -> dict[str, Any]:
         return self.state["done"][stage]["data"]
@@ -403,20 +401,7 @@ class _Build:
     def finalize(self) -> Path:
         """Rename the finished staging dir to the output path (moving a previous engine dir aside)."""
         (self.stage_dir / STATE_FILE).unlink(missing_ok=True)
-        out = self.out_dir
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.replace(old)
-        try:
-            self.stage_dir.replace(out)
-        except BaseException:
-            if old is not None:
-                old.replace(out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return out
+        return replace_dir(self.stage_dir, self.out_dir)
 
 
 def build_engine(
