@@ -199,10 +199,8 @@ class _Build:
 
         src_bytes = sum(p.stat().st_size for p in self.model_dir.iterdir() if p.is_file())
         if self.cache and src_bytes <= bc.MAX_CACHED_BYTES:
-            pkg = Path(__file__).parents[1] / "trtllm_nemotron"
-            key = bc.make_key(inputs=self.data("inspect")["inputs"], recipe=self.recipe, calib=calib,
-                              src=bc.source_hash(pkg / "quant", pkg / "checkpoint", pkg / "model", pkg / "config.py"))
-            summary, hit = bc.cached_dir("quantized", key, out, produce)  # fmt: skip
+            key = bc.quantize_key(self.data("inspect")["inputs"], self.recipe, calib)
+            summary, hit = bc.cached_dir("quantized", key, out, produce)
         else:
             summary, hit = json.loads(json.dumps(produce(out), default=str)), False
         return "done", f"recipe {self.recipe}" + (" (cached)" if hit else ""), {"summary": summary}
@@ -247,8 +245,7 @@ class _Build:
         if dest.exists():  # left by an interrupted attempt of this stage
             shutil.rmtree(dest)
         if self.cache:
-            key = bc.make_key(sm=self.target.sm, config=self.cfg.to_dict(), triton=tool_versions()["triton"],
-                              src=bc.source_hash(Path(__file__).parents[1] / "plugins"))  # fmt: skip
+            key = bc.plugins_key(self.target.sm, self.cfg.to_dict())
             summary, hit = bc.cached_dir("plugins", key, dest, produce)
         else:
             summary, hit = json.loads(json.dumps(produce(dest), default=str)), False
