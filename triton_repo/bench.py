@@ -45,6 +45,7 @@ PROMPTS = (
 class BenchConfig:
     concurrencies: tuple[int, ...] = (1, 8)
     requests_per_client: int = 4
+    requests: int | None = None  # requests per run at each concurrency (None: requests_per_client each)
     max_tokens: int = 48
     protocol: str = "grpc"
     max_batch_size: int = 8
@@ -147,7 +148,7 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
                      max_tokens=cfg.max_tokens, progress=False)  # warm-up
             for _ in range(cfg.repeats):
                 for c in cfg.concurrencies:
-                    n = c * cfg.requests_per_client
+                    n = cfg.requests or c * cfg.requests_per_client
                     keep(_inprocess_load(engine, c, n, cfg.max_tokens), "in-process", c)
                     cpu0 = group_cpu_s(server.proc.pid)
                     rep = run_load(list(PROMPTS), url=url, protocol=cfg.protocol, concurrency=c, requests=n,

@@ -32,9 +32,23 @@ from triton_repo.protocol import LLMAPI_INPUTS
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20  # 4 MiB: a 131072-token prompt is ~0.5 MB of text
 _GENERATE = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/generate(_stream)?/?(\?.*)?$")
-_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
-        "content-length", "expect", "host"}
-_INT_RANGES = {"TYPE_INT32": (-(2**31), 2**31 - 1), "TYPE_UINT64": (0, 2**64 - 1), "TYPE_INT64": (-(2**63), 2**63 - 1)}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "expect",
+    "host",
+}
+_INT_RANGES = {
+    "TYPE_INT32": (-(2**31), 2**31 - 1),
+    "TYPE_UINT64": (0, 2**64 - 1),
+    "TYPE_INT64": (-(2**63), 2**63 - 1),
+}
 INPUT_RANGES: dict[str, tuple[str, int, int]] = {
     t.name: (t.dtype[5:], *_INT_RANGES[t.dtype]) for t in LLMAPI_INPUTS if t.dtype in _INT_RANGES
 }
@@ -51,10 +65,15 @@ def check_generate_body(body: bytes) -> None:
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _Refused(400, f"the request body is not valid JSON ({e}); send a JSON object such as "
-                            '{"text_input": "Hello", "sampling_param_max_tokens": 16}') from e
+        raise _Refused(
+            400,
+            f"the request body is not valid JSON ({e}); send a JSON object such as "
+            '{"text_input": "Hello", "sampling_param_max_tokens": 16}',
+        ) from e
     if not isinstance(doc, dict):
-        raise _Refused(400, f"the request body must be a JSON object of inputs, got a JSON {type(doc).__name__}")
+        raise _Refused(
+            400, f"the request body must be a JSON object of inputs, got a JSON {type(doc).__name__}"
+        )
     for name, (dtype, lo, hi) in INPUT_RANGES.items():
         values = doc.get(name)
         for v in values if isinstance(values, list) else [values]:
@@ -82,8 +101,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _too_large(self, size: str) -> None:
-        self._send_error_json(413, f"request body of {size} bytes is over the server's limit of "
-                                   f"{self.server.max_body_bytes} bytes (serve --http-max-body-bytes)", close=True)
+        self._send_error_json(
+            413,
+            f"request body of {size} bytes is over the server's limit of "
+            f"{self.server.max_body_bytes} bytes (serve --http-max-body-bytes)",
+            close=True,
+        )
 
     def handle_expect_100(self) -> bool:
         length = self.headers.get("Content-Length", "")
@@ -141,8 +164,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             resp = self._upstream_request(body, headers)
         except OSError:
-            self._send_error_json(503, "tritonserver is not available (starting, or restarting after a crash); "
-                                       "retry shortly", close=True)
+            self._send_error_json(
+                503,
+                "tritonserver is not available (starting, or restarting after a crash); retry shortly",
+                close=True,
+            )
             return
         self._relay(resp)
 
@@ -224,16 +250,18 @@ class HttpGuard:
     `start()` binds (OSError when the port is taken) and serves from a daemon thread; `stop()` closes it.
     """
 
-    def __init__(self, host: str, port: int, upstream: tuple[str, int], *,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, host: str, port: int, upstream: tuple[str, int], *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    ) -> None:
         self.addr, self.upstream, self.max_body_bytes = (host, port), upstream, max_body_bytes
         self._server: _GuardServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> HttpGuard:
         self._server = _GuardServer(self.addr, self.upstream, self.max_body_bytes)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="http-guard", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="http-guard", daemon=True
+        )
         self._thread.start()
         return self
 

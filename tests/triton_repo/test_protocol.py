@@ -34,6 +34,10 @@ def test_defaults_follow_llmapi():
 @pytest.mark.parametrize("tensors, match", [
     ({}, "text_input' is missing"),
     ({"text_input": np.array([[b"a"]], dtype=object)}, "1-D"),
+    ({"text_input": np.array([b"a", b"b"], dtype=object)}, "one request per prompt"),  # was: "b" dropped silently
+    ({"text_input": np.array([b"\xff\xfeab"], dtype=object)}, "not valid UTF-8"),
+    ({"text_input": np.array([b"a"], dtype=object), "sampling_param_stop": np.array([b"\xc3"], dtype=object)},
+     "sampling_param_stop' is not valid UTF-8"),
     ({"text_input": np.array([b"a"], dtype=object), "sampling_param_max_tokens": np.array([1, 2], np.int32)}, "one value"),
 ])
 def test_bad_requests(tensors, match):
@@ -59,3 +63,4 @@ def test_response_honours_return_flags():
     assert a["text_output"][0] == b" A" and a["finish_reason"][0] == b"length"
     assert a["acceptance_rate"].dtype == np.float32 and a["total_draft_tokens"][0] == 6
     assert a["arrival_time_ns"].dtype == np.int64 and a["num_output_tokens"][0] == 2
+

@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from trtllm_nemotron.config import MAX_DRAFT_LEN
 from trtllm_nemotron.errors import CheckpointError, RuntimeStateError
 from trtllm_nemotron.runtime import step as S
 from trtllm_nemotron.runtime.sampling import SamplingParams, sample_tokens
@@ -133,8 +134,8 @@ class Engine:
             max_seq_len = min(cfg.max_position_embeddings, 4096)
         if max_seq_len < 2:
             raise RuntimeStateError(f"max_seq_len must be >= 2, got {max_seq_len}")
-        if mtp < 0 or mtp > 16:
-            raise RuntimeStateError(f"mtp (max_draft_len) must be in 0..16, got {mtp}")
+        if mtp < 0 or mtp > MAX_DRAFT_LEN:
+            raise RuntimeStateError(f"mtp (max_draft_len) must be in 0..{MAX_DRAFT_LEN}, got {mtp}")
         if mtp and not cfg.num_nextn_predict_layers:
             raise RuntimeStateError(
                 f"mtp={mtp} asked for, but this model has no MTP layers (num_nextn_predict_layers = 0); "
