@@ -10,8 +10,9 @@ HTTP port to a private loopback port and puts this guard on the public one. Per 
   body; `Expect: 100-continue` is answered 413 instead of 100);
 - forwards a form-encoded body as `application/json` (Triton parses JSON whatever the content type says;
   only the crashing form decoding is skipped);
-- on `generate` / `generate_stream`, answers 400 to a body that is not a JSON object, and to an integer
-  outside its input's type (an INT32 `sampling_param_max_tokens` of 2**31 would wrap negative);
+- on `generate` / `generate_stream`, answers 400 to a body that is not a JSON object, to an input of the
+  wrong JSON type (Triton answers 500) and to an integer outside its input's type (an INT32
+  `sampling_param_max_tokens` of 2**31 would wrap negative);
 - forwards everything else unchanged (keep-alive, chunked and server-sent-event responses streamed as they
   come), and answers 503 while tritonserver is down (restarting after a crash).
 
@@ -52,6 +53,11 @@ _INT_RANGES = {
 INPUT_RANGES: dict[str, tuple[str, int, int]] = {
     t.name: (t.dtype[5:], *_INT_RANGES[t.dtype]) for t in LLMAPI_INPUTS if t.dtype in _INT_RANGES
 }
+_JSON_KINDS = {"TYPE_STRING": (str, "a string"), "TYPE_BOOL": (bool, "true or false"),
+               "TYPE_FP32": ((int, float), "a number")}
+INPUT_TYPES: dict[str, tuple[str, type | tuple[type, ...], str]] = {
+    t.name: (t.dtype[5:], *(_JSON_KINDS.get(t.dtype) or (int, "an integer"))) for t in LLMAPI_INPUTS
+}
 
 
 class _Refused(Exception):
@@ -74,10 +80,16 @@ def check_generate_body(body: bytes) -> None:
         raise _Refused(
             400, f"the request body must be a JSON object of inputs, got a JSON {type(doc).__name__}"
         )
-    for name, (dtype, lo, hi) in INPUT_RANGES.items():
-        values = doc.get(name)
-        for v in values if isinstance(values, list) else [values]:
-            if isinstance(v, int) and not isinstance(v, bool) and not lo <= v <= hi:
+    for name, value in doc.items():
+        if name not in INPUT_TYPES:
+            continue
+        dtype, kind, what = INPUT_TYPES[name]
+        for v in value if isinstance(value, list) else [value]:
+            if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
+                raise _Refused(400, f"input {name!r} must be {what} (or a list of them) for its type {dtype}, "
+                                    f"got {json.dumps(v)[:80]}")
+            if name in INPUT_RANGES and not INPUT_RANGES[name][1] <= v <= INPUT_RANGES[name][2]:
+                lo, hi = INPUT_RANGES[name][1:]
                 raise _Refused(400, f"input {name!r} = {v} is out of range for its type {dtype} ({lo}..{hi})")
 
 
@@ -108,10 +120,24 @@ class _Handler(BaseHTTPRequestHandler):
             close=True,
         )
 
+    def _drain(self, limit: int = 64 << 20) -> None:
+        """Read and drop what the client still sends of a refused body (up to `limit` bytes, 10 s), so a client
+        that sends its whole body before reading sees the 413 instead of a reset connection."""
+        with contextlib.suppress(OSError, ValueError):
+            self.connection.settimeout(10)
+            length = self.headers.get("Content-Length", "")
+            left = min(int(length), limit) if length.strip().isdigit() else limit
+            while left > 0:
+                got = self.rfile.read1(min(left, 1 << 20))
+                if not got:
+                    break
+                left -= len(got)
+
     def handle_expect_100(self) -> bool:
         length = self.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.server.max_body_bytes:
             self._too_large(length)
+            self._drain()  # a client that sent the body anyway (Expect is only a hint)
             return False
         return super().handle_expect_100()
 
@@ -151,6 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _Refused as e:
             if e.status == 413:
                 self._too_large(str(e))
+                self._drain()
             else:
                 self._send_error_json(e.status, str(e), close=True)
             return

@@ -445,7 +445,8 @@ class TritonServer:
         """The server's last `n` output lines (what a crash report shows)."""
         if self._pump is not None:
             self._pump.join(2)  # the pipe drains once the server is gone
-        return "\n".join(list(self._tail)[-n:]) or "(no output)"
+        lines = [ln for ln in self._tail if ln.strip() and not ln.startswith(("+", "|"))]  # no startup tables
+        return "\n".join(lines[-n:]) or "(no output)"
 
 
     def wait_ready(self, timeout_s: float) -> None:
