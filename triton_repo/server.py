@@ -3,8 +3,8 @@
 Which binary:
 - GPU hosts (NVIDIA's `tritonserver:<yy.mm>-trtllm-python-py3` container): `/opt/tritonserver/bin/tritonserver`
   with its own `/opt/tritonserver/backends`.
-- Everywhere else: the Triton 2.51 server inside the `nvidia-pytriton` wheel, run as measured in
-  `specs/triton_server_cpu.md`: the wheel keeps the Python-backend stubs apart from the backend, so we assemble
+- Everywhere else: the Triton 2.51 server inside the `nvidia-pytriton` wheel. The wheel keeps the
+  Python-backend stubs apart from the backend, so we assemble
   a backend dir (`libtriton_python.so`, `triton_python_backend_utils.py` and the stub for this Python) in a
   cache dir; `LD_LIBRARY_PATH` puts this interpreter's libpython first, then `nvidia_pytriton.libs` (the copied
   stub's `$ORIGIN` RPATH no longer resolves); `PATH` starts with this venv's `bin` so the embedded interpreter
@@ -18,6 +18,13 @@ readiness: every loaded model ready), and is stopped with SIGTERM (then SIGKILL 
 `--exit-timeout-secs 5`. Afterwards what is left of its process group is killed (stubs orphaned by a crashed
 server ignore SIGTERM) and the `/dev/shm/triton_python_backend_shm_region_*` segments and `/tmp/python_env_*`
 dirs it created are removed (only when no other tritonserver is running).
+
+Reliability (docs/reliability.md): the public HTTP port is served by `triton_repo.http_guard` (tritonserver's
+own HTTP port is a private loopback one); the child gets a parent-death signal (SIGTERM when the thread that
+started it dies, SIGKILL of `serve` included), so it never outlives `serve`; a busy port is explained by the
+process holding it (`explain_port`); `serve` supervises the server: a crash is reported (signal, last log
+lines) and the server restarted, unless `--no-restart`. Its output is quiet by default: warnings, errors and
+crash reports, without the startup tables or the CUDA-driver complaints of a CPU host (`--verbose`: all).
 """
 
 from __future__ import annotations
