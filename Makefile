@@ -13,6 +13,7 @@ TARGET  ?= b200
 RECIPE  ?= nvfp4-super
 MTP     ?= 3
 PYTEST_ARGS ?=
+OPENAI_PORT ?= 9000
 
 help:              ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -48,8 +49,8 @@ package: $(VENV)/.installed  ## engine dir -> Triton model repository
 	@[ -f $(ENGINE)/build.json ] || $(MAKE) build-engine
 	$(CLI) package $(ENGINE) --out $(REPO)
 
-serve: package  ## start a real tritonserver on the model repository (loopback)
-	$(CLI) serve $(REPO)
+serve: package  ## start a real tritonserver on the model repository (loopback) + the OpenAI API on :9000
+	$(CLI) serve $(REPO) --openai-port $(OPENAI_PORT)
 
 client: $(VENV)/.installed  ## one streaming gRPC request against a running server
 	$(CLI) generate --url localhost:8001 --protocol grpc --stream "def fibonacci(n):"

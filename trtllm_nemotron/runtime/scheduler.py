@@ -84,6 +84,11 @@ class RequestHandle:
     def finished(self) -> bool:
         return self._seq.finish_reason is not None
 
+    @property
+    def num_prompt_tokens(self) -> int:
+        """The prompt's token count (known from `submit`, which tokenizes)."""
+        return len(self._seq.prompt_ids)
+
 
 class Scheduler:
     def __init__(self, engine: Engine, *, idle_wait_s: float = 0.05) -> None:

@@ -1,8 +1,9 @@
 """Triton Python-backend model `nemotron`: our runtime on an engine dir, behind TensorRT-LLM's llmapi protocol.
 
 Written into `<repo>/nemotron/1/model.py` by `trtllm-nemotron package`; the tensors and their semantics are
-`triton_repo.protocol` (the llmapi model's names: `text_input`, `streaming`, `sampling_param_*` in;
-cumulative `text_output`, `finish_reason`, timing and acceptance outputs out).
+`triton_repo.protocol` (the llmapi model's names: `text_input`, `streaming`, `sampling_param_*` in, and the
+inflight-batcher aliases; cumulative `text_output`, `finish_reason`, `num_input_tokens` / `num_output_tokens`,
+timing and acceptance outputs out).
 
 Design:
 - The model is decoupled and `max_batch_size: 0`: Triton hands each request to `execute()` on its own, and
@@ -148,6 +149,7 @@ class TritonPythonModel:
     def _pump(self, key: int, live: _Live, req, arrival_ns: int) -> None:
         times = {"arrival_time_ns": arrival_ns, "first_scheduled_time_ns": arrival_ns}
         text, num_tokens = "", 0
+        n_prompt = live.handle.num_prompt_tokens
         try:
             while True:
                 # every event already queued at once: when the engine outpaces the responses (a fast decode
@@ -164,7 +166,8 @@ class TritonPythonModel:
                 if ev.finish_reason is None:
                     if req.streaming and any(e.text for e in evs) and not live.cancelled:
                         arrays = response_arrays(req, text=text, num_tokens=num_tokens, finish_reason=None,
-                                                 stop_reason=None, stats=None, times_ns=times)
+                                                 stop_reason=None, stats=None, times_ns=times,
+                                                 num_input_tokens=n_prompt)
                         if not live.send(self, arrays=arrays):
                             live.cancelled = True
                             live.handle.cancel()
@@ -175,7 +178,8 @@ class TritonPythonModel:
                     live.send(self, error=("Request cancelled by client", "CANCELLED"), final=True)
                 else:
                     arrays = response_arrays(req, text=text, num_tokens=num_tokens, finish_reason=ev.finish_reason,
-                                             stop_reason=None, stats=ev.stats, times_ns=times)
+                                             stop_reason=None, stats=ev.stats, times_ns=times,
+                                             num_input_tokens=n_prompt)
                     live.send(self, arrays=arrays, final=True)
                 break
         except Exception as e:  # noqa: BLE001 - report, never kill the stub
