@@ -37,11 +37,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from triton_repo.openai_front.parsers import (
     END_THINK,
     TOOL_CALL,
-    ReasoningParser,
-    Split,
-    ToolCallParser,
-    new_call_id,
-    split_reasoning,
+    ChatOutputParser,
+    parse_chat_output,
 )
 from triton_repo.openai_front.triton_backend import (
     TritonBackend,
@@ -439,14 +436,6 @@ def create_app(cfg: FrontConfig, *, backend: TritonBackend | None = None):
         rid = f"cmpl-{uuid.uuid4().hex}"
         mid = body.get("model", model_ids[0])
 
-        def usage(c) -> dict:
-            n_in = int(c.num_input_tokens or 0)
-            return {
-                "prompt_tokens": n_in,
-                "completion_tokens": c.num_output_tokens,
-                "total_tokens": n_in + c.num_output_tokens,
-            }
-
         def choice(text: str, finish: str | None) -> dict:
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
@@ -460,7 +449,7 @@ def create_app(cfg: FrontConfig, *, backend: TritonBackend | None = None):
                 "created": int(time.time()),
                 "model": mid,
                 "choices": [choice(text, _finish(last.finish_reason))],
-                "usage": usage(last),
+                "usage": _usage(last),
             }
 
         source = await started(prompt, s, rid)
@@ -490,7 +479,7 @@ def create_app(cfg: FrontConfig, *, backend: TritonBackend | None = None):
                         "created": int(time.time()),
                         "model": mid,
                         "choices": [],
-                        "usage": usage(c),
+                        "usage": _usage(c),
                     }
 
         return sse(stream())
@@ -525,30 +514,22 @@ def create_app(cfg: FrontConfig, *, backend: TritonBackend | None = None):
             prompt += prefilled
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         mid = body.get("model", model_ids[0])
-        reasoning = ReasoningParser(enable_thinking=thinking, force_nonempty_content=force_nonempty)
-        tool_parser = ToolCallParser(tools, prefilled=prefilled) if tools else None
-
-        def usage(c) -> dict:
-            n_in = int(c.num_input_tokens or 0)
-            return {
-                "prompt_tokens": n_in,
-                "completion_tokens": c.num_output_tokens,
-                "total_tokens": n_in + c.num_output_tokens,
-            }
 
         if not s.stream:
             chunks = await collect(request, triton_chunks(prompt, s, rid))
             last = chunks[-1]
             text = "".join(c.delta for c in chunks)
-            split = split_reasoning(text, enable_thinking=thinking, force_nonempty_content=force_nonempty)
-            content, calls = split.content, []
-            if tool_parser is not None:
-                a, b = tool_parser.push(content), tool_parser.finish()
-                content, calls = a.content + b.content, tool_parser.calls
+            reasoning, content, calls = parse_chat_output(
+                text,
+                enable_thinking=thinking,
+                force_nonempty_content=force_nonempty,
+                tools=tools,
+                prefilled=prefilled,
+            )
             message: dict[str, Any] = {
                 "role": "assistant",
                 "content": content if (content.strip() or not calls) else None,
-                "reasoning_content": split.reasoning or None,
+                "reasoning_content": reasoning or None,
             }
             if calls:
                 message["tool_calls"] = [c.to_openai() for c in calls]
@@ -559,7 +540,7 @@ def create_app(cfg: FrontConfig, *, backend: TritonBackend | None = None):
                 "created": int(time.time()),
                 "model": mid,
                 "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                "usage": usage(last),
+                "usage": _usage(last),
             }
 
         def chunk(delta: dict, finish: str | None = None) -> dict:
@@ -571,40 +552,21 @@ def create_app(cfg: FrontConfig, *, backend: TritonBackend | None = None):
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
             }
 
-        def deltas(split, tool_delta) -> list[dict]:
-            out = []
-            if split.reasoning:
-                out.append({"reasoning_content": split.reasoning})
-            content = tool_delta.content if tool_delta is not None else split.content
-            if content:
-                out.append({"content": content})
-            for index, cid, name, args in tool_delta.calls if tool_delta is not None else []:
-                call: dict[str, Any] = {"index": index}
-                if cid is not None:
-                    call.update(id=cid, type="function", function={"name": name, "arguments": args})
-                else:
-                    call["function"] = {"arguments": args}
-                out.append({"tool_calls": [call]})
-            return out
-
         source = await started(prompt, s, rid)
 
         async def stream():
+            parser = ChatOutputParser(
+                enable_thinking=thinking,
+                force_nonempty_content=force_nonempty,
+                tools=tools,
+                prefilled=prefilled,
+            )
             yield chunk({"role": "assistant", "content": ""})
             async for c in source:
-                parts = [reasoning.push(c.delta)]
+                for d in parser.push(c.delta) + (parser.finish() if c.final else []):
+                    yield chunk(d)
                 if c.final:
-                    parts.append(reasoning.finish())
-                for split in parts:
-                    td = tool_parser.push(split.content) if tool_parser is not None else None
-                    for d in deltas(split, td):
-                        yield chunk(d)
-                if c.final:
-                    if tool_parser is not None:
-                        for d in deltas(Split(), tool_parser.finish()):
-                            yield chunk(d)
-                    called = tool_parser is not None and tool_parser.calls
-                    yield chunk({}, "tool_calls" if called else _finish(c.finish_reason))
+                    yield chunk({}, "tool_calls" if parser.calls else _finish(c.finish_reason))
                     if s.include_usage:
                         yield {
                             "id": rid,
@@ -612,14 +574,23 @@ def create_app(cfg: FrontConfig, *, backend: TritonBackend | None = None):
                             "created": int(time.time()),
                             "model": mid,
                             "choices": [],
-                            "usage": usage(c),
+                            "usage": _usage(c),
                         }
 
         return sse(stream())
 
     app.state.model_ids = model_ids
-    app.state.new_call_id = new_call_id
     return app
+
+
+def _usage(c) -> dict:
+    """OpenAI usage from the last Triton chunk (the engine's own token counts)."""
+    n_in = int(c.num_input_tokens or 0)
+    return {
+        "prompt_tokens": n_in,
+        "completion_tokens": c.num_output_tokens,
+        "total_tokens": n_in + c.num_output_tokens,
+    }
 
 
 def _finish(reason: str | None) -> str:

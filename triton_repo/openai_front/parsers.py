@@ -359,3 +359,78 @@ def parse_tool_calls(text: str, tools: list[dict], *, prefilled: str = "") -> tu
     p = ToolCallParser(tools, prefilled=prefilled)
     a, b = p.push(text), p.finish()
     return a.content + b.content, p.calls
+
+
+# ----------------------------------------------------------------------------------------------------------
+# both together: what the chat endpoint streams
+
+
+class ChatOutputParser:
+    """Model output deltas -> OpenAI chat deltas (`reasoning_content`, `content`, `tool_calls`).
+
+    The reasoning split runs first; its content goes through the tool-call parser when the request has tools.
+    """
+
+    def __init__(
+        self,
+        *,
+        enable_thinking: bool = True,
+        force_nonempty_content: bool = False,
+        tools: list[dict] | None = None,
+        prefilled: str = "",
+    ) -> None:
+        self.reasoning = ReasoningParser(
+            enable_thinking=enable_thinking, force_nonempty_content=force_nonempty_content
+        )
+        self.tools = ToolCallParser(tools, prefilled=prefilled) if tools else None
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        return self.tools.calls if self.tools is not None else []
+
+    def _deltas(self, split: Split, final: bool) -> list[dict]:
+        out: list[dict] = []
+        if split.reasoning:
+            out.append({"reasoning_content": split.reasoning})
+        if self.tools is None:
+            if split.content:
+                out.append({"content": split.content})
+            return out
+        td = self.tools.push(split.content)
+        if final:
+            rest = self.tools.finish()
+            td = ToolDelta(td.content + rest.content, td.calls + rest.calls)
+        if td.content:
+            out.append({"content": td.content})
+        for index, cid, name, args in td.calls:
+            call: dict[str, Any] = {"index": index}
+            if cid is not None:
+                call.update(id=cid, type="function", function={"name": name, "arguments": args})
+            else:
+                call["function"] = {"arguments": args}
+            out.append({"tool_calls": [call]})
+        return out
+
+    def push(self, delta: str) -> list[dict]:
+        return self._deltas(self.reasoning.push(delta), final=False)
+
+    def finish(self) -> list[dict]:
+        return self._deltas(self.reasoning.finish(), final=True)
+
+
+def parse_chat_output(
+    text: str,
+    *,
+    enable_thinking: bool = True,
+    force_nonempty_content: bool = False,
+    tools: list[dict] | None = None,
+    prefilled: str = "",
+) -> tuple[str, str, list[ToolCall]]:
+    """(reasoning, content, tool calls) of a whole output (the non-streaming response)."""
+    split = split_reasoning(
+        text, enable_thinking=enable_thinking, force_nonempty_content=force_nonempty_content
+    )
+    if not tools:
+        return split.reasoning, split.content, []
+    content, calls = parse_tool_calls(split.content, tools, prefilled=prefilled)
+    return split.reasoning, content, calls
