@@ -13,7 +13,13 @@ from triton_repo.model_config import (
     validate_pbtxt,
 )
 from triton_repo.package import nemotron_spec, trtllm_spec
-from triton_repo.protocol import INFLIGHT_ALIASES, LLMAPI_INPUTS, LLMAPI_OUTPUTS, NEMOTRON_INPUTS, NEMOTRON_OUTPUTS
+from triton_repo.protocol import (
+    INFLIGHT_ALIASES,
+    LLMAPI_INPUTS,
+    LLMAPI_OUTPUTS,
+    NEMOTRON_INPUTS,
+    NEMOTRON_OUTPUTS,
+)
 from trtllm_nemotron.errors import PackageError
 
 

@@ -136,6 +136,7 @@ class Sampling:
     stop: list[str]
     stream: bool
     include_usage: bool
+    ignore_eos: bool = False  # extension (as vLLM's): generate max_tokens tokens, for benchmarks
 
 
 def parse_sampling(body: dict, *, chat: bool) -> Sampling:
@@ -162,9 +163,7 @@ def parse_sampling(body: dict, *, chat: bool) -> Sampling:
     elif not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)) or len(stop) > 16:
         raise bad("stop", "'stop' must be a string or a list of up to 16 strings")
     seed = _num(body, "seed", integer=True, lo=0)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad("stream", f"'stream' must be a boolean, got {stream!r}")
+    stream = _flag(body, "stream")
     opts = body.get("stream_options")
     include_usage = False
     if opts is not None:
@@ -182,7 +181,15 @@ def parse_sampling(body: dict, *, chat: bool) -> Sampling:
         stop=[s for s in stop if s],
         stream=stream,
         include_usage=include_usage,
+        ignore_eos=_flag(body, "ignore_eos"),
     )
+
+
+def _flag(body: dict, name: str) -> bool:
+    v = body.get(name, False)
+    if not isinstance(v, bool):
+        raise bad(name, f"'{name}' must be a boolean, got {v!r}")
+    return v
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -398,6 +405,7 @@ def create_app(cfg: FrontConfig, *, backend: TritonBackend | None = None):
             top_k=s.top_k,
             seed=s.seed,
             stop=s.stop,
+            ignore_eos=s.ignore_eos,
         )
         try:
             async for c in backend.generate(tensors, request_id):

@@ -51,6 +51,7 @@ def request_tensors(
     top_k: int | None,
     seed: int | None,
     stop: list[str] | None,
+    ignore_eos: bool = False,
 ) -> list[tuple[str, np.ndarray, str]]:
     """The llmapi inputs of one request as (name, array, Triton dtype); absent options are left out."""
     t: list[tuple[str, np.ndarray, str]] = [
@@ -69,6 +70,8 @@ def request_tensors(
         t.append(("sampling_param_top_k", np.array([top_k], dtype=np.int32), "INT32"))
     if seed is not None:
         t.append(("sampling_param_seed", np.array([seed], dtype=np.uint64), "UINT64"))
+    if ignore_eos:  # our model's extension
+        t.append(("sampling_param_ignore_eos", np.array([True]), "BOOL"))
     if stop:
         t.append(
             ("sampling_param_stop", np.array([s.encode("utf-8") for s in stop], dtype=np.object_), "BYTES")

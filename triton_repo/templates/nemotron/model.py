@@ -17,8 +17,9 @@ Design:
   Sends and that poll are serialized per request and the poll stops at the final response (Triton 2.51
   segfaults in `TRITONBACKEND_ResponseFactoryIsCancelled` when a sender is polled after its final response). A `stop: true`
   request carrying the same request id cancels too, as in the llmapi model.
-- Custom metric `nemotron_active_requests` (gauge, on the metrics port) counts requests holding a slot or
-  queued; tests use it to see that a dropped client freed its slot.
+- Custom metrics (on the metrics port): `nemotron_active_requests` (gauge) counts requests holding a slot or
+  queued, `nemotron_cancelled_requests` (counter) the requests cancelled before they finished; tests use them
+  to see that a dropped client's request was cancelled and freed its slot.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class TritonPythonModel:
                                        kind=pb_utils.MetricFamily.GAUGE)
         self.active_metric = self.metric_family.Metric(labels={"model": args["model_name"]})
         self.active_metric.set(0)
+        self.cancelled_family = pb_utils.MetricFamily(name="nemotron_cancelled_requests",
+                                                      description="requests cancelled before they finished",
+                                                      kind=pb_utils.MetricFamily.COUNTER)
+        self.cancelled_metric = self.cancelled_family.Metric(labels={"model": args["model_name"]})
         self.watcher = threading.Thread(target=self._watch_cancellation, name="nemotron-cancel", daemon=True)
         self.watcher.start()
 
@@ -175,6 +180,7 @@ class TritonPythonModel:
                 if ev.finish_reason == "error":
                     live.send(self, error=(f"generation failed: {ev.error}", None), final=True)
                 elif ev.finish_reason == "cancelled" or live.cancelled:
+                    self.cancelled_metric.increment(1)
                     live.send(self, error=("Request cancelled by client", "CANCELLED"), final=True)
                 else:
                     arrays = response_arrays(req, text=text, num_tokens=num_tokens, finish_reason=ev.finish_reason,
