@@ -69,8 +69,13 @@ bench-plugins: $(VENV)/.installed  ## plugin kernels vs torch references (GPU wh
 bench-quant: $(VENV)/.installed  ## quantization throughput and peak RSS on synthetic checkpoints
 	$(PY) -m benchmarks.bench_quant
 
-bench-serve: $(VENV)/.installed  ## Triton serving vs in-process runtime
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[bench]'
+	@touch $@
+
+bench-serve: $(VENV)/.installed-bench  ## Triton serving vs in-process runtime; AIPerf through the OpenAI front
 	$(PY) -m benchmarks.bench_serve
+	$(PY) -m benchmarks.bench_aiperf
 
 clean:
 	rm -rf build .pytest_cache

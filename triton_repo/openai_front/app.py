@@ -22,6 +22,7 @@ Routes: `GET /health`, `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/comple
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -305,7 +306,13 @@ def create_app(cfg: FrontConfig, *, backend: TritonBackend | None = None):
     tokenizer = load_chat_tokenizer(cfg.engine_dir)
     model_ids = cfg.model_ids or tuple(dict.fromkeys((DEFAULT_MODEL_ID, engine_name(cfg.engine_dir))))
     created = int(time.time())
-    app = FastAPI(title="trtllm-nemotron OpenAI front", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await backend.close()
+
+    app = FastAPI(lifespan=lifespan, title="trtllm-nemotron OpenAI front", docs_url=None, redoc_url=None)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request, e: ApiError):
@@ -314,10 +321,6 @@ def create_app(cfg: FrontConfig, *, backend: TritonBackend | None = None):
     @app.exception_handler(RequestValidationError)
     async def _validation(_request, e: RequestValidationError):
         return JSONResponse(ApiError(400, str(e)).body(), status_code=400)
-
-    @app.on_event("shutdown")
-    async def _close():
-        await backend.close()
 
     @app.get("/health")
     async def health():
