@@ -16,7 +16,7 @@ import torch
 
 from trtllm_nemotron.config import NemotronHConfig
 from trtllm_nemotron.model.loader import load_model
-from trtllm_nemotron.tokenizer import SPECIAL_TOKENS, load_tokenizer
+from trtllm_nemotron.tokenizer import CHATML_TEMPLATE, SPECIAL_TOKENS, load_tokenizer
 from trtllm_nemotron.train.data import DataRecipe, encode_documents, load_corpus, unigram_logprobs
 from trtllm_nemotron.train.train import DEFAULT_OUT, linear_in_dims_not_multiple
 
@@ -82,8 +82,9 @@ def test_tokenizer_special_tokens_and_chat_template():
     for s in ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"):
         assert tok.token_to_id(s) is not None
     assert 2000 <= tok.vocab_size <= 8192
+    assert tok.chat_template == CHATML_TEMPLATE  # the package's one template
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
-    assert text.startswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"
     code = "def f(x):\n    return x + 1\n"
     assert tok.decode(tok.encode(code)) == code
     gen = json.loads((ASSET / "generation_config.json").read_text())

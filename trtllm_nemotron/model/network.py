@@ -25,14 +25,19 @@ from trtllm_nemotron.config import NemotronHConfig
 from trtllm_nemotron.model.cache import HybridCache
 from trtllm_nemotron.model.layers import STATEFUL, build_layer
 from trtllm_nemotron.model.mamba import ClampMode
+from trtllm_nemotron.model.moe import RoutedExperts
 from trtllm_nemotron.model.norms import RMSNorm
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False) -> None:
+    def __init__(
+        self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
+    ) -> None:
         super().__init__()
         self.embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(build_layer(cfg, ch, clamp_dt_min=clamp_dt_min) for ch in cfg.pattern)
+        self.layers = nn.ModuleList(
+            build_layer(cfg, ch, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed) for ch in cfg.pattern
+        )
         self.norm_f = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
 
 
@@ -41,7 +46,14 @@ class MTPSublayer(nn.Module):
     sublayer of a depth and the final norm on its last."""
 
     def __init__(
-        self, cfg: NemotronHConfig, char: str, *, first: bool, last: bool, clamp_dt_min: ClampMode = False
+        self,
+        cfg: NemotronHConfig,
+        char: str,
+        *,
+        first: bool,
+        last: bool,
+        clamp_dt_min: ClampMode = False,
+        moe_routed: RoutedExperts | None = None,
     ) -> None:
         super().__init__()
         D, eps = cfg.hidden_size, cfg.layer_norm_epsilon
@@ -50,7 +62,7 @@ class MTPSublayer(nn.Module):
             self.enorm = RMSNorm(D, eps)
             self.hnorm = RMSNorm(D, eps)
             self.eh_proj = nn.Linear(2 * D, D, bias=False)
-        block = build_layer(cfg, char, clamp_dt_min=clamp_dt_min)
+        block = build_layer(cfg, char, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed)
         self.norm, self.mixer = block.norm, block.mixer
         if last:
             self.final_layernorm = RMSNorm(D, eps)
@@ -63,13 +75,17 @@ class MTPSublayer(nn.Module):
 
 
 class MTPBlock(nn.Module):
-    def __init__(self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False) -> None:
+    def __init__(
+        self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
+    ) -> None:
         super().__init__()
         p = cfg.mtp_pattern
         n = len(p)
         self.depth_len = n
         self.layers = nn.ModuleList(
-            MTPSublayer(cfg, ch, first=j % n == 0, last=j % n == n - 1, clamp_dt_min=clamp_dt_min)
+            MTPSublayer(
+                cfg, ch, first=j % n == 0, last=j % n == n - 1, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed
+            )
             for j, ch in enumerate(p * cfg.num_nextn_predict_layers)
         )
 
@@ -91,15 +107,20 @@ class MTPBlock(nn.Module):
 
 
 class NemotronHForCausalLM(nn.Module):
-    def __init__(self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False) -> None:
+    def __init__(
+        self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
+    ) -> None:
+        """`moe_routed`: how every MoE sums its routed experts (None: `moe.routed_experts_index_add`)."""
         super().__init__()
         self.config = cfg
         self.clamp_dt_min = clamp_dt_min
-        self.backbone = Backbone(cfg, clamp_dt_min=clamp_dt_min)
+        self.backbone = Backbone(cfg, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed)
         self.lm_head = (
             None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         )
-        self.mtp = MTPBlock(cfg, clamp_dt_min=clamp_dt_min) if cfg.num_nextn_predict_layers else None
+        self.mtp = (
+            MTPBlock(cfg, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed) if cfg.num_nextn_predict_layers else None
+        )
 
     # convenient aliases (the runtime and quantizer use the backbone's modules directly)
     @property

@@ -32,13 +32,7 @@ from typing import Any
 import torch
 
 from trtllm_nemotron.checkpoint import check_checkpoint, open_checkpoint
-from trtllm_nemotron.checkpoint.reader import CheckpointReader
-from trtllm_nemotron.checkpoint.writer import TOKENIZER_FILES, save_checkpoint
-from trtllm_nemotron.config import expected_tensors
-from trtllm_nemotron.errors import NemotronError, QuantError
-from trtllm_nemotron.quant import fp8, nvfp4
-from trtllm_nemotron.quant.calib import LayerCalibrator, calibration_ids, load_calib_text, tokenize
-from trtllm_nemotron.quant.formats import (
+from trtllm_nemotron.checkpoint.formats import (
     FP8,
     INPUT_SCALE,
     K_SCALE,
@@ -48,6 +42,12 @@ from trtllm_nemotron.quant.formats import (
     WEIGHT_SCALE,
     WEIGHT_SCALE_2,
 )
+from trtllm_nemotron.checkpoint.reader import CheckpointReader
+from trtllm_nemotron.checkpoint.writer import TOKENIZER_FILES, save_checkpoint
+from trtllm_nemotron.config import expected_tensors
+from trtllm_nemotron.errors import NemotronError, QuantError
+from trtllm_nemotron.quant import fp8, nvfp4
+from trtllm_nemotron.quant.calib import LayerCalibrator, calibration_ids, load_calib_text, tokenize
 from trtllm_nemotron.quant.modelopt_config import hf_quant_config, quantization_config, quantized_modules
 from trtllm_nemotron.quant.recipes import get_recipe
 

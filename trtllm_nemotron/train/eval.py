@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trtllm_nemotron.train.data import unigram_logprobs
+
+if TYPE_CHECKING:
+    from trtllm_nemotron.tokenizer import Tokenizer
 
 # prompts for the greedy completions shown in the docs
 CODE_PROMPTS: tuple[str, ...] = (
@@ -155,14 +159,14 @@ def mtp_acceptance(
     )
 
 
-def completions(model: nn.Module, tokenizer, prompts: tuple[str, ...] = CODE_PROMPTS, max_new_tokens: int = 48) -> list[dict]:
+def completions(model: nn.Module, tokenizer: Tokenizer, prompts: tuple[str, ...] = CODE_PROMPTS, max_new_tokens: int = 48) -> list[dict]:
     """Greedy completions of code prompts: [{"prompt", "completion"}]."""
-    stop = set(tokenizer.eos_token_ids) if hasattr(tokenizer, "eos_token_ids") else None
+    stop = set(tokenizer.eos_token_ids())
     out = []
     for p in prompts:
         ids = tokenizer.encode(p)
         new = greedy_generate(model, ids, max_new_tokens, stop)
-        out.append({"prompt": p, "completion": tokenizer.decode(new)})
+        out.append({"prompt": p, "completion": tokenizer.decode(new, skip_special_tokens=False)})
     return out
 
 

@@ -288,7 +288,7 @@ def train_tiny(
     from trtllm_nemotron.model.loader import model_from_config
     from trtllm_nemotron.tokenizer import EOS, load_tokenizer, train_bpe_tokenizer
     from trtllm_nemotron.train import eval as ev
-    from trtllm_nemotron.train.fast import use_fast_paths
+    from trtllm_nemotron.train.fast import routed_experts_sorted
 
     tc = tc or TrainConfig()
     recipe = recipe or DataRecipe()
@@ -316,9 +316,8 @@ def train_tiny(
         final_windows = heldout_windows(heldout_stream, tc.seq_len, tc.final_eval_windows or None)
 
         # ---- model ----
-        model = model_from_config(cfg, seed=tc.seed)
+        model = model_from_config(cfg, seed=tc.seed, moe_routed=routed_experts_sorted)
         model.train(True)
-        use_fast_paths(model)
         loads = RouterLoads(model)
         opt = torch.optim.AdamW(
             _param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8
