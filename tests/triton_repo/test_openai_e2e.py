@@ -179,6 +179,37 @@ def test_chat_greedy_text_usage_and_enable_thinking(client, runtime, stream, thi
     assert usage.completion_tokens == len(ref.token_ids)
 
 
+def test_tools_are_rendered_by_the_engine_template(client, runtime):
+    from triton_repo.openai_front.parsers import parse_chat_output
+
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {
+                    "type": "object",
+                    "required": ["city"],
+                    "properties": {"city": {"type": "string"}},
+                },
+            },
+        }
+    ]
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    prompt = runtime.chat_prompt(msgs, tools=tools)
+    assert "<name>get_weather</name>" in prompt and "<tool_call>" in prompt  # the tools and the call format
+    ref = runtime.generate(prompt)
+    r = client.chat.completions.create(
+        model="nemotron", messages=msgs, tools=tools, max_tokens=MAX_TOKENS, temperature=0
+    )
+    assert r.usage.prompt_tokens == len(runtime.tokenizer.encode(prompt))
+    reasoning, content, calls = parse_chat_output(ref.text, tools=tools)
+    msg = r.choices[0].message
+    assert (getattr(msg, "reasoning_content", None) or "", msg.content or "") == (reasoning, content)
+    assert [c.function.name for c in msg.tool_calls or []] == [c.name for c in calls]
+
+
 def test_named_tool_choice_forces_a_call(client):
     tools = [
         {

@@ -231,3 +231,71 @@ def test_prefilled_call_for_required_and_named_tool_choice():
 def test_convert_value_follows_schema(raw, schema, want):
     got = convert_value(raw, schema)
     assert got == want and type(got) is type(want)
+
+
+def test_chat_template_renders_tools_and_calls_in_the_format_the_parser_reads():
+    """The package's one template (Nemotron 3's shape) and the tool parser agree: a call rendered into the
+    history parses back to the same call; tools, tool results and truncated reasoning land where Nemotron 3's
+    template puts them."""
+    from trtllm_nemotron.tokenizer import CHATML_TEMPLATE, Tokenizer, byte_level_tokenizer
+
+    tok = Tokenizer(byte_level_tokenizer(), chat_template=CHATML_TEMPLATE)
+    args = {"city": "São Paulo", "days": 3, "metric": True, "filters": {"a": [1, 2]}}
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "reasoning_content": "I need the tool.",
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": args}}],
+        },
+        {"role": "tool", "content": "sunny"},
+        {"role": "tool", "content": "20 C"},
+    ]
+    text = tok.apply_chat_template(history, tools=TOOLS)
+    system = text.split("<|im_end|>")[0]
+    assert system.startswith(
+        "<|im_start|>system\n# Tools\n\nYou have access to the following functions:\n\n<tools>"
+    )
+    assert (
+        "<function>\n<name>get_weather</name>\n<parameters>\n<parameter>\n<name>city</name>\n<type>string</type>"
+        in system
+        and '<required>["city"]</required>\n</parameters>\n</function>' in system
+    )
+    turn = text.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
+    assert turn.startswith("<think>\nI need the tool.\n</think>\n<tool_call>\n<function=get_weather>\n")
+    schema = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "days": {"type": "integer"},
+                    "metric": {"type": "boolean"},
+                    "filters": {"type": "object"},
+                },
+            },
+        },
+    }
+    reasoning, content, calls = parse_chat_output(turn.removeprefix("<think>\n"), tools=[schema])
+    assert reasoning == "I need the tool.\n" and content.strip() == ""
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", args)]
+    assert (
+        "<|im_start|>user\n<tool_response>\nsunny\n</tool_response>\n<tool_response>\n20 C\n</tool_response>\n"
+        "<|im_end|>\n<|im_start|>assistant\n<think>\n" in text
+    )
+    later = tok.apply_chat_template(
+        history
+        + [
+            {"role": "assistant", "content": "Sunny.", "reasoning_content": "r"},
+            {"role": "user", "content": "Thanks"},
+        ],
+        enable_thinking=False,
+    )
+    assert "I need the tool." not in later and "<think></think>\n<tool_call>" in later  # truncated history
+    assert later.endswith(
+        "<think></think>Sunny.<|im_end|>\n<|im_start|>user\nThanks<|im_end|>\n"
+        "<|im_start|>assistant\n<think></think>"
+    )
