@@ -23,7 +23,7 @@ from triton_repo.package import PackageConfig, package
 
 pytestmark = pytest.mark.slow
 
-MAX_SEQ_LEN = 256
+MAX_SEQ_LEN = 1024
 MAX_TOKENS = 8
 SLOTS = 8
 PROMPT = "def fibonacci(n):"
