@@ -200,6 +200,13 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def id_of(self, token: str) -> int:
+        """The id of `token`, which the tokenizer must have (CheckpointError otherwise)."""
+        i = self._tok.token_to_id(token)
+        if i is None:
+            raise CheckpointError(f"the tokenizer has no {token!r} token; use one in Nemotron's layout")
+        return i
+
     @property
     def eos_token_id(self) -> int | None:
         return self.token_to_id(self.eos_token) if self.eos_token else None
