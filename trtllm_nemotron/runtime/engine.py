@@ -243,15 +243,7 @@ class Engine:
         cfg = model.config
         if mtp is None:
             mtp = engine_mtp if engine_mtp is not None else (3 if cfg.num_nextn_predict_layers else 0)
-        tok = Tokenizer.from_dir(ckpt, vocab_size=cfg.vocab_size)
-        eos = set(cfg.eos_token_ids)
-        gen_cfg = ckpt / "generation_config.json"
-        if gen_cfg.is_file():
-            try:
-                gen_eos = json.loads(gen_cfg.read_text()).get("eos_token_id")
-                eos.update([gen_eos] if isinstance(gen_eos, int) else list(gen_eos or []))
-            except (json.JSONDecodeError, TypeError):
-                log.warning("ignoring unreadable %s", gen_cfg)
+        tok = Tokenizer.from_dir(ckpt, vocab_size=cfg.vocab_size)  # its eos ids include generation_config's
         eng = cls(
             model,
             tok,
@@ -261,7 +253,7 @@ class Engine:
             ssm_dtype=ssm_dtype,
             prefill_chunk=prefill_chunk,
             compile=compile,
-            eos_token_ids=sorted(eos),
+            eos_token_ids=list(cfg.eos_token_ids),
             source=str(path),
             backend=backend,
         )
