@@ -37,6 +37,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from triton_repo.package import TRTLLM_FILES, TRTLLM_MODEL, repo_models
 from trtllm_nemotron.errors import PackageError
@@ -257,7 +258,7 @@ class TritonServer:
         self.loaded, self.skipped = plan_models(Path(cfg.repo), self.install, cfg.models)
         self._shm_before: set[Path] = set()
         self._envs_before: set[Path] = set()
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     def command(self) -> list[str]:
         c, inst = self.cfg, self.install

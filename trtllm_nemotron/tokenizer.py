@@ -232,8 +232,10 @@ class Tokenizer:
             template = next((t.get("template") for t in template if t.get("name") == "default"), None)
         if (path / "chat_template.jinja").is_file():
             template = (path / "chat_template.jinja").read_text()
-        e = _read_json(path / "generation_config.json").get("eos_token_id")
-        extra = [] if e is None else ([e] if isinstance(e, int) else list(e))
+        gen = _read_json(path / "generation_config.json").get("eos_token_id")
+        if not (gen is None or isinstance(gen, int) or (isinstance(gen, list) and all(isinstance(i, int) for i in gen))):
+            raise CheckpointError(f"{path / 'generation_config.json'}: eos_token_id must be an int or a list of ints")
+        extra = [] if gen is None else ([gen] if isinstance(gen, int) else gen)
         eos, bos = _content(cfg.get("eos_token")), _content(cfg.get("bos_token"))
         if (path / "tokenizer.json").is_file():
             try:
@@ -272,6 +274,13 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
+
+    def id_of(self, token: str) -> int:
+        """The id of `token`, which the tokenizer must have (CheckpointError otherwise)."""
+        i = self._tok.token_to_id(token)
+        if i is None:
+            raise CheckpointError(f"the tokenizer has no {token!r} token; use one in Nemotron's layout")
+        return i
 
     @property
     def eos_token_id(self) -> int | None:

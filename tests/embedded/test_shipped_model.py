@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,8 +124,3 @@ def test_mtp_head_predicts_t_plus_2_better_than_unigram(model, sample):
     nll = -logp.gather(-1, ids[:, 2:, None]).mean().item()
     uni = float(-unigram_logprobs(train, model.config.vocab_size)[windows[:, 2:]].mean())
     assert math.exp(nll) < 0.5 * math.exp(uni)
-
-
-def test_asset_is_package_data():
-    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    assert '"trtllm_nemotron" = ["assets/**/*"]' in pyproject
