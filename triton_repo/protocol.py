@@ -213,8 +213,9 @@ def parse_request(get: Callable[[str], np.ndarray | None]) -> ParsedRequest:
 
     for name, neutral in NEUTRAL_ONLY.items():
         arr = get(name)
-        if arr is not None and float(_scalar(name, arr)) != neutral:
-            raise RequestError(f"input {name!r} = {_scalar(name, arr)!r} is not supported by the nemotron runtime; "
+        value = _scalar(name, arr) if arr is not None else neutral
+        if value != neutral:
+            raise RequestError(f"input {name!r} = {value!r} is not supported by the nemotron runtime; "
                                f"leave it out or send {neutral:g}")
 
     def flag(name: str, default: bool = False) -> bool:

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from trtllm_nemotron.errors import PackageError
 
@@ -45,7 +46,7 @@ class OpenAIFront:
         self.grpc_url, self.engine_dir, self.host, self.port = grpc_url, Path(engine_dir), host, port
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
