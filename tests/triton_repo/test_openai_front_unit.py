@@ -51,6 +51,15 @@ def test_validation_happens_before_triton(app_without_triton):
     )
     assert r.status_code == 400 and "'g'" in r.json()["error"]["message"]
     r = app_without_triton.post(
+        "/v1/chat/completions",
+        json={
+            "model": "nemotron",
+            "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_object"},
+        },
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+    r = app_without_triton.post(
         "/v1/chat/completions", content=b"[1, 2]", headers={"content-type": "application/json"}
     )
     assert r.status_code == 400

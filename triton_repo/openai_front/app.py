@@ -148,6 +148,11 @@ def parse_sampling(body: dict, *, chat: bool) -> Sampling:
         v = body.get(name)
         if v not in (None, False, 0, 1 if name == "best_of" else None, {} if name == "logit_bias" else None):
             raise bad(name, f"'{name}' is not supported by this server; leave it out")
+    fmt = body.get("response_format")
+    if fmt not in (None, {"type": "text"}):
+        raise bad(
+            "response_format", "only response_format {'type': 'text'} is supported (no guided decoding)"
+        )
     for name in ("frequency_penalty", "presence_penalty"):
         if _num(body, name, lo=-2.0, hi=2.0, default=0) != 0:
             raise bad(name, f"'{name}' is not supported by the nemotron runtime; leave it out or send 0")
