@@ -239,22 +239,23 @@ class _Build:
             return "skipped", "cpu target: no plugin kernels (the embedded runtime uses torch references)", {}
         from plugins.aot import compile_all
 
-        assert self.cfg is not None
+        sm, sm_name = self.target.sm, self.target.sm_name
+        assert self.cfg is not None and sm is not None and sm_name is not None  # a GPU target, after inspect
 
         def produce(dest: Path) -> Any:
-            return compile_all(dest, sms=(self.target.sm,), config=self.cfg, progress=self.progress)
+            return compile_all(dest, sms=(sm,), config=self.cfg, progress=self.progress)
 
         dest = self.stage_dir / "plugins"
         if dest.exists():  # left by an interrupted attempt of this stage
             shutil.rmtree(dest)
         if self.cache:
-            key = bc.plugins_key(self.target.sm, self.cfg.to_dict())
+            key = bc.plugins_key(sm, self.cfg.to_dict())
             summary, hit = bc.cached_dir("plugins", key, dest, produce)
         else:
             summary, hit = json.loads(json.dumps(produce(dest), default=str)), False
-        sm_dir = self.stage_dir / "plugins" / self.target.sm_name
+        sm_dir = self.stage_dir / "plugins" / sm_name
         if not sm_dir.is_dir():
-            raise BuildError(f"plugins.aot.compile_all did not write {sm_dir}; expected plugins/{self.target.sm_name}/")
+            raise BuildError(f"plugins.aot.compile_all did not write {sm_dir}; expected plugins/{sm_name}/")
         n = sum(1 for p in sm_dir.rglob("*") if p.is_file())
         detail = f"{n} files in plugins/{self.target.sm_name}" + (" (cached)" if hit else "")
         return "done", detail, {"summary": summary}
@@ -353,6 +354,7 @@ class _Build:
 
     def plan(self) -> Plan:
         d = self.data("inspect")["plan"]
+        assert self.cfg is not None  # set by the checkpoint stage
         return plan_memory(self.cfg, self.target, recipe=self.recipe, gpus=d["gpus"], max_seq_len=d["max_seq_len"],
                            batch=d["batch"], mtp=self.mtp, max_num_tokens=d["max_num_tokens"])  # fmt: skip
 

@@ -29,7 +29,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from triton_repo.protocol import LLMAPI_INPUTS
+from triton_repo.protocol import LLMAPI_INPUTS, NEMOTRON_INPUTS
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20  # 4 MiB: a 131072-token prompt is ~0.5 MB of text
 _GENERATE = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/generate(_stream)?/?(\?.*)?$")
@@ -45,18 +45,19 @@ _HOP = {
     "expect",
     "host",
 }
+_INPUTS = {t.name: t for t in (*LLMAPI_INPUTS, *NEMOTRON_INPUTS)}.values()  # llmapi + our aliases
 _INT_RANGES = {
     "TYPE_INT32": (-(2**31), 2**31 - 1),
     "TYPE_UINT64": (0, 2**64 - 1),
     "TYPE_INT64": (-(2**63), 2**63 - 1),
 }
 INPUT_RANGES: dict[str, tuple[str, int, int]] = {
-    t.name: (t.dtype[5:], *_INT_RANGES[t.dtype]) for t in LLMAPI_INPUTS if t.dtype in _INT_RANGES
+    t.name: (t.dtype[5:], *_INT_RANGES[t.dtype]) for t in _INPUTS if t.dtype in _INT_RANGES
 }
 _JSON_KINDS = {"TYPE_STRING": (str, "a string"), "TYPE_BOOL": (bool, "true or false"),
                "TYPE_FP32": ((int, float), "a number")}
 INPUT_TYPES: dict[str, tuple[str, type | tuple[type, ...], str]] = {
-    t.name: (t.dtype[5:], *(_JSON_KINDS.get(t.dtype) or (int, "an integer"))) for t in LLMAPI_INPUTS
+    t.name: (t.dtype[5:], *(_JSON_KINDS.get(t.dtype) or (int, "an integer"))) for t in _INPUTS
 }
 
 

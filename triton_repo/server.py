@@ -73,6 +73,7 @@ class ServerConfig:
     extra_args: tuple[str, ...] = ()
     http_guard: bool = True  # the HTTP port is served by triton_repo.http_guard, tritonserver's is private
     http_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    openai_port: int | None = None  # the OpenAI front (triton_repo.openai_front) beside the server; None: off
 
     def __post_init__(self) -> None:
         ports = (self.http_port, self.grpc_port, self.metrics_port)
@@ -80,6 +81,9 @@ class ServerConfig:
             raise PackageError(f"HTTP, gRPC and metrics ports must be 3 distinct ports in 1..65535, got {ports}")
         if self.http_max_body_bytes < 1024:
             raise PackageError(f"the HTTP request size limit must be >= 1024 bytes, got {self.http_max_body_bytes}")
+        if self.openai_port is not None and (self.openai_port in ports or not 0 < self.openai_port < 65536):
+            raise PackageError(f"--openai-port must be a port in 1..65535 distinct from {ports}, "
+                               f"got {self.openai_port}")
 
     @property
     def http_url(self) -> str:
@@ -284,7 +288,7 @@ except (OSError, AttributeError):  # not Linux
     _prctl = None
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
     """A `preexec_fn` that makes the child receive SIGTERM when the thread that started it dies (any way,
     SIGKILL included), and exit at once if that already happened. None where prctl does not exist."""
     if _prctl is None:
@@ -427,7 +431,7 @@ class TritonServer:
         env = {**os.environ, **self.install.env}
         self.proc = subprocess.Popen(self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=_die_with_parent(os.getpid()))
+                                     preexec_fn=die_with_parent(os.getpid()))
         self._pump = threading.Thread(target=self._read_output, args=(self.proc,), name="tritonserver-log",
                                       daemon=True)
         self._pump.start()
@@ -562,14 +566,31 @@ def serve(cfg: ServerConfig, *, echo=print, restart: bool = True, verbose: bool 
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     crashes: list[float] = []
+    front = None
     try:
+        if cfg.openai_port is not None and not port_free(cfg.host, cfg.openai_port):
+            raise PackageError(f"--openai-port {cfg.openai_port} on {cfg.host} is in use; pick another port")
         server.start()
         echo(f"ready: HTTP {cfg.http_url}  gRPC {cfg.grpc_url}  metrics {cfg.metrics_url}")
         echo(f"try:   trtllm-nemotron generate --url {cfg.grpc_url} --stream \"def fibonacci(n):\"")
+        if cfg.openai_port is not None and not stop_requested:
+            from triton_repo.openai_front.launch import OpenAIFront, repo_engine_dir
+
+            front = OpenAIFront(grpc_url=cfg.grpc_url, engine_dir=repo_engine_dir(cfg.repo), host=cfg.host,
+                                port=cfg.openai_port).start()
+            echo(f"ready: OpenAI API {front.url}/v1 (models: nemotron)")
         while True:
-            while server.proc is not None and server.proc.poll() is None:
+            while server.proc is not None and server.proc.poll() is None and not stop_requested:
+                if front is not None and front.proc is not None and front.proc.poll() is not None:
+                    front_rc = front.proc.returncode
+                    echo(f"the OpenAI front exited with status {front_rc}; stopping tritonserver")
+                    front.stop()
+                    server.stop()
+                    return front_rc or 1
                 time.sleep(0.2)
             if stop_requested or server.proc is None:
+                if front is not None:
+                    front.stop()
                 server.stop()
                 return 0
             rc = server.proc.returncode
@@ -583,13 +604,15 @@ def serve(cfg: ServerConfig, *, echo=print, restart: bool = True, verbose: bool 
                 return 128 - rc if rc < 0 else (rc or 1)
             echo(f"restarting tritonserver (crash {len(crashes)}; `serve --no-restart` exits instead)")
             try:
-                server.restart()
+                server.restart()  # same ports: the OpenAI front (a gRPC client) keeps working
             except PackageError:
                 if stop_requested:
                     return 0
                 raise
             echo(f"ready again: HTTP {cfg.http_url}  gRPC {cfg.grpc_url}")
     finally:
+        if front is not None:
+            front.stop()
         server.stop()
         for s, h in old.items():
             signal.signal(s, h)

@@ -70,3 +70,20 @@ def test_deterministic_and_small_vocab_error(tmp_path, tok_dir):
 def test_load_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_generation_config_eos_ids_join_and_a_broken_one_is_a_clear_error(tmp_path, tok_dir):
+    import shutil
+
+    from trtllm_nemotron.tokenizer import Tokenizer
+
+    d = tmp_path / "tok"
+    shutil.copytree(tok_dir, d)
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 11, 7]}))
+    assert Tokenizer.from_dir(d).eos_token_ids() == [11, 2, 7]
+    (d / "generation_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="generation_config.json is not valid JSON"):
+        Tokenizer.from_dir(d)
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": "</s>"}))
+    with pytest.raises(CheckpointError, match="eos_token_id must be an int"):
+        Tokenizer.from_dir(d)

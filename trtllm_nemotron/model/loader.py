@@ -67,7 +67,7 @@ def model_from_config(
 
 
 def _targets(model: nn.Module) -> dict[str, torch.Tensor]:
-    t = dict(model.named_parameters())
+    t: dict[str, torch.Tensor] = dict(model.named_parameters())
     t.update(model.named_buffers())
     return t
 

@@ -43,6 +43,8 @@ class MLP(nn.Module):
 
 
 class Router(nn.Module):
+    e_score_correction_bias: torch.Tensor  # an fp32 buffer
+
     def __init__(self, cfg: NemotronHConfig) -> None:
         super().__init__()
         E = cfg.n_routed_experts
@@ -85,10 +87,11 @@ class MoE(nn.Module):
         self.shared_experts = (
             MLP(cfg.hidden_size, cfg.shared_expert_size, cfg.mlp_bias) if cfg.n_shared_experts else None
         )
-        self.latent = cfg.moe_latent_size is not None and cfg.moe_latent_size > 0
+        latent = cfg.moe_latent_size or 0
+        self.latent = latent > 0
         if self.latent:
-            self.fc1_latent_proj = nn.Linear(cfg.hidden_size, cfg.moe_latent_size, bias=cfg.mlp_bias)
-            self.fc2_latent_proj = nn.Linear(cfg.moe_latent_size, cfg.hidden_size, bias=cfg.mlp_bias)
+            self.fc1_latent_proj = nn.Linear(cfg.hidden_size, latent, bias=cfg.mlp_bias)
+            self.fc2_latent_proj = nn.Linear(latent, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h [batch, T, hidden] -> [batch, T, hidden]."""

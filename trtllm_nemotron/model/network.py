@@ -18,6 +18,8 @@ next hidden for recursive drafting.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -99,11 +101,11 @@ class MTPBlock(nn.Module):
     ) -> torch.Tensor:
         """emb (embedding of the next token) and hidden (final-normed) [batch, T, hidden] -> final-normed g."""
         j0 = depth * self.depth_len
-        first = self.layers[j0]
+        first = cast(MTPSublayer, self.layers[j0])
         u = first.eh_proj(torch.cat([first.enorm(emb), first.hnorm(hidden)], dim=-1))
         for j in range(j0, j0 + self.depth_len):
             u = self.layers[j](u, cache, j, rows)
-        return self.layers[j0 + self.depth_len - 1].final_layernorm(u)
+        return cast(MTPSublayer, self.layers[j0 + self.depth_len - 1]).final_layernorm(u)
 
 
 class NemotronHForCausalLM(nn.Module):
@@ -177,7 +179,7 @@ class NemotronHForCausalLM(nn.Module):
         h = self.backbone.embeddings(input_ids)
         for i, layer in enumerate(self.backbone.layers):
             h = layer(h, cache, i, r)
-        if cache is not None:
+        if cache is not None and r is not None:
             cache.advance(r, T)
         return self.backbone.norm_f(h)
 
@@ -215,6 +217,6 @@ class NemotronHForCausalLM(nn.Module):
             mtp_cache.check_room(r, T)
             mtp_cache.steps.clear()
         g = mtp(self.backbone.embeddings(next_ids), hidden, mtp_cache, r, depth)
-        if mtp_cache is not None:
+        if mtp_cache is not None and r is not None:
             mtp_cache.advance(r, T)
         return self.logits(g), g

@@ -78,7 +78,10 @@ class TensorSource:
         start, end = header[key]["data_offsets"]
         stored = tuple(header[key]["shape"])
         if stored != shape:  # one expert of a fused [E, ...] tensor: a contiguous slice
-            e = int(_EXPERT_IDX.search(name)[1])
+            m = _EXPERT_IDX.search(name)
+            if m is None:
+                raise QuantError(f"{name}: shape {shape}, its stored tensor {key}: {stored} (not an expert)")
+            e = int(m[1])
             per = (end - start) // stored[0]
             start, end = start + e * per, start + (e + 1) * per
         buf = bytearray(end - start)
@@ -177,7 +180,9 @@ def quantize_checkpoint(
         if hfq is not None:
             raw["quantization_config"] = quantization_config(hfq)
         out_cfg = cfg.replace(raw=raw)
-        extra = {"hf_quant_config.json": json.dumps(hfq, indent=4)} if hfq is not None else {}
+        extra: dict[str, str | bytes] = {}
+        if hfq is not None:
+            extra["hf_quant_config.json"] = json.dumps(hfq, indent=4)
         tokenizer_dir = src if any((src / f).is_file() for f in TOKENIZER_FILES) else None
         ids = None
         if need_calib:  # text problems surface before anything is written

@@ -12,6 +12,7 @@ ModelOpt's export writes (`_sanitize_export_amax` replaces a zero amax by maxbou
 
 Consumers: TRT-LLM `FP8QDQLinearMethod` on Hopper/Blackwell (per-tensor FP8 GEMM with
 `alpha = input_scale * weight_scale`); FP8 KV cache uses the same scalar form (`k_scale`, `v_scale`).
+This module encodes; decoding a stored tensor (`dequantize_fp8`) is `checkpoint/formats.py`.
 """
 
 from __future__ import annotations

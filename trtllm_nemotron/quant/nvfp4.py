@@ -22,6 +22,7 @@ scale is calibrated: `input_scale = amax(|x|) / (6 * 448)` and the kernel quanti
 `weight_scale_2 := input_scale` (TRT-LLM `fp4_quantize(x, 1 / input_scale, 16)`). `fake_quantize`
 simulates exactly that on CPU. Consumers: TRT-LLM `NVFP4LinearMethod` (Blackwell; it swizzles the
 row-major block scales at load, so checkpoints keep them plain) and the W4A16 fallback on Hopper.
+This module encodes; decoding a stored tensor (`dequantize_nvfp4`, `unpack_e2m1`) is `checkpoint/formats.py`.
 """
 
 from __future__ import annotations

@@ -259,7 +259,7 @@ class NativeStep:
             iv = [m["H"], m["P"], m["G"], m["N"], m["K"], m["d_inner"], m["conv_dim"], m["group"]]
             iv.append(int(m["dt_min"] is not None))
             fv.append(float(m["dt_min"] or 0.0))
-            names = ("in_proj", "in_bias", "conv_w", "conv_b", "A_log", "D", "dt_bias", "norm", "out_proj",
+            names: tuple[str, ...] = ("in_proj", "in_bias", "conv_w", "conv_b", "A_log", "D", "dt_bias", "norm", "out_proj",
                      "out_bias")  # fmt: skip
             ptrs = [self._p(L.norm_w), *(self._p(w[n]) for n in names)]
             ptrs += [self._state(cache.conv[L.cache_idx]), self._state(cache.ssm[L.cache_idx])]
