@@ -128,7 +128,7 @@ def test_five_mb_form_encoded_body_gets_413_and_the_server_stays_ready(served):
     assert status == 400 and "max_seq_len" in text, text
     status, text = post(served, GENERATE, b'{"text_input": "def f(x):", "sampling_param_max_tokens": 2}',
                         "application/x-www-form-urlencoded")
-    assert status == 200 and json.loads(text)["text_output"].startswith("def f(x):"), text
+    assert status == 200 and json.loads(text)["num_output_tokens"] == 2, text
     assert_ready(served)
 
 
