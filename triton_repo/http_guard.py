@@ -28,6 +28,7 @@ import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from triton_repo.protocol import LLMAPI_INPUTS, NEMOTRON_INPUTS
 
@@ -54,9 +55,12 @@ _INT_RANGES = {
 INPUT_RANGES: dict[str, tuple[str, int, int]] = {
     t.name: (t.dtype[5:], *_INT_RANGES[t.dtype]) for t in _INPUTS if t.dtype in _INT_RANGES
 }
-_JSON_KINDS = {"TYPE_STRING": (str, "a string"), "TYPE_BOOL": (bool, "true or false"),
-               "TYPE_FP32": ((int, float), "a number")}
-INPUT_TYPES: dict[str, tuple[str, type | tuple[type, ...], str]] = {
+_JSON_KINDS = {
+    "TYPE_STRING": (str, "a string"),
+    "TYPE_BOOL": (bool, "true or false"),
+    "TYPE_FP32": ((int, float), "a number"),
+}
+INPUT_TYPES: dict[str, tuple[str, Any, str]] = {
     t.name: (t.dtype[5:], *(_JSON_KINDS.get(t.dtype) or (int, "an integer"))) for t in _INPUTS
 }
 
@@ -87,16 +91,22 @@ def check_generate_body(body: bytes) -> None:
         dtype, kind, what = INPUT_TYPES[name]
         for v in value if isinstance(value, list) else [value]:
             if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
-                raise _Refused(400, f"input {name!r} must be {what} (or a list of them) for its type {dtype}, "
-                                    f"got {json.dumps(v)[:80]}")
-            if name in INPUT_RANGES and not INPUT_RANGES[name][1] <= v <= INPUT_RANGES[name][2]:
-                lo, hi = INPUT_RANGES[name][1:]
+                raise _Refused(
+                    400,
+                    f"input {name!r} must be {what} (or a list of them) for its type {dtype}, "
+                    f"got {json.dumps(v)[:80]}",
+                )
+            if name not in INPUT_RANGES:
+                continue
+            lo, hi = INPUT_RANGES[name][1:]
+            if not lo <= v <= hi:
                 raise _Refused(400, f"input {name!r} = {v} is out of range for its type {dtype} ({lo}..{hi})")
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _GuardServer
+    _upstream: http.client.HTTPConnection | None = None  # this client connection's tritonserver connection
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
         pass  # tritonserver logs requests itself when asked (--log-verbose)
@@ -145,7 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         limit = self.server.max_body_bytes
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts, total = [], 0
+            parts: list[bytes] = []
+            total = 0
             while True:
                 line = self.rfile.readline(1024)
                 try:
@@ -202,9 +213,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _upstream_request(self, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
         for attempt in (0, 1):  # a kept-alive upstream connection may have been closed: reconnect once
-            conn = getattr(self, "_upstream", None)
+            conn = self._upstream
             if conn is None:
-                conn = self._upstream = http.client.HTTPConnection(*self.server.upstream, timeout=None)
+                host, port = self.server.upstream
+                conn = self._upstream = http.client.HTTPConnection(host, port, timeout=None)
             try:
                 conn.request(self.command, self.path, body=body or None, headers=headers)
                 return conn.getresponse()
@@ -228,7 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif chunked:
             self.send_header("Transfer-Encoding", "chunked")
         else:
-            self.send_header("Content-Length", length)
+            self.send_header("Content-Length", str(length))
         self.end_headers()
         try:
             while not no_body:
@@ -243,18 +255,19 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # the client went away: drop the upstream request too (frees its slot)
             self.close_connection = True
             resp.close()
+            self._drop_upstream()
+            return
+        if resp.will_close:
+            self._drop_upstream()
+
+    def _drop_upstream(self) -> None:
+        if self._upstream is not None:
             with contextlib.suppress(Exception):
                 self._upstream.close()
             self._upstream = None
-            return
-        if resp.will_close:
-            self._upstream.close()
-            self._upstream = None
 
     def finish(self) -> None:
-        with contextlib.suppress(Exception):
-            if getattr(self, "_upstream", None) is not None:
-                self._upstream.close()
+        self._drop_upstream()
         super().finish()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _proxy

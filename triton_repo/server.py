@@ -49,6 +49,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from triton_repo.http_guard import DEFAULT_MAX_BODY_BYTES, HttpGuard
 from triton_repo.package import TRTLLM_FILES, TRTLLM_MODEL, repo_models
@@ -282,6 +283,7 @@ def _cmdline(pid: int) -> str:
 
 
 _PR_SET_PDEATHSIG = 1
+_prctl: Any
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
 except (OSError, AttributeError):  # not Linux

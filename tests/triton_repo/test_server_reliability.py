@@ -50,9 +50,25 @@ class Serve:
 def start_serve(repo: Path, log: Path, *extra: str) -> Serve:
     h, g, m = free_ports(3)
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "trtllm_nemotron", "serve", str(repo), "--http-port", str(h),
-                                 "--grpc-port", str(g), "--metrics-port", str(m), *extra],
-                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trtllm_nemotron",
+                "serve",
+                str(repo),
+                "--http-port",
+                str(h),
+                "--grpc-port",
+                str(g),
+                "--metrics-port",
+                str(m),
+                *extra,
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     s = Serve(proc, log, repo, f"127.0.0.1:{h}", f"127.0.0.1:{g}", (h, g, m))
     wait_ready(s)
     return s
@@ -73,8 +89,9 @@ def tritonserver_pid(s: Serve) -> int:
     return who["pid"]
 
 
-def post(s: Serve, path: str, body: bytes, content_type: str = "application/json",
-         headers: dict | None = None) -> tuple[int, str]:
+def post(
+    s: Serve, path: str, body: bytes, content_type: str = "application/json", headers: dict | None = None
+) -> tuple[int, str]:
     host, port = s.http.rsplit(":", 1)
     c = http.client.HTTPConnection(host, int(port), timeout=120)
     try:
@@ -96,7 +113,9 @@ def repo(tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("reliab")
     engine = assemble_engine(default_model_dir(), tmp / "engine")
-    return package(engine, tmp / "repo", PackageConfig(max_batch_size=4, max_seq_len=MAX_SEQ_LEN, device="cpu"))
+    return package(
+        engine, tmp / "repo", PackageConfig(max_batch_size=4, max_seq_len=MAX_SEQ_LEN, device="cpu")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -126,23 +145,30 @@ def test_five_mb_form_encoded_body_gets_413_and_the_server_stays_ready(served):
     prompt = json.dumps({"text_input": "word " * 600_000, "sampling_param_max_tokens": 2}).encode()
     status, text = post(served, GENERATE, prompt, "application/x-www-form-urlencoded")
     assert status == 400 and "max_seq_len" in text, text
-    status, text = post(served, GENERATE, b'{"text_input": "def f(x):", "sampling_param_max_tokens": 2}',
-                        "application/x-www-form-urlencoded")
+    status, text = post(
+        served,
+        GENERATE,
+        b'{"text_input": "def f(x):", "sampling_param_max_tokens": 2}',
+        "application/x-www-form-urlencoded",
+    )
     assert status == 200 and json.loads(text)["num_output_tokens"] == 2, text
     assert_ready(served)
 
 
-@pytest.mark.parametrize("body, match", [
-    (b"{bad json", "not valid JSON"),
-    (b"", "not valid JSON"),
-    (b"\xff\xfe{}", "not valid JSON"),
-    (b'["text_input", "hi"]', "must be a JSON object"),
-    (b'{"text_input": "hi", "sampling_param_max_tokens": 2147483648}', "out of range for its type INT32"),
-    (b'{"text_input": "hi", "sampling_param_top_k": -2147483649}', "out of range"),
-    (b'{"text_input": "hi", "sampling_param_seed": -1}', "out of range for its type UINT64"),
-    (b'{"text_input": ["a", "b"], "sampling_param_max_tokens": 2}', "one request per prompt"),
-    (b'{"sampling_param_max_tokens": 2}', "text_input"),
-])
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        (b"{bad json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+        (b'["text_input", "hi"]', "must be a JSON object"),
+        (b'{"text_input": "hi", "sampling_param_max_tokens": 2147483648}', "out of range for its type INT32"),
+        (b'{"text_input": "hi", "sampling_param_top_k": -2147483649}', "out of range"),
+        (b'{"text_input": "hi", "sampling_param_seed": -1}', "out of range for its type UINT64"),
+        (b'{"text_input": ["a", "b"], "sampling_param_max_tokens": 2}', "one request per prompt"),
+        (b'{"sampling_param_max_tokens": 2}', "text_input"),
+    ],
+)
 def test_malformed_generate_requests_get_400(served, body, match):
     for path in (GENERATE, "/v2/models/nemotron/generate_stream"):
         status, text = post(served, path, body)
@@ -150,10 +176,18 @@ def test_malformed_generate_requests_get_400(served, body, match):
     assert_ready(served)
 
 
-_json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(
-    max_size=40)
-_json_values = st.recursive(_json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-    st.text(max_size=8), inner, max_size=3), max_leaves=6)
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=40)
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
 _names = st.sampled_from([t.name for t in NEMOTRON_INPUTS] + ["bogus", ""])
 
 
@@ -167,15 +201,30 @@ def test_fuzzed_http_generate_bodies_never_get_5xx(served, doc, stream):
 
 
 @FUZZ
-@given(body=st.binary(max_size=2000), ctype=st.sampled_from(["application/json", "application/x-www-form-urlencoded",
-                                                             "text/plain", "multipart/form-data; boundary=x"]))
+@given(
+    body=st.binary(max_size=2000),
+    ctype=st.sampled_from(
+        [
+            "application/json",
+            "application/x-www-form-urlencoded",
+            "text/plain",
+            "multipart/form-data; boundary=x",
+        ]
+    ),
+)
 def test_fuzzed_raw_http_bodies_never_get_5xx(served, body, ctype):
     status, text = post(served, GENERATE, body, ctype)
     assert status < 500, (body[:100], status, text)
 
 
-_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_,
-           "UINT64": np.uint64}
+_DTYPES = {
+    "BYTES": np.object_,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP32": np.float32,
+    "BOOL": np.bool_,
+    "UINT64": np.uint64,
+}
 
 
 @st.composite
@@ -238,10 +287,28 @@ def test_a_five_mb_grpc_prompt_is_refused_and_the_server_stays_ready(served):
 
 def test_a_second_serve_on_the_same_ports_explains_who_holds_them(served):
     h, g, m = served.ports
-    r = subprocess.run([sys.executable, "-m", "trtllm_nemotron", "serve", str(served.repo), "--http-port", str(h),
-                        "--grpc-port", str(g), "--metrics-port", str(m)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trtllm_nemotron",
+            "serve",
+            str(served.repo),
+            "--http-port",
+            str(h),
+            "--grpc-port",
+            str(g),
+            "--metrics-port",
+            str(m),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1
-    assert f"port {h} is held by a running `trtllm-nemotron serve` (pid {served.proc.pid})" in r.stderr, r.stderr
+    assert f"port {h} is held by a running `trtllm-nemotron serve` (pid {served.proc.pid})" in r.stderr, (
+        r.stderr
+    )
     assert f"port {g} is held by tritonserver pid {tritonserver_pid(served)}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
@@ -291,7 +358,10 @@ def test_no_restart_exits_with_the_crash_and_its_cause(repo, tmp_path):
         if s.proc.poll() is None:
             s.proc.kill()
     log = s.log_text()
-    assert "tritonserver crashed: killed by SIGSEGV (signal 11)" in log and "not restarting (--no-restart)" in log
+    assert (
+        "tritonserver crashed: killed by SIGSEGV (signal 11)" in log
+        and "not restarting (--no-restart)" in log
+    )
     assert "Last lines of its log" in log
     before = log.split("Signal (11)")[0]  # up to the crash: quiet by default (serve --verbose shows these)
     assert "CudaDriverHelper" not in before and "+----" not in before and "ready: HTTP" in before
@@ -305,8 +375,13 @@ def test_a_tritonserver_left_by_a_killed_serve_is_named(repo, tmp_path):
     server = TritonServer(cfg)
     env = {**os.environ, **server.install.env}
     cmd = " ".join(f"'{a}'" for a in server.command())
-    sh = subprocess.run(["sh", "-c", f"{cmd} >/dev/null 2>&1 & echo $!"], capture_output=True, text=True, env=env,
-                        start_new_session=True)
+    sh = subprocess.run(
+        ["sh", "-c", f"{cmd} >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     pid = int(sh.stdout.strip())
     try:
         deadline = time.monotonic() + 120
