@@ -105,6 +105,7 @@ def check_generate_body(body: bytes) -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # stream each SSE chunk at once
     server: _GuardServer
     _upstream: http.client.HTTPConnection | None = None  # this client connection's tritonserver connection
 
