@@ -1,5 +1,5 @@
 # trtllm-nemotron: the pipeline as make targets. Targets call the CLI; logic lives in the library.
-.PHONY: help venv install test test-gpu test-all lint bench bench-plugins bench-quant bench-serve \
+.PHONY: help venv install test test-gpu test-all lint bench bench-plugins bench-quant bench-serve gpu-check \
         build-engine train-tiny serve client package clean
 
 PYTHON  ?= python3
@@ -64,6 +64,9 @@ bench-runtime: $(VENV)/.installed
 
 bench-plugins: $(VENV)/.installed  ## plugin kernels vs torch references (GPU when present)
 	$(PY) -m benchmarks.bench_plugins
+
+gpu-check: $(VENV)/.installed  ## GPU host: gpu/trt tests, plugin bench, TensorRT engine, validate -> one report (< 8 min)
+	$(PY) -m benchmarks.gpu_check --out build/gpu-check/report.md
 
 bench-quant: $(VENV)/.installed  ## quantization throughput and peak RSS on synthetic checkpoints
 	$(PY) -m benchmarks.bench_quant
