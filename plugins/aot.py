@@ -133,7 +133,9 @@ def target_sm() -> int:
     raw = os.environ.get(SM_ENV, "").strip()
     if raw:
         if not raw.isdigit() or int(raw) not in SUPPORTED_SMS:
-            raise PluginError(f"{SM_ENV}={raw!r} is not a supported SM; expected one of {list(SUPPORTED_SMS)}")
+            raise PluginError(
+                f"{SM_ENV}={raw!r} is not a supported SM; expected one of {list(SUPPORTED_SMS)}"
+            )
         return int(raw)
     try:
         from triton.runtime import driver
