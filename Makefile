@@ -1,5 +1,5 @@
 # trtllm-nemotron: the pipeline as make targets. Targets call the CLI; logic lives in the library.
-.PHONY: help venv install test test-gpu test-trt test-all lint bench bench-plugins bench-quant bench-serve \
+.PHONY: help venv install test test-gpu test-trt test-all lint bench bench-plugins bench-quant bench-serve gpu-check \
         build-engine train-tiny serve client package clean
 
 PYTHON  ?= python3
@@ -49,9 +49,9 @@ test-all: $(VENV)/.installed  ## every tier: gpu, trt, then the CPU suite (on a 
 
 LINT_PATHS := trtllm_nemotron plugins builder triton_repo clients tests benchmarks
 lint: $(VENV)/.installed  ## ruff check + ruff format --check + mypy (settings in pyproject.toml)
-	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(VENV)/bin/ruff format --check $(LINT_PATHS)
-	$(VENV)/bin/mypy
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy
 
 build-engine: $(VENV)/.installed  ## HF checkpoint -> engine dir (default: embedded model, b200, nvfp4-super, MTP 3)
 	$(CLI) build $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --recipe $(RECIPE) --mtp $(MTP) --out $(ENGINE)
@@ -76,6 +76,9 @@ bench-runtime: $(VENV)/.installed
 
 bench-plugins: $(VENV)/.installed  ## plugin kernels vs torch references (GPU when present)
 	$(PY) -m benchmarks.bench_plugins
+
+gpu-check: $(VENV)/.installed  ## GPU host: gpu/trt tests, plugin bench, TensorRT engine, validate -> one report (< 8 min)
+	$(PY) -m benchmarks.gpu_check --out build/gpu-check/report.md
 
 bench-quant: $(VENV)/.installed  ## quantization throughput and peak RSS on synthetic checkpoints
 	$(PY) -m benchmarks.bench_quant
