@@ -17,11 +17,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 def os_error_message(e: OSError) -> str:
     """'cannot write /x/y: Read-only file system (...)' for an OSError from reading or writing files."""
     where = " ".join(str(f) for f in (e.filename, e.filename2) if f)
-    hint = {errno.EACCES: "check its permissions or choose another output path",
-            errno.EPERM: "check its permissions or choose another output path",
-            errno.EROFS: "the filesystem is read-only: choose another output path",
-            errno.ENOSPC: "the disk is full: free space or choose another output path",
-            errno.EBUSY: "it is in use or a mount point: choose another path"}.get(e.errno or 0, "")
+    hint = {
+        errno.EACCES: "check its permissions or choose another output path",
+        errno.EPERM: "check its permissions or choose another output path",
+        errno.EROFS: "the filesystem is read-only: choose another output path",
+        errno.ENOSPC: "the disk is full: free space or choose another output path",
+        errno.EBUSY: "it is in use or a mount point: choose another path",
+    }.get(e.errno or 0, "")
     return f"{e.strerror or e}" + (f": {where}" if where else "") + (f"; {hint}" if hint else "")
 
 

@@ -155,8 +155,10 @@ def _utf8_prompt(prompt: str | bytes) -> str:
         raw = prompt if isinstance(prompt, bytes) else prompt.encode("utf-8", "surrogateescape")
         return raw.decode("utf-8")
     except (UnicodeDecodeError, UnicodeEncodeError) as e:
-        raise click.BadParameter(f"the prompt is not valid UTF-8 ({e.reason} at byte {e.start}); "
-                                 "pass UTF-8 text", param_hint="PROMPT") from e
+        raise click.BadParameter(
+            f"the prompt is not valid UTF-8 ({e.reason} at byte {e.start}); pass UTF-8 text",
+            param_hint="PROMPT",
+        ) from e
 
 
 def _default_model() -> str:

@@ -106,5 +106,7 @@ def quantize(
                 max_shard_bytes=max_shard_mb * 2**20,
             )
     except LockHeld as e:
-        raise QuantError(f"another process is writing {out} ({e.holder}); wait for it or choose another OUT") from None
+        raise QuantError(
+            f"another process is writing {out} ({e.holder}); wait for it or choose another OUT"
+        ) from None
     click.echo(json.dumps(summary, indent=2))
