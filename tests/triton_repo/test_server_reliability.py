@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -353,19 +354,17 @@ def test_no_restart_exits_with_the_crash_and_its_cause(repo, tmp_path):
     s = start_serve(repo, tmp_path / "serve.log", "--no-restart")
     try:
         os.kill(tritonserver_pid(s), signal.SIGSEGV)
-        assert s.proc.wait(120) == 128 + signal.SIGSEGV
+        rc = s.proc.wait(120)
     finally:
         if s.proc.poll() is None:
             s.proc.kill()
     log = s.log_text()
-    assert (
-        "tritonserver crashed: killed by SIGSEGV (signal 11)" in log
-        and "not restarting (--no-restart)" in log
-    )
-    assert "Last lines of its log" in log
-    before = log.split("Signal (11)")[0]  # up to the crash: quiet by default (serve --verbose shows these)
-    assert "CudaDriverHelper" not in before and "+----" not in before and "ready: HTTP" in before
-    assert len(before.splitlines()) <= 5, before
+    assert rc == 128 + signal.SIGSEGV, log[-3000:]
+    assert "tritonserver crashed: killed by SIGSEGV (signal 11)" in log, log[-3000:]
+    assert "not restarting (--no-restart)" in log and "Last lines of its log" in log, log[-3000:]
+    before = log.split("tritonserver crashed")[0]  # what serve showed until then: quiet by default
+    assert "ready: HTTP" in before and "CudaDriverHelper" not in before, before
+    assert not re.search(r"^(I\d{4} |\+-|\|)", before, re.M), before  # no info lines, no tables (--verbose)
 
 
 def test_a_tritonserver_left_by_a_killed_serve_is_named(repo, tmp_path):
