@@ -100,6 +100,11 @@ class _Seq:
     t_end: float | None = None
     finish_reason: str | None = None
     cancel_requested: bool = False
+    last_h: torch.Tensor | None = None  # prefix cache: h of the last prefilled position (snapshot input)
+    block_keys: list[bytes] = field(default_factory=list)  # prefix-cache keys of the prompt's whole blocks
+    mtp_h: torch.Tensor | None = None  # restored prefix: h of its last position, the MTP block's next input
+    prefix_reused: int = 0  # prompt tokens restored from the prefix cache
+    prefix_eligible: int = 0  # whole prompt blocks the prefix cache could have served
 
     @property
     def in_prefill(self) -> bool:
@@ -123,6 +128,8 @@ class Engine:
         eos_token_ids: list[int] | None = None,
         source: str = "",
         backend: str = "auto",
+        prefix_cache_mb: float = 0.0,
+        prefix_block: int = 64,
     ) -> None:
         cfg = model.config
         self.model = model
@@ -169,6 +176,19 @@ class Engine:
         self._ids = itertools.count()
         self._active_params = cfg.parameter_counts()["active"]
         self.backend = self._select_backend(backend, compile, ssm_dtype)
+        self.prefix = None
+        if prefix_cache_mb < 0:
+            raise RuntimeStateError(f"prefix_cache_mb must be >= 0 (0 turns the cache off), got {prefix_cache_mb}")
+        if prefix_cache_mb > 0:
+            from trtllm_nemotron.runtime.prefix_cache import PrefixCache
+
+            self.prefix = PrefixCache(
+                self.pool.cache,
+                self.pool.mtp_cache,
+                block_size=prefix_block,
+                budget_bytes=int(prefix_cache_mb * 2**20),
+                hidden_size=cfg.hidden_size,
+            )
         if self.backend == "native":
             self.enable_native()
         elif self.backend == "inductor":
@@ -190,6 +210,8 @@ class Engine:
         prefill_chunk: int = 256,
         compile: bool = False,
         backend: str = "auto",
+        prefix_cache_mb: float = 0.0,
+        prefix_block: int = 64,
     ) -> Engine:
         """Load an engine dir (build.json + checkpoint/) or a plain HF checkpoint dir (BF16 / FP8 / NVFP4).
 
@@ -254,6 +276,8 @@ class Engine:
             eos_token_ids=sorted(eos),
             source=str(path),
             backend=backend,
+            prefix_cache_mb=prefix_cache_mb,
+            prefix_block=prefix_block,
         )
         log.info(
             "loaded %s in %.2fs (%s, %s, %s step, mtp=%d, %d slots x %d tokens, cache %.1f MiB)",
@@ -476,7 +500,17 @@ class Engine:
         ]
 
     def admit(self, seq: _Seq) -> None:
+        """Give `seq` a slot; with the prefix cache, restore the longest cached prefix of its prompt into it."""
         seq.slot = self.pool.acquire()
+        if self.prefix is not None:
+            from trtllm_nemotron.runtime.prefix_cache import block_keys
+
+            hit = self.prefix.lookup(seq.prompt_ids)
+            seq.block_keys = block_keys(seq.prompt_ids, self.prefix.block_size)
+            seq.prefix_eligible = hit.eligible
+            if hit.blocks:
+                seq.mtp_h = self.prefix.restore(hit, seq.slot)
+                seq.prefilled = seq.prefix_reused = hit.tokens
 
     def release(self, seq: _Seq) -> None:
         if seq.slot >= 0:
@@ -505,8 +539,28 @@ class Engine:
         return min(self.pool.capacity, -(-need // CTX_BUCKET) * CTX_BUCKET)
 
     def _prefill_chunk(self, seq: _Seq, events) -> None:
-        cache = self.pool.cache
+        """Up to `prefill_chunk` prompt tokens of `seq`. With the prefix cache the chunk runs in pieces that end
+        on block boundaries, and each whole prompt block is snapshotted right after it ran."""
         s, e = seq.prefilled, min(len(seq.prompt_ids), seq.prefilled + self.prefill_chunk)
+        if self.prefix is None:
+            return self._prefill_piece(seq, s, e, events)
+        B = self.prefix.block_size
+        while s < e:
+            stop = min(e, (s // B + 1) * B)
+            self._prefill_piece(seq, s, stop, events)
+            if stop % B == 0 and stop // B <= len(seq.block_keys):
+                b = stop // B - 1
+                key = seq.block_keys[b]
+                if not self.prefix.contains(key):
+                    self.prefix.insert(
+                        key, seq.block_keys[b - 1] if b else None, seq.prompt_ids[stop - B : stop], seq.slot,
+                        seq.last_h,
+                    )
+            s = stop
+        seq.last_h = None
+
+    def _prefill_piece(self, seq: _Seq, s: int, e: int, events) -> None:
+        """Prompt tokens s..e of `seq` through the backbone (and the MTP block); the last piece samples."""
         rows = torch.tensor([seq.slot], device=self.device)
         nat = self._native
         # the native step runs prompt chunks too (sequential Mamba recurrence, causal attention)
@@ -514,27 +568,32 @@ class Engine:
             h = nat.prefill(seq.prompt_ids[s:e], seq.slot)
         else:
             ids = torch.tensor([seq.prompt_ids[s:e]], device=self.device)
-            h = self.model.hidden_states(ids, cache, rows=rows)  # [1, T, hidden]
+            h = self.model.hidden_states(ids, self.pool.cache, rows=rows)  # [1, T, hidden]
         seq.prefilled = e
+        seq.last_h = h[:, -1] if self.prefix is not None else None
         last = e == len(seq.prompt_ids)
+        # MTP pairs (h_t, x_{t+1}); after a restored prefix the pair at its last position comes first
+        hh, first = h, s + 1
+        if self.mtp and seq.mtp_h is not None:
+            hh, first, seq.mtp_h = torch.cat([seq.mtp_h.to(h.dtype), h], dim=1), s, None
         if not last:
             if self.mtp:
                 if nat is not None:
-                    nat.mtp_prefill(h, seq.prompt_ids[s + 1 : e + 1], seq.slot)
+                    nat.mtp_prefill(hh, seq.prompt_ids[first : e + 1], seq.slot)
                 else:
-                    nxt = torch.tensor([seq.prompt_ids[s + 1 : e + 1]], device=self.device)
-                    self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
+                    nxt = torch.tensor([seq.prompt_ids[first : e + 1]], device=self.device)
+                    self.model.mtp_step(hh, nxt, self.pool.mtp_cache, rows=rows)
             return
         logits = self.model.logits(h[:, -1])  # [1, vocab]
         tok = self._sample(seq, logits)[0]
         seq.pending = tok
         if self.mtp:
             if nat is not None:
-                g = nat.mtp_prefill(h, seq.prompt_ids[s + 1 : e] + [tok], seq.slot)
+                g = nat.mtp_prefill(hh, seq.prompt_ids[first:e] + [tok], seq.slot)
                 dl = self.model.logits(g[:, -1:])
             else:
-                nxt = torch.tensor([seq.prompt_ids[s + 1 : e] + [tok]], device=self.device)
-                dl, g = self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
+                nxt = torch.tensor([seq.prompt_ids[first:e] + [tok]], device=self.device)
+                dl, g = self.model.mtp_step(hh, nxt, self.pool.mtp_cache, rows=rows)
             seq.drafts = self._draft_rest(
                 [seq.slot], g[:, -1:], dl[:, -1], self.pool.mtp_cache.lengths[rows].clone()
             )[0]
@@ -698,7 +757,15 @@ class Engine:
             "draft_tokens": 0,
             "decode_iterations": seq.iters,
             "backend": self.backend,
+            "prefix_reused_tokens": seq.prefix_reused,
         }
+        if self.prefix is not None:
+            reused = seq.prefix_reused // self.prefix.block_size
+            st.update(
+                kv_cache_reused_block=reused,
+                kv_cache_missed_block=seq.prefix_eligible - reused,
+                kv_cache_hit_rate=reused / seq.prefix_eligible if seq.prefix_eligible else 0.0,
+            )
         if self.mtp and seq.n_generated:
             fwd = seq.iters + 1
             drafted = self.mtp * fwd
