@@ -128,7 +128,7 @@ class Engine:
         eos_token_ids: list[int] | None = None,
         source: str = "",
         backend: str = "auto",
-        prefix_cache_mb: float = 0.0,
+        prefix_cache_mb: float | None = 0.0,
         prefix_block: int = 64,
     ) -> None:
         cfg = model.config
@@ -177,17 +177,27 @@ class Engine:
         self._active_params = cfg.parameter_counts()["active"]
         self.backend = self._select_backend(backend, compile, ssm_dtype)
         self.prefix = None
-        if prefix_cache_mb < 0:
-            raise RuntimeStateError(f"prefix_cache_mb must be >= 0 (0 turns the cache off), got {prefix_cache_mb}")
-        if prefix_cache_mb > 0:
-            from trtllm_nemotron.runtime.prefix_cache import PrefixCache
+        if prefix_cache_mb is None or prefix_cache_mb > 0:
+            from trtllm_nemotron.runtime.prefix_cache import PrefixCache, default_budget_bytes
 
+            if prefix_block < 1:
+                raise RuntimeStateError(f"prefix_block must be >= 1 token, got {prefix_block}")
+            budget = (
+                default_budget_bytes(
+                    cfg, prefix_block, mtp=bool(mtp), max_batch_size=max_batch_size, max_seq_len=max_seq_len,
+                    dtype=model.backbone.embeddings.weight.dtype, ssm_dtype=ssm_dtype,
+                )
+                if prefix_cache_mb is None
+                else int(prefix_cache_mb * 2**20)
+            )
             self.prefix = PrefixCache(
-                self.pool.cache,
-                self.pool.mtp_cache,
-                block_size=prefix_block,
-                budget_bytes=int(prefix_cache_mb * 2**20),
+                self.pool.cache, self.pool.mtp_cache, block_size=prefix_block, budget_bytes=budget,
                 hidden_size=cfg.hidden_size,
+            )
+        elif prefix_cache_mb < 0:
+            raise RuntimeStateError(
+                f"prefix_cache_mb must be >= 0 (0 turns the prefix cache off, None picks the default budget), "
+                f"got {prefix_cache_mb}"
             )
         if self.backend == "native":
             self.enable_native()
@@ -210,7 +220,7 @@ class Engine:
         prefill_chunk: int = 256,
         compile: bool = False,
         backend: str = "auto",
-        prefix_cache_mb: float = 0.0,
+        prefix_cache_mb: float | None = 0.0,
         prefix_block: int = 64,
     ) -> Engine:
         """Load an engine dir (build.json + checkpoint/) or a plain HF checkpoint dir (BF16 / FP8 / NVFP4).
@@ -417,7 +427,11 @@ class Engine:
         return g[:n], dl[:n]
 
     def memory_report(self) -> dict[str, int]:
-        return self.pool.memory_report()
+        """Bytes of the slot pool's caches per kind (+ `prefix_cache`: the prefix cache's budget, when on)."""
+        rep = self.pool.memory_report()
+        if self.prefix is not None:
+            rep["prefix_cache"] = self.prefix.budget_bytes
+        return rep
 
     # ------------------------------------------------------------------ requests
     def new_request(
@@ -761,9 +775,12 @@ class Engine:
         }
         if self.prefix is not None:
             reused = seq.prefix_reused // self.prefix.block_size
+            total = -(-(len(seq.prompt_ids) + len(seq.out_ids)) // self.prefix.block_size)
             st.update(
                 kv_cache_reused_block=reused,
                 kv_cache_missed_block=seq.prefix_eligible - reused,
+                kv_cache_alloc_new_blocks=total - reused,
+                kv_cache_alloc_total_blocks=total,
                 kv_cache_hit_rate=reused / seq.prefix_eligible if seq.prefix_eligible else 0.0,
             )
         if self.mtp and seq.n_generated:

@@ -18,8 +18,9 @@ restores it into its slot, and prefills only the rest (`restore`). Snapshots are
 the block boundaries (`insert`, after the block has run: nothing half-written is ever visible, whatever
 happens to the request later).
 
-Memory is bounded by `budget_bytes`: least recently used entries go first, children before their parents
-(a hit touches its chain from the last block back to the first), so eviction trims chains from the end.
+Memory is bounded by `budget_bytes`: the least recently used leaf block goes first (a block is evicted only
+once no cached block extends it, and a hit touches its chain from the last block back to the first), so
+eviction trims chains from their ends and every cached block stays reachable.
 
 MTP: the MTP block's KV entry at position t pairs (h_t, x_{t+1}); the entry at a block's last position
 depends on the token after the boundary, so `restore` sets the MTP cache length to one less than the
@@ -105,6 +106,31 @@ def block_keys(ids: list[int], block_size: int, n_blocks: int | None = None) -> 
         prev = h.digest()
         keys.append(prev)
     return keys
+
+
+def default_budget_bytes(
+    cfg,
+    block_size: int,
+    *,
+    mtp: bool,
+    max_batch_size: int,
+    max_seq_len: int,
+    dtype=torch.float32,
+    ssm_dtype=torch.float32,
+    host_bytes: int | None = None,
+) -> int:
+    """The budget used when none is given: room for as many prefix tokens as the slot pool holds
+    (max_batch_size x max_seq_len, in whole blocks), capped at a quarter of the host's memory."""
+    per_block = PrefixCache.bytes_per_block(cfg, block_size, mtp=mtp, dtype=dtype, ssm_dtype=ssm_dtype)
+    want = per_block * -(-max_batch_size * max_seq_len // block_size)
+    if host_bytes is None:
+        import os
+
+        try:
+            host_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            host_bytes = 16 * 2**30
+    return min(want, host_bytes // 4)
 
 
 class PrefixCache:
@@ -233,8 +259,7 @@ class PrefixCache:
         blk.nbytes = _nbytes(kv, mtp_kv, conv, ssm) + (h.numel() * 4 if h is not None else 0)
         if blk.nbytes > self.budget_bytes:
             return False
-        self._evict(self.budget_bytes - blk.nbytes, keep=parent)
-        if parent is not None and parent not in self._blocks:  # the parent itself had to go
+        if not self._evict(self.budget_bytes - blk.nbytes, keep=parent):
             return False
         self._blocks[key] = blk
         if parent is not None:
@@ -243,26 +268,20 @@ class PrefixCache:
         self.stats.inserted_blocks += 1
         return True
 
-    def _evict(self, limit: int, keep: bytes | None = None) -> None:
-        """Drop least recently used leaf blocks until used_bytes <= limit (never `keep`)."""
+    def _evict(self, limit: int, keep: bytes | None = None) -> bool:
+        """Drop least recently used leaf blocks (never `keep`) until used_bytes <= limit. False if only `keep`
+        and its ancestors are left: a chain's first blocks are the ones prompts share, so a chain longer than
+        the budget keeps its head rather than its tail."""
         while self.used_bytes > limit:
             victim = next((k for k, b in self._blocks.items() if b.children == 0 and k != keep), None)
             if victim is None:
-                victim = next((k for k in self._blocks if k != keep), None)
-                if victim is None:
-                    return
-            self._drop(victim)
-
-    def _drop(self, key: bytes) -> None:
-        blk = self._blocks.pop(key)
-        self.used_bytes -= blk.nbytes
-        self.stats.evicted_blocks += 1
-        if blk.parent is not None and blk.parent in self._blocks:
-            self._blocks[blk.parent].children -= 1
-        # children of a dropped block are unreachable: drop them too (only when evicting a non-leaf)
-        if blk.children:
-            for k in [k for k, b in self._blocks.items() if b.parent == key]:
-                self._drop(k)
+                return False
+            blk = self._blocks.pop(victim)
+            self.used_bytes -= blk.nbytes
+            self.stats.evicted_blocks += 1
+            if blk.parent is not None:
+                self._blocks[blk.parent].children -= 1
+        return True
 
     def report(self) -> dict[str, float]:
         return {
