@@ -53,6 +53,8 @@ _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2
 _REPLICATED = ("fc1_latent_proj", "fc2_latent_proj", "mixer.gate.")  # not TP/EP-sharded by TensorRT-LLM
 
 
+PREFIX_BLOCK = 64  # tokens per prefix-cache block (the runtime's default `prefix_block`)
+
 def dtype_bytes(name: str) -> int:
     key = str(name).lower().replace("torch.", "")
     if key not in _DTYPE_BYTES:
@@ -196,6 +198,13 @@ class Plan:
         return self.kv_bytes_per_token * self.max_seq_len + self.state_bytes_per_seq + self.logits_bytes_per_seq
 
     @property
+    def prefix_block_bytes(self) -> int:
+        """One prefix-cache block (PREFIX_BLOCK tokens): its KV plus a snapshot of every Mamba layer's state at the
+        block boundary (runtime/prefix_cache.py): what reusing a prefix costs a hybrid model per block."""
+        return (self.kv_bytes_per_token * PREFIX_BLOCK
+                + self.num_mamba_layers * (self.conv_bytes_per_layer + self.ssm_bytes_per_layer))
+
+    @property
     def fixed_bytes(self) -> int:
         return self.weights_per_gpu + self.activation_bytes + self.workspace_bytes
 
@@ -244,6 +253,8 @@ class Plan:
             f"  state per sequence       {g(self.state_bytes_per_seq)}  ({self.num_mamba_layers} Mamba layers"
             + (f", x{self.mtp + 2} with MTP draft-step copies)" if self.mtp else ")"),
             f"  per sequence             {g(self.per_seq_bytes)}  (KV for {self.max_seq_len} tokens + state + logits)",
+            f"  prefix cache per block   {g(self.prefix_block_bytes)}  ({PREFIX_BLOCK} tokens of KV + a Mamba state "
+            f"snapshot, {self.prefix_block_bytes / max(1, self.kv_bytes_per_token * PREFIX_BLOCK):.0f}x the KV alone)",
             f"  cache budget             {g(self.cache_budget_bytes)}  "
             f"({self.free_fraction:.0%} of what is left after weights, activations, workspace)",
         ]
@@ -268,6 +279,7 @@ class Plan:
             max_batch=self.max_batch,
             per_seq_bytes=self.per_seq_bytes,
             cache_budget_bytes=self.cache_budget_bytes,
+            prefix_block_bytes=self.prefix_block_bytes,
         )
         return d
 
