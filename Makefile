@@ -1,5 +1,5 @@
 # trtllm-nemotron: the pipeline as make targets. Targets call the CLI; logic lives in the library.
-.PHONY: help venv install test test-gpu test-all lint bench bench-plugins bench-quant bench-serve \
+.PHONY: help venv install test test-gpu test-all lint bench bench-plugins bench-quant bench-serve bench-prefix \
         build-engine train-tiny serve client package clean
 
 PYTHON  ?= python3
@@ -70,6 +70,9 @@ bench-quant: $(VENV)/.installed  ## quantization throughput and peak RSS on synt
 
 bench-serve: $(VENV)/.installed  ## Triton serving vs in-process runtime
 	$(PY) -m benchmarks.bench_serve
+
+bench-prefix: $(VENV)/.installed  ## prefix cache on vs off through Triton on an agent-like trace
+	$(PY) -m benchmarks.bench_prefix
 
 clean:
 	rm -rf build .pytest_cache
