@@ -142,13 +142,11 @@ def test_a_request_cancelled_mid_prefill_leaves_only_whole_blocks(cached, plain)
     eng, ref = cached[3], plain[3]
     eng.prefix.clear()
     prompt = _ids(70, 50, eng.config.vocab_size)
-    seq = eng.new_request(prompt, _greedy())
-    with eng.lock:
-        eng.admit(seq)
-        eng.iterate([seq])  # one prefill chunk of 20 tokens: blocks 0 and 1 complete, block 2 half-run
-        assert seq.prefilled == 20
-        eng.finish(seq, "cancelled")
-        eng.release(seq)
+    req = eng.new_request(prompt, _greedy())
+    assert eng.try_admit(req)
+    eng.iterate([req])  # one prefill chunk of 20 tokens: blocks 0 and 1 complete, block 2 half-run
+    assert req.prefilled == 20
+    eng.finish(req, "cancelled")  # what the scheduler does on cancel: the slot is freed
     assert len(eng.prefix) == 2
     got = eng.generate(prompt, _greedy())
     assert got.stats["prefix_reused_tokens"] == 2 * BLOCK
