@@ -92,6 +92,29 @@ def test_batched_and_concurrent_requests_sharing_a_prefix(cached, plain, mtp):
         assert [h.result().token_ids for h in handles] == want
 
 
+@pytest.mark.parametrize("mtp", [0, 3])
+def test_a_finished_request_lets_the_next_turn_reuse_its_whole_conversation(cached, plain, mtp):
+    """Snapshots on finished requests: turn 2 = turn 1's prompt + its answer + a new message restores every
+    position turn 1 wrote (the tail), not only the prompt's whole blocks; a different continuation falls back."""
+    eng, ref = cached[mtp], plain[mtp]
+    eng.prefix.clear()
+    V = eng.config.vocab_size
+    turn1 = _ids(37, 90, V)
+    first = eng.generate(turn1, _greedy(13))
+    assert first.token_ids == ref.generate(turn1, _greedy(13)).token_ids
+    turn2 = turn1 + first.token_ids + _ids(6, 91, V)
+    got = eng.generate(turn2, _greedy())
+    assert got.token_ids == ref.generate(turn2, _greedy()).token_ids
+    assert (
+        got.stats["prefix_reused_tokens"] == len(turn1) + len(first.token_ids) - 1
+    )  # all but the last answer
+    # the answer's last token replaced: the tail does not match, the longest snapshotted block does
+    other = turn1 + first.token_ids[:-1] + [(first.token_ids[-1] + 1) % V or 3] + _ids(6, 92, V)
+    got = eng.generate(other, _greedy())
+    assert got.token_ids == ref.generate(other, _greedy()).token_ids
+    assert got.stats["prefix_reused_tokens"] < len(turn1) + len(first.token_ids) - 1
+
+
 def test_eviction_under_a_tiny_budget_stays_exact(tiny_dir, plain, backend):
     ref = plain[3]
     per_block = PrefixCache.bytes_per_block(ref.config, BLOCK, mtp=True)
@@ -109,7 +132,6 @@ def test_eviction_under_a_tiny_budget_stays_exact(tiny_dir, plain, backend):
     for prompt in (a, b, a, a, b[:20] + _ids(9, 32, V), b):
         assert eng.generate(prompt, _greedy(8)).token_ids == ref.generate(prompt, _greedy(8)).token_ids
         assert eng.prefix.used_bytes <= eng.prefix.budget_bytes
-        assert len(eng.prefix) <= 3
     rep = eng.prefix.report()
     assert rep["evicted_blocks"] > 0 and rep["reused_blocks"] > 0
     # a chain is trimmed from its end: every cached block's parent is cached too
@@ -123,8 +145,14 @@ def test_memory_accounting_matches_the_per_block_formula(cached):
         prompt = _ids(3 * BLOCK + 1, 40, eng.config.vocab_size)
         eng.generate(prompt, _greedy(2))
         per_block = PrefixCache.bytes_per_block(eng.config, BLOCK, mtp=bool(mtp))
-        assert len(eng.prefix) == 3
-        assert eng.prefix.used_bytes == 3 * per_block
+        entries = list(eng.prefix._blocks.values())
+        blocks = [b for b in entries if not b.tail]
+        assert (
+            len(blocks) == 3 and len(entries) == 4
+        )  # 3 snapshotted prompt blocks + the finished request's tail
+        # block 0 holds one MTP entry less (the entry at position -1 does not exist); the others are exact
+        assert [b.nbytes for b in blocks[1:]] == [per_block, per_block] and blocks[0].nbytes <= per_block
+        assert eng.prefix.used_bytes == sum(b.nbytes for b in entries)
         assert eng.memory_report()["prefix_cache"] == eng.prefix.budget_bytes
     # the default budget: as many prefix tokens as the slots hold, capped at a quarter of host memory
     cfg = eng.config

@@ -359,6 +359,9 @@ class Engine:
                     self._decode(decoding, events)
             for r, ev in events:
                 if ev.finish_reason is not None:
+                    if self.prefix is not None and r.pending is not None:
+                        # the tail snapshot: the state after everything consumed, and the next token
+                        self.prefix.insert_finished(r.prompt_ids + r.consumed, r.pending, r.slot)
                     self.release(r)
             return events
 
@@ -413,6 +416,8 @@ class Engine:
             toks = [self._sample(r, logits[b : b + 1])[0] for b, r in enumerate(reqs)]
         for r, t in zip(reqs, toks, strict=True):
             r.iters += 1
+            if self.prefix is not None:
+                r.consumed.append(r.pending)
             r.pending = t
             self._emit(r, [t], events)
 
@@ -442,6 +447,8 @@ class Engine:
         for i, r in enumerate(reqs):
             r.iters += 1
             new = y[i][: acc[i] + 1]
+            if self.prefix is not None:  # the cache now holds [pending, d_1..d_acc] = [pending] + y[:acc]
+                r.consumed += [r.pending, *new[:-1]]
             r.pending = new[-1]
             r.drafts = drafts[i]
             self._emit(r, new, events)
