@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 class SchedulableEngine(Protocol):
     """What the scheduler needs of an engine (runtime/engine.py `Engine` provides it)."""
 
-    def new_request(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> Request: ...
+    def new_request(
+        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
+    ) -> Request: ...
 
     def try_admit(self, req: Request) -> bool: ...
 
@@ -89,11 +91,18 @@ class RequestHandle:
             text.append(ev.text)
             ids += ev.token_ids
             last = ev
+        if last is None or last.finish_reason is None:
+            raise RuntimeStateError(f"request {self.request_id} ended without a final event")
         return Completion("".join(text), ids, last.finish_reason, last.stats or {})
 
     @property
     def finished(self) -> bool:
         return self.request.finished
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """The prompt's token count (known from `submit`, which tokenizes)."""
+        return len(self.request.prompt_ids)
 
 
 class Scheduler:
