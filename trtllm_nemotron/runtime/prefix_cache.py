@@ -274,6 +274,7 @@ class PrefixCache:
             m.lengths[row] = n
             return None
         m.lengths[row] = n - 1
+        assert last.hidden is not None, "a snapshotted block of an MTP engine keeps its last hidden state"
         return last.hidden.view(1, 1, -1)
 
     # ------------------------------------------------------------------ insert / evict

@@ -201,8 +201,7 @@ class TritonPythonModel:
             with self.lock:
                 self.live.pop(key, None)
                 self.active_metric.set(len(self.live))
-            if self.prefix_metrics is not None:
-                self._update_prefix_metrics()
+            self._update_prefix_metrics()
 
     # -- prefix-cache metrics (Prometheus, on Triton's metrics port) --------------------------------------------
     _PREFIX_GAUGES = {
@@ -225,8 +224,11 @@ class TritonPythonModel:
         return out
 
     def _update_prefix_metrics(self) -> None:
-        rep = self.engine.prefix.report()  # plain counters: a racing read is at most one request stale
-        for key, (_, metric) in self.prefix_metrics.items():
+        metrics, prefix = self.prefix_metrics, self.engine.prefix
+        if metrics is None or prefix is None:
+            return
+        rep = prefix.report()  # plain counters: a racing read is at most one request stale
+        for key, (_, metric) in metrics.items():
             metric.set(float(rep[key]))
 
     def _send(self, sender, *, arrays: dict | None = None, error: tuple[str, str | None] | None = None,
