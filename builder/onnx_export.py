@@ -433,10 +433,10 @@ class _Exporter:
         """The routed experts as one `latent_moe_experts` plugin node over the routing permutation."""
         onnx = _onnx()
         c = self.cfg
-        E, X, I = c.n_routed_experts, c.expert_dim, c.moe_intermediate_size
+        E, X, inter = c.n_routed_experts, c.expert_dim, c.moe_intermediate_size
         fmt = self.r.st_dtype(f"{p}.experts.0.up_proj.weight")
         weights: list[str] = []
-        for proj, (o, i_) in (("up_proj", (I, X)), ("down_proj", (X, I))):
+        for proj, (o, i_) in (("up_proj", (inter, X)), ("down_proj", (X, inter))):
             names = [f"{p}.experts.{e}.{proj}" for e in range(E)]
             if fmt == "U8":
                 weights.append(
@@ -489,7 +489,7 @@ class _Exporter:
         wf = EXPERT_NVFP4 if fmt == "U8" else EXPERT_BF16
         out = g.op(
             "latent_moe_experts", [r, w, counts, perm, *weights], domain=DOMAIN, name=f"{p}/latent_moe_experts",
-            **_plugin_attrs(num_experts=E, top_k=c.num_experts_per_tok, hidden_size=X, inter_size=I,
+            **_plugin_attrs(num_experts=E, top_k=c.num_experts_per_tok, hidden_size=X, inter_size=inter,
                             weight_format=wf),
         )  # fmt: skip
         return out[0]

@@ -21,12 +21,14 @@ DOMAIN = "trtllm_nemotron"
 
 
 def to_torch(a: Any) -> torch.Tensor:
-    a = np.asarray(a)
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:  # initializers are read-only views; torch wants writable memory
+        a = a.copy()
     if a.dtype.name == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     if a.dtype.name.startswith("float8_e4m3fn"):
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.uint8)).view(torch.float8_e4m3fn)
-    return torch.from_numpy(np.array(a) if not a.flags.writeable else np.ascontiguousarray(a))
+        return torch.from_numpy(a.view(np.uint8)).view(torch.float8_e4m3fn)
+    return torch.from_numpy(a)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -113,3 +115,48 @@ class latent_moe_experts(OpRun):  # noqa: N801
 
 
 OPS = (mamba_state_update, latent_moe_routing, moe_expert_permutation, latent_moe_experts)
+
+
+_ORT_REGISTERED: list[Any] = []
+
+
+def register_ort_ops() -> str:
+    """Register the plugin ops (float32 graphs, BF16 experts widened to float32 in the graph) as
+    onnxruntime-extensions Python custom ops, once per process; returns their ONNX domain
+    (`ai.onnx.contrib`: the extensions' Python ops cannot choose theirs)."""
+    from onnxruntime_extensions import PyCustomOpDef as T
+    from onnxruntime_extensions import default_opset_domain, onnx_op
+
+    if _ORT_REGISTERED:
+        return default_opset_domain()
+    f, i32, i64, s = T.dt_float, T.dt_int32, T.dt_int64, T.dt_string
+
+    def attrs(*names: str, floats: tuple[str, ...] = ()) -> dict[str, int]:
+        return {**{n: i64 for n in names}, **{n: f for n in floats}, "plugin_namespace": s, "aot": i64}
+
+    def op(cls: type, inputs: list[int], outputs: list[int], a: dict[str, int]) -> None:
+        def fn(*args: Any, **kw: Any) -> Any:
+            out = cls._run(None, *args, **kw)
+            return out if len(out) > 1 else out[0]
+
+        _ORT_REGISTERED.append(onnx_op(op_type=cls.__name__, inputs=inputs, outputs=outputs, attrs=a)(fn))
+
+    op(mamba_state_update, [f] * 7 + [i32, f, f], [f] * 5,
+       attrs("num_heads", "n_groups", "head_dim", "state_size", "conv_kernel", "keep_steps"))  # fmt: skip
+    op(
+        latent_moe_routing,
+        [f, f],
+        [f, i32],
+        attrs(
+            "num_experts",
+            "top_k",
+            "n_group",
+            "topk_group",
+            "norm_topk_prob",
+            floats=("routed_scaling_factor",),
+        ),
+    )
+    op(moe_expert_permutation, [i32], [i32, i32], attrs("num_experts"))
+    op(latent_moe_experts, [f, f, i32, i32, f, f], [f],
+       attrs("num_experts", "top_k", "hidden_size", "inter_size", "weight_format"))  # fmt: skip
+    return default_opset_domain()
