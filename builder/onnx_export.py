@@ -12,7 +12,8 @@ What the graphs are (specs/trt_engine.md §1.5, §2.2-2.3, §3.1):
   our ops is one node: `op_type` = the QDP name, `domain` = `plugin_namespace` = `trtllm_nemotron`, attribute
   `aot=1` (TensorRT's parser then asks for the AOT implementation), the QDP's attributes (INT / FLOAT only,
   int32-safe) and its inputs / outputs in the QDP's order. Per Mamba layer exactly one `mamba_state_update`,
-  per MoE layer one `latent_moe_routing`, one `moe_expert_permutation` and one `latent_moe_experts`.
+  per MoE layer one `latent_moe_routing`, one `moe_expert_permutation` and one expert node
+  (`latent_moe_experts`, or `latent_moe_experts_nvfp4` for NVFP4 experts).
 - One graph serves prefill and decode: `input_ids [batch, tokens]` with both dims dynamic. State is graph I/O,
   Edge-LLM style: `kv_cache_<i> [pool, 2, kv_heads, max_seq_len, head_dim]` per attention layer and
   `conv_state_<i> [pool, conv_dim, K-1]`, `ssm_state_<i> [pool, H, P, N]` (fp32) per Mamba layer, each with a
@@ -58,8 +59,6 @@ MODEL_FILE, MTP_FILE, IO_FILE = "model.onnx", "mtp.onnx", "io.json"
 EXTERNAL_MIN_BYTES = 1024  # smaller initializers stay inside the .onnx file
 ALIGN = 64  # byte alignment of each tensor in the data files
 DTYPES = ("float32", "bfloat16")
-# routed expert weight formats of the expert plugin's `weight_format` attribute
-EXPERT_BF16, EXPERT_NVFP4 = 0, 1
 
 # safetensors dtype -> (ONNX TensorProto enum name, bytes per element or None for packed FP4)
 _ST_TO_ONNX = {
@@ -430,69 +429,60 @@ class _Exporter:
         return routed
 
     def experts(self, g: _Graph, r: str, w: str, counts: str, perm: str, p: str) -> str:
-        """The routed experts as one `latent_moe_experts` plugin node over the routing permutation."""
+        """The routed experts as one expert plugin node over the routing permutation, then the sum over the k
+        slots: [n, X] fp32.
+
+        `latent_moe_experts(x, weights, counts, perm, up, down)` takes dense weights stacked over experts
+        [E, out, in]: BF16 as stored; FP8 (the fp8 recipe) dequantized in the graph (per-expert scale,
+        `DequantizeLinear` axis 0) to the activation dtype. `latent_moe_experts_nvfp4(x, weights, counts, perm,
+        up, up_scale, up_scale_2, down, down_scale, down_scale_2)` takes NVFP4 as stored: packed E2M1 [E, out,
+        in/2] and E4M3 block scales [E, out, in/16] as INT8 tensors holding the same bits (what the TensorRT
+        plugin takes, as Edge-LLM's MoE plugins do), FP32 global scales [E]. Both return the weighted per-slot
+        outputs [n, k, X] fp32 (plugins/latent_moe_experts/reference.py)."""
         onnx = _onnx()
         c = self.cfg
         E, X, inter = c.n_routed_experts, c.expert_dim, c.moe_intermediate_size
         fmt = self.r.st_dtype(f"{p}.experts.0.up_proj.weight")
+        if fmt not in ("U8", "F8_E4M3", "BF16", "F16", "F32"):
+            raise BuildError(
+                f"routed experts of {p} are stored as {fmt}; the export takes NVFP4, FP8 or BF16"
+            )
+        i8 = onnx.TensorProto.INT8
         weights: list[str] = []
         for proj, (o, i_) in (("up_proj", (inter, X)), ("down_proj", (X, inter))):
             names = [f"{p}.experts.{e}.{proj}" for e in range(E)]
+            key = f"{p}.experts.{proj}"
+
+            def stack(
+                suffix: str, data_type: int, dims: list[int], n: list[str] = names
+            ) -> Callable[[], Any]:
+                return lambda: (data_type, dims, b"".join(self._bytes(f"{m}.{suffix}") for m in n))
+
+            def scales(suffix: str, n: list[str] = names) -> Callable[[], Any]:
+                return lambda: (
+                    onnx.TensorProto.FLOAT,
+                    [E],
+                    b"".join(self._scalar(f"{m}.{suffix}")[2] for m in n),
+                )
+
             if fmt == "U8":
-                weights.append(
-                    g.tensor(
-                        f"{p}.experts.{proj}.weight",
-                        lambda n=names, o=o, i_=i_: (
-                            onnx.TensorProto.UINT8,
-                            [E, o, i_ // 2],
-                            b"".join(self._bytes(f"{m}.weight") for m in n),
-                        ),
-                    )
-                )
-                weights.append(
-                    g.tensor(
-                        f"{p}.experts.{proj}.weight_scale",
-                        lambda n=names, o=o, i_=i_: (
-                            onnx.TensorProto.FLOAT8E4M3FN,
-                            [E, o, i_ // 16],
-                            b"".join(self._bytes(f"{m}.weight_scale") for m in n),
-                        ),
-                    )
-                )
-                weights.append(
-                    g.tensor(
-                        f"{p}.experts.{proj}.weight_scale_2",
-                        lambda n=names: (
-                            onnx.TensorProto.FLOAT,
-                            [E],
-                            b"".join(self._scalar(f"{m}.weight_scale_2")[2] for m in n),
-                        ),
-                    )
-                )
-            elif fmt in ("BF16", "F32", "F16"):
-                st = fmt
-                weights.append(
-                    g.tensor(
-                        f"{p}.experts.{proj}.weight",
-                        lambda n=names, o=o, i_=i_, st=st: (
-                            getattr(onnx.TensorProto, _ST_TO_ONNX[st]),
-                            [E, o, i_],
-                            b"".join(self._bytes(f"{m}.weight") for m in n),
-                        ),
-                    )
-                )
+                weights += [
+                    g.tensor(f"{key}.weight", stack("weight", i8, [E, o, i_ // 2])),
+                    g.tensor(f"{key}.weight_scale", stack("weight_scale", i8, [E, o, i_ // 16])),
+                    g.tensor(f"{key}.weight_scale_2", scales("weight_scale_2")),
+                ]
+            elif fmt == "F8_E4M3":
+                w8 = g.tensor(f"{key}.weight", stack("weight", onnx.TensorProto.FLOAT8E4M3FN, [E, o, i_]))
+                dq = g.op1("DequantizeLinear", w8, g.tensor(f"{key}.weight_scale", scales("weight_scale")),
+                           axis=0, name=f"{key}/weight_dq")  # fmt: skip
+                weights.append(self.to_act(g, dq))
             else:
-                raise BuildError(
-                    f"routed experts of {p} are stored as {fmt}; the expert plugin takes BF16 or NVFP4 "
-                    "(FP8 experts: re-quantize with the nvfp4 / nvfp4-super recipe or use bf16)"
-                )
-        wf = EXPERT_NVFP4 if fmt == "U8" else EXPERT_BF16
-        out = g.op(
-            "latent_moe_experts", [r, w, counts, perm, *weights], domain=DOMAIN, name=f"{p}/latent_moe_experts",
-            **_plugin_attrs(num_experts=E, top_k=c.num_experts_per_tok, hidden_size=X, inter_size=inter,
-                            weight_format=wf),
-        )  # fmt: skip
-        return out[0]
+                weights.append(g.tensor(f"{key}.weight", stack("weight", getattr(onnx.TensorProto, _ST_TO_ONNX[fmt]),
+                                                               [E, o, i_])))  # fmt: skip
+        op_type = "latent_moe_experts_nvfp4" if fmt == "U8" else "latent_moe_experts"
+        per_slot = g.op1(op_type, r, w, counts, perm, *weights, domain=DOMAIN, name=f"{p}/{op_type}",
+                         **_plugin_attrs())  # fmt: skip
+        return g.op1("ReduceSum", per_slot, g.const([1]), keepdims=0, name=f"{p}/expert_sum")
 
     # ---- graphs ----
     def _common_shapes(self, g: _Graph, prefix: str) -> tuple[dict[str, str], str]:

@@ -86,35 +86,38 @@ class moe_expert_permutation(OpRun):  # noqa: N801
 class latent_moe_experts(OpRun):  # noqa: N801
     op_domain = DOMAIN
 
-    def _run(self, x, weights, counts, perm, *w, num_experts=None, top_k=None, hidden_size=None, inter_size=None,
-             weight_format=None, plugin_namespace=None, aot=None):  # fmt: skip
-        from trtllm_nemotron.quant import nvfp4
+    def _run(self, x, weights, counts, perm, up, down, plugin_namespace=None, aot=None):
+        from plugins.latent_moe_experts.reference import latent_moe_experts_ref
 
-        xt = to_torch(x).float()
-        k = int(top_k)
-        if int(weight_format) == 1:
-            up = nvfp4.dequantize(to_torch(w[0]), to_torch(w[1]), to_torch(w[2])[:, None, None])
-            down = nvfp4.dequantize(to_torch(w[3]), to_torch(w[4]), to_torch(w[5])[:, None, None])
-        else:
-            up, down = to_torch(w[0]).float(), to_torch(w[1]).float()
-        p = to_torch(perm).long()
-        wf = to_torch(weights).float().flatten()
-        acc = torch.zeros(xt.shape, dtype=torch.float32)
-        start = 0
-        for e, n in enumerate(to_torch(counts).tolist()):
-            if n == 0:
-                continue
-            a = p[start : start + n]
-            tok = a // k
-            y = torch.nn.functional.linear(
-                torch.relu(torch.nn.functional.linear(xt[tok], up[e])).square(), down[e]
-            )
-            acc.index_add_(0, tok, y * wf[a, None])
-            start += n
-        return (to_numpy(acc),)
+        t = [to_torch(a) for a in (x, weights, counts, perm, up, down)]
+        return (to_numpy(latent_moe_experts_ref(*t)),)
 
 
-OPS = (mamba_state_update, latent_moe_routing, moe_expert_permutation, latent_moe_experts)
+class latent_moe_experts_nvfp4(OpRun):  # noqa: N801
+    op_domain = DOMAIN
+
+    def _run(self, x, weights, counts, perm, up, up_scale, up_scale_2, down, down_scale, down_scale_2,
+             plugin_namespace=None, aot=None):  # fmt: skip
+        from plugins.latent_moe_experts.reference import latent_moe_experts_ref
+
+        def bits(a: Any, dtype: torch.dtype) -> torch.Tensor:  # INT8 tensors holding E2M1 pairs / E4M3 bits
+            return to_torch(a).view(torch.uint8).view(dtype)
+
+        return (to_numpy(latent_moe_experts_ref(
+            to_torch(x), to_torch(weights), to_torch(counts), to_torch(perm), bits(up, torch.uint8),
+            up_scale=bits(up_scale, torch.float8_e4m3fn), up_scale_2=to_torch(up_scale_2),
+            down=bits(down, torch.uint8), down_scale=bits(down_scale, torch.float8_e4m3fn),
+            down_scale_2=to_torch(down_scale_2),
+        )),)  # fmt: skip
+
+
+OPS = (
+    mamba_state_update,
+    latent_moe_routing,
+    moe_expert_permutation,
+    latent_moe_experts,
+    latent_moe_experts_nvfp4,
+)
 
 
 _ORT_REGISTERED: list[Any] = []
@@ -129,7 +132,7 @@ def register_ort_ops() -> str:
 
     if _ORT_REGISTERED:
         return default_opset_domain()
-    f, i32, i64, s = T.dt_float, T.dt_int32, T.dt_int64, T.dt_string
+    f, i8, i32, i64, s = T.dt_float, T.dt_int8, T.dt_int32, T.dt_int64, T.dt_string
 
     def attrs(*names: str, floats: tuple[str, ...] = ()) -> dict[str, int]:
         return {**{n: i64 for n in names}, **{n: f for n in floats}, "plugin_namespace": s, "aot": i64}
@@ -157,6 +160,6 @@ def register_ort_ops() -> str:
         ),
     )
     op(moe_expert_permutation, [i32], [i32, i32], attrs("num_experts"))
-    op(latent_moe_experts, [f, f, i32, i32, f, f], [f],
-       attrs("num_experts", "top_k", "hidden_size", "inter_size", "weight_format"))  # fmt: skip
+    op(latent_moe_experts, [f, f, i32, i32, f, f], [f], attrs())
+    op(latent_moe_experts_nvfp4, [f, f, i32, i32, i8, i8, f, i8, i8, f], [f], attrs())
     return default_opset_domain()

@@ -14,9 +14,10 @@ clearing: positions past a row's length are masked).
 Runners (`runner=`): "reference" -- `onnx.reference.ReferenceEvaluator` with our plugin nodes as OpRuns
 (`plugins/onnx_ops.py`); it evaluates every node the export emits, the FP4 blocked `DequantizeLinear` included.
 "onnxruntime" -- onnxruntime's CPU provider with our plugin nodes as onnxruntime-extensions Python custom ops;
-onnxruntime has no FLOAT4E2M1 `DequantizeLinear` kernel and the extensions' custom ops take no FP8 inputs and
-live in the `ai.onnx.contrib` domain, so it runs float32 graphs without NVFP4 tensors (BF16 and FP8
-checkpoints), the plugin nodes moved to that domain in memory. "auto" takes onnxruntime where it can run the
+onnxruntime's CPU provider has no FLOAT4E2M1 `DequantizeLinear` kernel and the extensions' Python custom ops
+are registered for float32 and live in the `ai.onnx.contrib` domain, so it runs float32 graphs without FP4
+initializers (the bf16, fp8 and nvfp4-super recipes: NVFP4 experts reach their plugin node as INT8 bits), the
+plugin nodes moved to that domain in memory. "auto" takes onnxruntime where it can run the
 graph, else the reference evaluator (`runner_reason` says why).
 
 Speculative verification (MTP) rolls the Mamba states back by snapshot and re-run: `snapshot(slots)` before a
@@ -102,9 +103,6 @@ def _ort_unsupported(path: Path) -> str | None:
             "input_ids", "past_lengths", "slot_idx"
         ):  # fmt: skip
             return f"{path.name} has {vi.name} in a non-float32 dtype (the custom ops are registered for float32)"
-    for n in m.graph.node:
-        if n.op_type == "latent_moe_experts" and len(n.input) != 6:
-            return f"{path.name}: the NVFP4 expert node takes FP8 scales, which the extensions' custom ops cannot"
     return None
 
 
