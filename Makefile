@@ -13,6 +13,7 @@ TARGET  ?= b200
 RECIPE  ?= nvfp4-super
 MTP     ?= 3
 PYTEST_ARGS ?=
+BUILD_ARGS  ?=
 
 help:              ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,8 +42,8 @@ test-gpu: $(VENV)/.installed  ## Triton-lang kernels on a CUDA GPU vs their refe
 lint: $(VENV)/.installed  ## ruff
 	$(VENV)/bin/ruff check trtllm_nemotron plugins builder triton_repo clients tests
 
-build-engine: $(VENV)/.installed  ## HF checkpoint -> engine dir (default: embedded model, b200, nvfp4-super, MTP 3)
-	$(CLI) build $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --recipe $(RECIPE) --mtp $(MTP) --out $(ENGINE)
+build-engine: $(VENV)/.installed  ## HF checkpoint -> engine dir with onnx/ (default: embedded model, b200, nvfp4-super, MTP 3)
+	$(CLI) build $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --recipe $(RECIPE) --mtp $(MTP) --onnx $(BUILD_ARGS) --out $(ENGINE)
 
 package: $(VENV)/.installed  ## engine dir -> Triton model repository
 	@[ -f $(ENGINE)/build.json ] || $(MAKE) build-engine
