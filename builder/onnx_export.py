@@ -75,7 +75,7 @@ def _onnx():
     try:
         import onnx
     except ImportError as e:  # pragma: no cover - onnx is a core dependency
-        raise BuildError(f"the ONNX export needs the `onnx` package ({e}); pip install 'onnx>=1.20'") from e
+        raise BuildError(f"the ONNX export needs the `onnx` package ({e}); pip install 'trtllm-nemotron[onnx]'") from e
     return onnx
 
 

@@ -123,7 +123,7 @@ def test_interrupted_build_leaves_no_engine_dir_and_resumes(tiny_ckpt, tmp_path,
         _cpu_build(tiny_ckpt, out)
     assert not out.exists()
     state = json.loads((staging_dir(out) / ".state.json").read_text())
-    assert list(state["done"]) == ["inspect", "quantize", "checkpoint", "plugins", "trtllm_config"]
+    assert list(state["done"]) == ["inspect", "quantize", "checkpoint", "plugins", "trtllm_config", "onnx", "trt"]
 
     def must_not_run(self):
         raise AssertionError("a completed stage ran again on --resume")
