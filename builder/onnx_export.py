@@ -75,7 +75,9 @@ def _onnx():
     try:
         import onnx
     except ImportError as e:  # pragma: no cover - onnx is a core dependency
-        raise BuildError(f"the ONNX export needs the `onnx` package ({e}); pip install 'trtllm-nemotron[onnx]'") from e
+        raise BuildError(
+            f"the ONNX export needs the `onnx` package ({e}); pip install 'trtllm-nemotron[onnx]'"
+        ) from e
     return onnx
 
 
@@ -209,12 +211,13 @@ def _io_entry(name: str, elem: str, shape: list[Any], role: str, layer: int | No
 class _Exporter:
     """Builds the backbone and MTP graphs of one checkpoint (see the module docstring)."""
 
-    def __init__(self, reader: Any, out: Path, dtype: str, progress: bool) -> None:
+    def __init__(self, reader: Any, out: Path, dtype: str, progress: bool, dt_min: float | None = None) -> None:
         self.r = reader
         self.cfg: NemotronHConfig = reader.config
         self.out = out
         self.dtype = dtype
         self.progress = progress
+        self.dt_min = dt_min  # clamp softplus(dt + dt_bias) from below (a model built with clamp_dt_min=True)
         self.shared: dict[str, Any] = {}
         self.counts: dict[str, dict[str, int]] = {}
 
@@ -315,6 +318,8 @@ class _Exporter:
         proj = self.linear(g, x, f"{p}.in_proj", c.use_bias)  # [n, d_in_proj]
         z, xbc, dt = g.op("Split", [proj, g.const([c.d_inner, c.conv_dim, H])], 3, axis=-1, name=f"{p}/split")
         xbc3, dt3 = g.op1("Reshape", xbc, btc), g.op1("Reshape", dt, btc)  # [batch, tokens, .]
+        if self.dt_min is not None:  # clamp(softplus(u), m) == softplus(max(u, softplus^-1(m))) (model/ops.py)
+            dt3 = g.op1("Max", dt3, g.tensor(f"{p}.dt_floor", lambda: self._dt_floor(f"{p}.dt_bias")))
         conv_w = self.weight(g, f"{p}.conv1d.weight", shape=[c.conv_dim, K])
         if c.use_conv_bias:
             conv_b = self.weight(g, f"{p}.conv1d.bias")
@@ -352,6 +357,19 @@ class _Exporter:
         un = g.op1("Reshape", g.op1("Mul", ug, inv), g.const([-1, c.d_inner]))
         yn = g.op1("Mul", self.weight(g, f"{p}.norm.weight", to="float32"), un)
         return self.linear(g, self.to_act(g, yn), f"{p}.out_proj", c.use_bias)
+
+    def _dt_floor(self, dt_bias: str) -> tuple[int, list[int], bytes]:
+        from trtllm_nemotron.model.ops import _softplus_inverse
+
+        onnx = _onnx()
+        assert self.dt_min is not None
+        floor = (_softplus_inverse(self.dt_min) - self.r.get(dt_bias).float()).numpy()
+        if self.dtype == "bfloat16":
+            import torch
+
+            raw = torch.from_numpy(floor).to(torch.bfloat16).view(torch.uint8).numpy().tobytes()
+            return onnx.TensorProto.BFLOAT16, list(floor.shape), raw
+        return onnx.TensorProto.FLOAT, list(floor.shape), floor.tobytes()
 
     def _neg_exp(self, name: str) -> tuple[int, list[int], bytes]:
         import torch
@@ -681,6 +699,42 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "fl
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return io
+
+
+class _ModuleReader:
+    """The reader interface the exporter uses (`config`, `st_dtype`, `shape`, `get`) over a loaded
+    `NemotronHForCausalLM`'s parameters and buffers (canonical checkpoint names): its weights as they are in
+    memory (dequantized at load when the checkpoint was quantized)."""
+
+    _ST = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+    def __init__(self, model: Any) -> None:
+        self.config = model.config
+        self.tensors = {k: v.detach() for k, v in model.state_dict().items()}
+
+    def st_dtype(self, name: str) -> str:
+        return self._ST[str(self.tensors[name].dtype).removeprefix("torch.")]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name].shape)
+
+    def get(self, name: str) -> Any:
+        return self.tensors[name].cpu()
+
+
+def export_model_onnx(model: Any, out_dir: str | Path, *, dtype: str = "float32") -> dict[str, Any]:
+    """Export a loaded `NemotronHForCausalLM` (its in-memory weights, float32 / bfloat16) like `export_onnx`;
+    a model built with `clamp_dt_min=True` gets the dt clamp in its graph ("prefill_only" has no graph form:
+    one graph serves prefill and decode)."""
+    clamp = getattr(model, "clamp_dt_min", False)
+    if clamp not in (False, True):
+        raise BuildError(f"clamp_dt_min={clamp!r}: one graph serves prefill and decode; export with False or True")
+    if dtype not in DTYPES:
+        raise BuildError(f"ONNX activation dtype must be one of {DTYPES}, got {dtype!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dt_min = model.config.time_step_min if clamp else None
+    return _Exporter(_ModuleReader(model), out, dtype, False, dt_min=dt_min).run()
 
 
 def check_onnx(onnx_dir: str | Path) -> dict[str, dict[str, int]]:

@@ -76,3 +76,41 @@ def test_bad_use_is_refused(onnx_dir, tmp_path):
     with pytest.raises(RuntimeStateError, match="out of range"):
         net.forward([[1]], [0], [1])
     assert all(not np.any(v) for v in net.backbone.state.values())  # nothing ran
+
+
+@pytest.mark.parametrize("variant", ["tiny", "dense-biases-tied"])
+def test_onnx_backend_keeps_the_step_backend_contract(variant):
+    """The protocol test every step backend passes (tests/runtime/test_backends.py), on the `onnx` backend: prefill,
+    decode, verify + commit, MTP and the greedy MTP iteration against the uncached reference network, the
+    committed caches (the slot pool's, which the graphs update in place) equal to a prefill of the kept tokens.
+    The second variant has the dense MLP, biases, tied embeddings, no latent projection and the dt clamp."""
+    from tests.runtime.test_backends import test_protocol_matches_the_uncached_network
+
+    test_protocol_matches_the_uncached_network("onnx", variant)
+
+
+def test_engine_and_cli_run_the_onnx_backend(tmp_path, native_tokens):
+    """Engine.load(..., backend="onnx") on a cpu-target engine dir runs its onnx/ graphs and decodes like the
+    native step, with MTP; `generate --backend onnx` prints what `--backend native` prints."""
+    import json
+
+    from click.testing import CliRunner
+
+    from builder.defaults import default_model_dir
+    from builder.pipeline import build_engine
+    from trtllm_nemotron.cli import main
+    from trtllm_nemotron.runtime import Engine, SamplingParams
+
+    out = build_engine(default_model_dir(), tmp_path / "e", target="cpu", recipe="bf16", mtp=3, onnx=True,
+                       progress=False)  # fmt: skip
+    eng = Engine.load(out, max_batch_size=2, max_seq_len=64, backend="onnx")
+    assert eng.backend == "onnx" and eng.step.onnx_dir == out / "onnx" and eng.mtp == 3
+    c = eng.generate(PROMPT, SamplingParams(max_tokens=N, ignore_eos=True))
+    assert c.token_ids == native_tokens and c.stats["backend"] == "onnx"
+    texts = {}
+    for backend in ("onnx", "native"):
+        r = CliRunner().invoke(main, ["generate", "--model", str(out), "--backend", backend, "--max-tokens", "4",
+                                      "--max-seq-len", "64", "--json", "def f(x):"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        texts[backend] = json.loads(r.output)["text"]
+    assert texts["onnx"] == texts["native"] and texts["onnx"]

@@ -171,4 +171,5 @@ def load_model(
             from trtllm_nemotron.quant.loading import apply_activation_quant
 
             apply_activation_quant(model, reader)
+    model.source_path = str(_resolve(path))  # the checkpoint dir (an engine dir's checkpoint/): its onnx/ sibling
     return model.eval()

@@ -28,7 +28,9 @@ needs no per-token state outputs.
 
 `greedy_generate(net, prompt, max_tokens, mtp=K)` is greedy decoding through the graphs (prefill, decode, MTP
 draft / verify / rollback, the engine's schedule), which the tests compare with the native step token for
-token.
+token; it also drives `runtime.trt_backend.TrtNetwork` (the same interface over TensorRT engines).
+
+`OnnxBackend` is the engine's `onnx` step backend (`Engine(backend="onnx")`, `generate --backend onnx`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from trtllm_nemotron.errors import RuntimeStateError
+from trtllm_nemotron.runtime.backend import StepBackendBase, register
 
 RUNNERS = ("auto", "reference", "onnxruntime")
 
@@ -53,27 +56,42 @@ def _np_dtype(name: str) -> Any:
 
 
 class _Graph:
-    """One exported graph: its io.json entries, its runner, and its state pools."""
+    """One exported graph: its io.json entries, its runner, and its state pools.
 
-    def __init__(self, d: Path, meta: dict[str, Any], pool: int, max_seq_len: int, runner: str) -> None:
+    A state is a numpy array (Mamba rows, or a KV pool [pool, 2, ...]), or for KV a (key, value) pair of
+    arrays [pool, kv_heads, max_seq_len, head_dim] (a `HybridCache`'s layout) stacked into the graph's input
+    per call. Outputs are written back into the same arrays, so arrays that view other memory (the slot pool's
+    tensors) are updated in place."""
+
+    def __init__(self, d: Path, meta: dict[str, Any], pool: int, max_seq_len: int, runner: str,
+                 bind: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.meta = meta
         self.path = d / meta["file"]
         self.inputs = {e["name"]: e for e in meta["inputs"]}
         self.outputs = [e["name"] for e in meta["outputs"]]
         dims = {"pool": pool, "max_seq_len": max_seq_len}
-        self.state: dict[str, np.ndarray] = {}
+        self.state: dict[str, Any] = {}
         for e in meta["inputs"]:
             if e["role"] in ("kv_cache", "conv_state", "ssm_state"):
                 shape = [dims[s] if isinstance(s, str) else s for s in e["shape"]]
-                self.state[e["name"]] = np.zeros(shape, _np_dtype(e["dtype"]))
+                if bind is not None:
+                    self.state[e["name"]] = bind[e["name"]]
+                else:
+                    self.state[e["name"]] = np.zeros(shape, _np_dtype(e["dtype"]))
         self.mamba = [n for n, e in self.inputs.items() if e["role"] in ("conv_state", "ssm_state")]
         self.runner, self.runner_reason = _pick_runner(self.path, runner)
         self._run = _ort_session(self.path) if self.runner == "onnxruntime" else _reference_session(self.path)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self._run({**feeds, **self.state}, self.outputs)
-        for name in self.state:
-            self.state[name] = out[f"present_{name}"]
+        states = {n: np.stack(v, axis=1) if isinstance(v, tuple) else v for n, v in self.state.items()}
+        out = self._run({**feeds, **states}, self.outputs)
+        for name, dst in self.state.items():
+            new = out[f"present_{name}"]
+            if isinstance(dst, tuple):
+                np.copyto(dst[0], new[:, 0])
+                np.copyto(dst[1], new[:, 1])
+            else:
+                np.copyto(dst, new)
         return out
 
 
@@ -163,7 +181,10 @@ def _ort_session(path: Path):
 class OnnxNetwork:
     """The exported backbone and MTP graphs with their state pools (see the module docstring)."""
 
-    def __init__(self, onnx_dir: str | Path, *, pool: int, max_seq_len: int, runner: str = "auto") -> None:
+    def __init__(self, onnx_dir: str | Path, *, pool: int, max_seq_len: int, runner: str = "auto",
+                 bind: dict[str, dict[str, Any]] | None = None) -> None:  # fmt: skip
+        """bind: {"model": {state name: array or (key, value)}, "mtp": {...}} to run on existing state memory
+        (each state updated in place) instead of zeroed arrays of the graph's own."""
         d = Path(onnx_dir)
         if not (d / "io.json").is_file():
             raise RuntimeStateError(
@@ -172,9 +193,10 @@ class OnnxNetwork:
         self.io = json.loads((d / "io.json").read_text())
         self.dir = d
         self.pool, self.max_seq_len = pool, max_seq_len
-        self.backbone = _Graph(d, self.io["graphs"]["model"], pool, max_seq_len, runner)
+        bind = bind or {}
+        self.backbone = _Graph(d, self.io["graphs"]["model"], pool, max_seq_len, runner, bind.get("model"))
         m = self.io["graphs"].get("mtp")
-        self.mtp_graph = _Graph(d, m, pool, max_seq_len, runner) if m else None
+        self.mtp_graph = _Graph(d, m, pool, max_seq_len, runner, bind.get("mtp")) if m else None
         self.dtype = _np_dtype(self.io["dtype"])
 
     @property
@@ -291,3 +313,159 @@ def greedy_generate(net: OnnxNetwork, prompt: list[int], max_tokens: int, *, mtp
     if any(t in eos for t in out):
         out = out[: next(i for i, t in enumerate(out) if t in eos) + 1]
     return out[:max_tokens]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the `onnx` step backend (runtime/backend.py protocol): Engine(backend="onnx"), generate --backend onnx
+
+
+def _view(t: Any) -> np.ndarray:
+    """A numpy array sharing a CPU torch tensor's memory (bfloat16 through its int16 bits)."""
+    import torch
+
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _bind(cache: Any, prefix: str) -> dict[str, Any]:
+    """A `HybridCache`'s tensors under the graph's state names (views: the graph updates the cache in place)."""
+    out: dict[str, Any] = {f"{prefix}kv_cache_{i}": (_view(k), _view(v)) for i, (k, v) in cache.kv.items()}
+    out.update({f"conv_state_{i}": _view(t) for i, t in cache.conv.items()})
+    out.update({f"ssm_state_{i}": _view(t) for i, t in cache.ssm.items()})
+    return out
+
+
+class OnnxBackend(StepBackendBase):
+    """The engine's steps through the exported graphs.
+
+    Graphs: the engine dir's `onnx/` when the model was loaded from an engine dir whose export has the model's
+    activation dtype (a cpu-target build: float32, FP8 / NVFP4 weights dequantized in the graph); otherwise the
+    loaded model's own weights are exported to a temporary dir first (`export_model_onnx`). The graphs' state
+    inputs are the slot pool's caches (numpy views of its tensors, updated in place; KV stacked into the
+    graph's [pool, 2, ...] layout per call) and the committed lengths are the pool's, as for every backend. Verification keeps the pre-step Mamba rows and `commit` restores them and
+    re-runs the kept tokens of each row that rejected a draft."""
+
+    name = "onnx"
+
+    @classmethod
+    def unsupported_reason(cls, model, pool) -> str | None:
+        import torch
+
+        try:
+            import onnx  # noqa: F401
+        except ImportError as e:
+            return f"onnx does not import ({e}); pip install 'trtllm-nemotron[onnx]'"
+        p = model.backbone.embeddings.weight
+        if p.device.type != "cpu":
+            return "the onnx backend runs on CPU (TensorRT runs the same graphs on GPUs: build --trt)"
+        if p.dtype not in (torch.float32, torch.bfloat16):
+            return f"model dtype {p.dtype}: the ONNX export takes float32 or bfloat16"
+        if getattr(model, "clamp_dt_min", False) not in (False, True):
+            return "clamp_dt_min='prefill_only' has no graph form (one graph serves prefill and decode)"
+        ssm = next(iter(pool.cache.ssm.values()), None)
+        if ssm is not None and ssm.dtype != torch.float32:
+            return f"the exported graphs keep the SSM state in float32, the pool holds {ssm.dtype}"
+        return None
+
+    def __init__(self, model, pool) -> None:
+        import tempfile
+
+        super().__init__(model, pool)
+        dtype = str(model.backbone.embeddings.weight.dtype).removeprefix("torch.")
+        src = getattr(model, "source_path", None)
+        d = Path(src).parent / "onnx" if src else None
+        self._tmp = None
+        if (
+            d is None
+            or not (d / "io.json").is_file()
+            or json.loads((d / "io.json").read_text())["dtype"] != dtype
+        ):
+            from builder.onnx_export import export_model_onnx
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="trtllm_nemotron-onnx-")
+            d = Path(self._tmp.name)
+            export_model_onnx(model, d, dtype=dtype)
+        self.onnx_dir = d
+        c, m = pool.cache, pool.mtp_cache
+        if m is not None and (m.batch_size, m.max_seq_len) != (c.batch_size, c.max_seq_len):
+            raise RuntimeStateError("the MTP cache must have the backbone cache's rows and length")
+        bind = {"model": _bind(c, ""), **({"mtp": _bind(m, "mtp_")} if m is not None else {})}
+        self.net = OnnxNetwork(d, pool=c.batch_size, max_seq_len=c.max_seq_len, bind=bind)
+        self._pending: tuple[list[int], list[int], list[list[int]], dict[str, np.ndarray]] | None = None
+
+    def _lengths(self, rows: list[int], mtp: bool = False) -> list[int]:
+        c = self.pool.mtp_cache if mtp else self.pool.cache
+        return c.lengths[self._rows(rows)].tolist()
+
+    def _advance(self, rows: list[int], by: list[int], mtp: bool = False) -> None:
+        import torch
+
+        c = self.pool.mtp_cache if mtp else self.pool.cache
+        r = self._rows(rows)
+        c.lengths[r] += torch.tensor(by, device=c.lengths.device)
+
+    def prefill(self, tokens: list[int], row: int):
+        import torch
+
+        past = self._lengths([row])
+        _, h = self.net.forward([tokens], past, [row])
+        self._advance([row], [len(tokens)])
+        return torch.from_numpy(np.asarray(h, dtype=np.float32)).to(
+            self.model.backbone.embeddings.weight.dtype
+        )
+
+    def decode(self, tokens: list[int], rows: list[int]):
+        import torch
+
+        logits, _ = self.net.forward([[t] for t in tokens], self._lengths(rows), rows)
+        self._advance(rows, [1] * len(rows))
+        return torch.from_numpy(logits[:, 0])
+
+    def verify(self, tokens: list[list[int]], rows: list[int]):
+        import torch
+
+        past = self._lengths(rows)
+        snap = self.net.snapshot(rows)
+        logits, h = self.net.forward(tokens, past, rows)
+        self._pending = (list(rows), past, [list(t) for t in tokens], snap)
+        dt = self.model.backbone.embeddings.weight.dtype
+        return torch.from_numpy(np.asarray(h, dtype=np.float32)).to(dt), torch.from_numpy(logits)
+
+    def commit(self, rows: list[int], keep: list[int]) -> None:
+        import torch
+
+        if self._pending is None or self._pending[0] != list(rows):
+            raise RuntimeStateError(f"commit for rows {rows} does not follow a verify of those rows")
+        _, past, tokens, snap = self._pending
+        self._pending = None
+        T = len(tokens[0])
+        if any(not 1 <= k <= T for k in keep):
+            raise RuntimeStateError(f"commit: keep {keep} must be in 1..{T}")
+        redo = [b for b, k in enumerate(keep) if k < T]
+        if redo:  # back to the state before the step, then only the kept tokens of those rows
+            self.net.restore([rows[b] for b in redo], {n: v[redo] for n, v in snap.items()})
+            for b in redo:
+                self.net.forward([tokens[b][: keep[b]]], [past[b]], [rows[b]])
+        r = self._rows(rows)
+        c = self.pool.cache
+        c.lengths[r] = torch.tensor(past, device=c.lengths.device) + torch.tensor(
+            keep, device=c.lengths.device
+        )
+
+    def mtp(self, hidden, next_ids, rows, *, logits=True):
+        import torch
+
+        past = self._lengths(rows, mtp=True)
+        ids = next_ids.tolist() if hasattr(next_ids, "tolist") else next_ids
+        dl, g = self.net.mtp(hidden.float().numpy(), ids, past, rows)
+        self._advance(rows, [len(ids[0])] * len(rows), mtp=True)
+        dt = self.model.backbone.embeddings.weight.dtype
+        return torch.from_numpy(np.asarray(g, dtype=np.float32)).to(dt), (
+            torch.from_numpy(dl) if logits else None
+        )
+
+
+register(OnnxBackend)
