@@ -114,3 +114,20 @@ def test_engine_and_cli_run_the_onnx_backend(tmp_path, native_tokens):
         assert r.exit_code == 0, r.output
         texts[backend] = json.loads(r.output)["text"]
     assert texts["onnx"] == texts["native"] and texts["onnx"]
+
+
+def test_tensorrt_backend_says_why_it_cannot_run():
+    """The `tensorrt` backend (TensorRT engines of `build --trt`) refuses clearly where it cannot run."""
+    from builder.defaults import default_model_dir
+    from trtllm_nemotron.runtime import Engine
+    from trtllm_nemotron.runtime.backend import backend_names
+
+    assert {"onnx", "tensorrt"} <= set(backend_names())
+    try:
+        import tensorrt  # noqa: F401
+
+        want = "CUDA device|not loaded from an engine dir"
+    except Exception:
+        want = "tensorrt does not import here"
+    with pytest.raises(RuntimeStateError, match=f"backend='tensorrt' cannot run here: .*({want})"):
+        Engine.load(default_model_dir(), max_batch_size=1, max_seq_len=32, backend="tensorrt")

@@ -168,9 +168,9 @@ def register(cls: type, *, auto: bool = False) -> type:
 
 
 def _load_registry() -> None:
-    # the built-in backends register themselves on import (native first: the CPU default; onnx, the exported
-    # graphs, only by name)
-    from trtllm_nemotron.runtime import native, onnx_backend, torch_backend  # noqa: F401
+    # the built-in backends register themselves on import (native first: the CPU default; onnx and tensorrt,
+    # the exported graphs and their TensorRT engines, only by name)
+    from trtllm_nemotron.runtime import native, onnx_backend, torch_backend, trt_backend  # noqa: F401
 
 
 def backend_names() -> tuple[str, ...]:

@@ -338,15 +338,85 @@ def _bind(cache: Any, prefix: str) -> dict[str, Any]:
     return out
 
 
-class OnnxBackend(StepBackendBase):
+class GraphStepBackend(StepBackendBase):
+    """The step protocol over an exported-graph network `self.net` (`OnnxNetwork`, or `trt_backend.TrtNetwork`:
+    `forward`, `mtp`, `snapshot`, `restore`) at the slot pool's committed lengths. `verify` keeps the rows'
+    pre-step Mamba state; `commit` restores it and re-runs the kept tokens of each row that rejected a draft
+    (the recurrence is sequential over tokens, so the re-run reproduces the state exactly)."""
+
+    net: Any
+
+    def __init__(self, model, pool) -> None:
+        super().__init__(model, pool)
+        self._pending: tuple[list[int], list[int], list[list[int]], dict[str, Any]] | None = None
+
+    def _torch(self, a: np.ndarray, *, float_only: bool = False):
+        import torch
+
+        t = torch.from_numpy(np.asarray(a, dtype=np.float32))
+        dt = torch.float32 if float_only else self.model.backbone.embeddings.weight.dtype
+        return t.to(device=self.device, dtype=dt)
+
+    def _lengths(self, rows: list[int], mtp: bool = False) -> list[int]:
+        c = self.pool.mtp_cache if mtp else self.pool.cache
+        return c.lengths[self._rows(rows)].tolist()
+
+    def _set_lengths(self, rows: list[int], values: list[int], mtp: bool = False) -> None:
+        import torch
+
+        c = self.pool.mtp_cache if mtp else self.pool.cache
+        c.lengths[self._rows(rows)] = torch.tensor(values, device=c.lengths.device)
+
+    def prefill(self, tokens: list[int], row: int):
+        past = self._lengths([row])
+        _, h = self.net.forward([tokens], past, [row])
+        self._set_lengths([row], [past[0] + len(tokens)])
+        return self._torch(h)
+
+    def decode(self, tokens: list[int], rows: list[int]):
+        past = self._lengths(rows)
+        logits, _ = self.net.forward([[t] for t in tokens], past, rows)
+        self._set_lengths(rows, [p + 1 for p in past])
+        return self._torch(logits[:, 0], float_only=True)
+
+    def verify(self, tokens: list[list[int]], rows: list[int]):
+        past = self._lengths(rows)
+        snap = self.net.snapshot(rows)
+        logits, h = self.net.forward(tokens, past, rows)
+        self._pending = (list(rows), past, [list(t) for t in tokens], snap)
+        return self._torch(h), self._torch(logits, float_only=True)
+
+    def commit(self, rows: list[int], keep: list[int]) -> None:
+        if self._pending is None or self._pending[0] != list(rows):
+            raise RuntimeStateError(f"commit for rows {rows} does not follow a verify of those rows")
+        _, past, tokens, snap = self._pending
+        self._pending = None
+        T = len(tokens[0])
+        if len(keep) != len(rows) or any(not 1 <= k <= T for k in keep):
+            raise RuntimeStateError(f"commit: keep {keep} must have {len(rows)} entries in 1..{T}")
+        redo = [b for b, k in enumerate(keep) if k < T]
+        if redo:  # back to the state before the step, then only the kept tokens of those rows
+            self.net.restore([rows[b] for b in redo], {n: v[redo] for n, v in snap.items()})
+            for b in redo:
+                self.net.forward([tokens[b][: keep[b]]], [past[b]], [rows[b]])
+        self._set_lengths(rows, [p + k for p, k in zip(past, keep, strict=True)])
+
+    def mtp(self, hidden, next_ids, rows, *, logits=True):
+        past = self._lengths(rows, mtp=True)
+        ids = next_ids.tolist() if hasattr(next_ids, "tolist") else next_ids
+        dl, g = self.net.mtp(hidden.float().cpu().numpy(), ids, past, rows)
+        self._set_lengths(rows, [p + len(ids[0]) for p in past], mtp=True)
+        return self._torch(g), (self._torch(dl, float_only=True) if logits else None)
+
+
+class OnnxBackend(GraphStepBackend):
     """The engine's steps through the exported graphs.
 
     Graphs: the engine dir's `onnx/` when the model was loaded from an engine dir whose export has the model's
     activation dtype (a cpu-target build: float32, FP8 / NVFP4 weights dequantized in the graph); otherwise the
     loaded model's own weights are exported to a temporary dir first (`export_model_onnx`). The graphs' state
     inputs are the slot pool's caches (numpy views of its tensors, updated in place; KV stacked into the
-    graph's [pool, 2, ...] layout per call) and the committed lengths are the pool's, as for every backend. Verification keeps the pre-step Mamba rows and `commit` restores them and
-    re-runs the kept tokens of each row that rejected a draft."""
+    graph's [pool, 2, ...] layout per call) and the committed lengths are the pool's, as for every backend."""
 
     name = "onnx"
 
@@ -394,78 +464,6 @@ class OnnxBackend(StepBackendBase):
             raise RuntimeStateError("the MTP cache must have the backbone cache's rows and length")
         bind = {"model": _bind(c, ""), **({"mtp": _bind(m, "mtp_")} if m is not None else {})}
         self.net = OnnxNetwork(d, pool=c.batch_size, max_seq_len=c.max_seq_len, bind=bind)
-        self._pending: tuple[list[int], list[int], list[list[int]], dict[str, np.ndarray]] | None = None
-
-    def _lengths(self, rows: list[int], mtp: bool = False) -> list[int]:
-        c = self.pool.mtp_cache if mtp else self.pool.cache
-        return c.lengths[self._rows(rows)].tolist()
-
-    def _advance(self, rows: list[int], by: list[int], mtp: bool = False) -> None:
-        import torch
-
-        c = self.pool.mtp_cache if mtp else self.pool.cache
-        r = self._rows(rows)
-        c.lengths[r] += torch.tensor(by, device=c.lengths.device)
-
-    def prefill(self, tokens: list[int], row: int):
-        import torch
-
-        past = self._lengths([row])
-        _, h = self.net.forward([tokens], past, [row])
-        self._advance([row], [len(tokens)])
-        return torch.from_numpy(np.asarray(h, dtype=np.float32)).to(
-            self.model.backbone.embeddings.weight.dtype
-        )
-
-    def decode(self, tokens: list[int], rows: list[int]):
-        import torch
-
-        logits, _ = self.net.forward([[t] for t in tokens], self._lengths(rows), rows)
-        self._advance(rows, [1] * len(rows))
-        return torch.from_numpy(logits[:, 0])
-
-    def verify(self, tokens: list[list[int]], rows: list[int]):
-        import torch
-
-        past = self._lengths(rows)
-        snap = self.net.snapshot(rows)
-        logits, h = self.net.forward(tokens, past, rows)
-        self._pending = (list(rows), past, [list(t) for t in tokens], snap)
-        dt = self.model.backbone.embeddings.weight.dtype
-        return torch.from_numpy(np.asarray(h, dtype=np.float32)).to(dt), torch.from_numpy(logits)
-
-    def commit(self, rows: list[int], keep: list[int]) -> None:
-        import torch
-
-        if self._pending is None or self._pending[0] != list(rows):
-            raise RuntimeStateError(f"commit for rows {rows} does not follow a verify of those rows")
-        _, past, tokens, snap = self._pending
-        self._pending = None
-        T = len(tokens[0])
-        if any(not 1 <= k <= T for k in keep):
-            raise RuntimeStateError(f"commit: keep {keep} must be in 1..{T}")
-        redo = [b for b, k in enumerate(keep) if k < T]
-        if redo:  # back to the state before the step, then only the kept tokens of those rows
-            self.net.restore([rows[b] for b in redo], {n: v[redo] for n, v in snap.items()})
-            for b in redo:
-                self.net.forward([tokens[b][: keep[b]]], [past[b]], [rows[b]])
-        r = self._rows(rows)
-        c = self.pool.cache
-        c.lengths[r] = torch.tensor(past, device=c.lengths.device) + torch.tensor(
-            keep, device=c.lengths.device
-        )
-
-    def mtp(self, hidden, next_ids, rows, *, logits=True):
-        import torch
-
-        past = self._lengths(rows, mtp=True)
-        ids = next_ids.tolist() if hasattr(next_ids, "tolist") else next_ids
-        dl, g = self.net.mtp(hidden.float().numpy(), ids, past, rows)
-        self._advance(rows, [len(ids[0])] * len(rows), mtp=True)
-        dt = self.model.backbone.embeddings.weight.dtype
-        return torch.from_numpy(np.asarray(g, dtype=np.float32)).to(dt), (
-            torch.from_numpy(dl) if logits else None
-        )
 
 
 register(OnnxBackend)

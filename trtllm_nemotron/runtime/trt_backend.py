@@ -8,6 +8,8 @@ with the pool size and context the engine was built for (build.json `tensorrt`);
 scatter update them in place, as Edge-LLM's runtime binds past and present state (specs/trt_engine.md §2.5).
 Profile 0 (context) runs one sequence of up to `max_tokens` tokens, profile 1 (generation) up to `max_batch`
 sequences of 1 + mtp tokens (builder/trt_engine.py).
+
+`TrtBackend` is the engine's `tensorrt` step backend: `Engine.load(engine_dir, device="cuda", backend="tensorrt")`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from trtllm_nemotron.errors import RuntimeStateError
+from trtllm_nemotron.runtime.backend import register
+from trtllm_nemotron.runtime.onnx_backend import GraphStepBackend
 
 _TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "int32": "int32"}
 
@@ -151,3 +155,59 @@ class TrtNetwork:
     def restore(self, slots: list[int], snap: dict[str, Any]) -> None:
         for n, v in snap.items():
             self.backbone.state[n][slots] = v
+
+
+def _engine_info(model) -> tuple[Path | None, dict[str, Any]]:
+    """The engine dir the model was loaded from and its build.json `tensorrt_engine` entry ({} if none)."""
+    src = getattr(model, "source_path", None)
+    if not src:
+        return None, {}
+    d = Path(src).parent
+    try:
+        manifest = json.loads((d / "build.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None, {}
+    return d, manifest.get("tensorrt_engine") or {}
+
+
+class TrtBackend(GraphStepBackend):
+    """The engine's steps through the TensorRT engines of the engine dir the model was loaded from
+    (`Engine.load(engine_dir, device="cuda", backend="tensorrt")`): `TrtNetwork` with its device state pools,
+    at the slot pool's committed lengths (runtime/onnx_backend.py `GraphStepBackend`)."""
+
+    name = "tensorrt"
+
+    @classmethod
+    def unsupported_reason(cls, model, pool) -> str | None:
+        try:
+            import tensorrt  # noqa: F401
+        except Exception as e:
+            return f"tensorrt does not import here ({type(e).__name__}: {e})"
+        if model.backbone.embeddings.weight.device.type != "cuda":
+            return "the tensorrt backend runs on a CUDA device; load with device='cuda'"
+        d, info = _engine_info(model)
+        if not info.get("plans"):
+            return "the model was not loaded from an engine dir with a TensorRT engine (build --onnx --trt)"
+        import torch
+
+        major, minor = torch.cuda.get_device_capability()
+        if not info["plans"]["model"]["file"].endswith(f"sm_{major}{minor}.plan"):
+            return f"the engine was built as {info['plans']['model']['file']}, this GPU is sm_{major}{minor}"
+        c = pool.cache
+        if c.batch_size > int(info["pool"]) or c.max_seq_len > int(info["max_seq_len"]):
+            return (
+                f"the slot pool ({c.batch_size} rows x {c.max_seq_len}) exceeds the engine's state pools "
+                f"({info['pool']} x {info['max_seq_len']}); load with a smaller max_batch_size / max_seq_len"
+            )
+        if pool.mtp and "mtp" not in info["plans"]:
+            return "MTP asked for, but the engine has no MTP plan (build with --mtp > 0)"
+        return None
+
+    def __init__(self, model, pool) -> None:
+        super().__init__(model, pool)
+        d, info = _engine_info(model)
+        assert d is not None
+        self.net = TrtNetwork(d / "onnx", d / "trt", info)
+
+
+register(TrtBackend)
