@@ -211,7 +211,9 @@ def _io_entry(name: str, elem: str, shape: list[Any], role: str, layer: int | No
 class _Exporter:
     """Builds the backbone and MTP graphs of one checkpoint (see the module docstring)."""
 
-    def __init__(self, reader: Any, out: Path, dtype: str, progress: bool, dt_min: float | None = None) -> None:
+    def __init__(
+        self, reader: Any, out: Path, dtype: str, progress: bool, dt_min: float | None = None
+    ) -> None:
         self.r = reader
         self.cfg: NemotronHConfig = reader.config
         self.out = out
@@ -318,7 +320,9 @@ class _Exporter:
         proj = self.linear(g, x, f"{p}.in_proj", c.use_bias)  # [n, d_in_proj]
         z, xbc, dt = g.op("Split", [proj, g.const([c.d_inner, c.conv_dim, H])], 3, axis=-1, name=f"{p}/split")
         xbc3, dt3 = g.op1("Reshape", xbc, btc), g.op1("Reshape", dt, btc)  # [batch, tokens, .]
-        if self.dt_min is not None:  # clamp(softplus(u), m) == softplus(max(u, softplus^-1(m))) (model/ops.py)
+        if (
+            self.dt_min is not None
+        ):  # clamp(softplus(u), m) == softplus(max(u, softplus^-1(m))) (model/ops.py)
             dt3 = g.op1("Max", dt3, g.tensor(f"{p}.dt_floor", lambda: self._dt_floor(f"{p}.dt_bias")))
         conv_w = self.weight(g, f"{p}.conv1d.weight", shape=[c.conv_dim, K])
         if c.use_conv_bias:
@@ -728,7 +732,9 @@ def export_model_onnx(model: Any, out_dir: str | Path, *, dtype: str = "float32"
     one graph serves prefill and decode)."""
     clamp = getattr(model, "clamp_dt_min", False)
     if clamp not in (False, True):
-        raise BuildError(f"clamp_dt_min={clamp!r}: one graph serves prefill and decode; export with False or True")
+        raise BuildError(
+            f"clamp_dt_min={clamp!r}: one graph serves prefill and decode; export with False or True"
+        )
     if dtype not in DTYPES:
         raise BuildError(f"ONNX activation dtype must be one of {DTYPES}, got {dtype!r}")
     out = Path(out_dir)
@@ -737,10 +743,73 @@ def export_model_onnx(model: Any, out_dir: str | Path, *, dtype: str = "float32"
     return _Exporter(_ModuleReader(model), out, dtype, False, dt_min=dt_min).run()
 
 
-def check_onnx(onnx_dir: str | Path) -> dict[str, dict[str, int]]:
-    """`onnx.checker` full check (types and shape inference, strict) of every graph in `onnx_dir`; returns
-    each graph's plugin-node counts. Raises BuildError naming the graph and the checker's message."""
+_F = ("float", "bfloat16", "float16")  # activation / weight dtypes a plugin input may take
+_F32, _I32, _I8 = ("float",), ("int32",), ("int8",)
+# Each plugin node as an ONNX operator schema of domain `trtllm_nemotron`: inputs and outputs (name, dtypes) in the
+# QDP's order (plugins/<op>/trt.py) and its attributes; `register_schemas()` makes `onnx.checker` check every
+# plugin node against it (input / output counts and dtypes, attribute names and types).
+PLUGIN_SCHEMAS: dict[str, tuple[list[tuple[str, tuple[str, ...]]], list[tuple[str, tuple[str, ...]]],
+                                dict[str, str]]] = {
+    "mamba_state_update": (
+        [("xbc", _F), ("dt", _F), ("conv_weight", _F), ("conv_bias", _F), ("dt_bias", _F32), ("A", _F32),
+         ("D", _F32), ("slot_idx", _I32), ("conv_state", _F), ("ssm_state", ("float", "float16"))],
+        [("y", _F32), ("conv_state_out", _F), ("ssm_state_out", ("float", "float16")), ("ssm_steps", _F),
+         ("conv_steps", _F)],
+        {"num_heads": "INT", "n_groups": "INT", "head_dim": "INT", "state_size": "INT", "conv_kernel": "INT",
+         "keep_steps": "INT"},
+    ),
+    "latent_moe_routing": (
+        [("logits", _F32), ("bias", _F32)], [("weights", _F32), ("idx", _I32)],
+        {"num_experts": "INT", "top_k": "INT", "n_group": "INT", "topk_group": "INT", "norm_topk_prob": "INT",
+         "routed_scaling_factor": "FLOAT"},
+    ),
+    "moe_expert_permutation": ([("idx", _I32)], [("counts", _I32), ("perm", _I32)], {"num_experts": "INT"}),
+    "latent_moe_experts": (
+        [("x", _F), ("weights", _F32), ("counts", _I32), ("perm", _I32), ("up", _F), ("down", _F)],
+        [("out", _F32)], {},
+    ),
+    "latent_moe_experts_nvfp4": (
+        [("x", _F), ("weights", _F32), ("counts", _I32), ("perm", _I32), ("up", _I8), ("up_scale", _I8),
+         ("up_scale_2", _F32), ("down", _I8), ("down_scale", _I8), ("down_scale_2", _F32)],
+        [("out", _F32)], {},
+    ),
+}  # fmt: skip
+_REGISTERED: list[str] = []
+
+
+def register_schemas() -> None:
+    """Register `PLUGIN_SCHEMAS` with onnx (once per process), as Edge-LLM registers its custom ops' schemas."""
     onnx = _onnx()
+    from onnx.defs import OpSchema
+
+    for op, (ins, outs, attrs) in PLUGIN_SCHEMAS.items():
+        if op in _REGISTERED or onnx.defs.has(op, DOMAIN):
+            continue
+        params, constraints = [], []
+        for kind, entries in (("i", ins), ("o", outs)):
+            plist = []
+            for j, (name, types) in enumerate(entries):
+                tv = f"T{kind}{j}"
+                plist.append(OpSchema.FormalParameter(name, tv))
+                constraints.append((tv, [f"tensor({t})" for t in types], f"{name} dtypes"))
+            params.append(plist)
+        attributes = [OpSchema.Attribute(n, getattr(OpSchema.AttrType, t), n) for n, t in attrs.items()]
+        attributes += [
+            OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace"),
+            OpSchema.Attribute("aot", OpSchema.AttrType.INT, "1: TensorRT's AOT implementation"),
+        ]
+        schema = OpSchema(op, DOMAIN, 1, inputs=params[0], outputs=params[1], type_constraints=constraints,
+                          attributes=attributes, doc=f"TensorRT plugin {DOMAIN}::{op}")  # fmt: skip
+        onnx.defs.register_schema(schema)
+        _REGISTERED.append(op)
+
+
+def check_onnx(onnx_dir: str | Path) -> dict[str, dict[str, int]]:
+    """`onnx.checker` full check (types and shape inference, strict; the plugin nodes against
+    `PLUGIN_SCHEMAS`) of every graph in `onnx_dir`; returns each graph's plugin-node counts. Raises BuildError
+    naming the graph and the checker's message."""
+    onnx = _onnx()
+    register_schemas()
     d = Path(onnx_dir)
     io = json.loads((d / IO_FILE).read_text())
     counts = {}

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from builder.manifest import read_manifest, verify_engine_dir
-from builder.onnx_export import DOMAIN, OPSET, check_onnx
+from builder.onnx_export import DOMAIN, OPSET, PLUGIN_SCHEMAS, check_onnx
 from builder.pipeline import build_engine
 from builder.plan import onnx_bytes
 from trtllm_nemotron.errors import BuildError
@@ -66,10 +66,14 @@ def test_build_onnx_writes_a_checked_network(engine):
 
 
 def test_plugin_nodes_follow_the_tensorrt_parser_contract(engine):
-    """op_type = QDP name, domain = plugin_namespace, aot=1, only INT / FLOAT QDP attributes (int32-safe), and
-    the inputs (as many as the QDP's tensor parameters) and attributes of the QDP registered under that name
-    in plugins/*/trt.py."""
+    """op_type = QDP name, domain = plugin_namespace, aot=1, only INT / FLOAT QDP attributes (int32-safe); the
+    schema the checker holds each node to (PLUGIN_SCHEMAS) has the inputs, in order, and the attributes of the
+    QDP registered under that name in plugins/*/trt.py."""
     qdps = _registered_qdps()
+    for op, (ins, _, attrs) in PLUGIN_SCHEMAS.items():
+        assert op in qdps, f"no QDP registered as {DOMAIN}::{op} in plugins/*/trt.py"
+        assert [n for n, _ in ins] == qdps[op][0], (op, "inputs")
+        assert sorted(attrs) == sorted(qdps[op][1]), (op, "attributes")
     for graph in ("model.onnx", "mtp.onnx"):
         for n in (n for n in _load(engine, graph).graph.node if n.domain == DOMAIN):
             attrs = {a.name: a for a in n.attribute}
@@ -77,10 +81,30 @@ def test_plugin_nodes_follow_the_tensorrt_parser_contract(engine):
             assert attrs.pop("aot").i == 1
             assert all(a.type in (onnx.AttributeProto.INT, onnx.AttributeProto.FLOAT) for a in attrs.values())
             assert all(-(2**31) <= a.i < 2**31 for a in attrs.values())
-            assert n.op_type in qdps, f"no QDP registered as {DOMAIN}::{n.op_type} in plugins/*/trt.py"
-            tensors, qdp_attrs = qdps[n.op_type]
-            assert len(n.input) == len(tensors), (n.op_type, list(n.input), tensors)
-            assert sorted(attrs) == sorted(qdp_attrs), (n.op_type, list(attrs), qdp_attrs)  # looked up by name
+            ins, outs, schema_attrs = PLUGIN_SCHEMAS[n.op_type]
+            assert (len(n.input), len(n.output)) == (len(ins), len(outs)) and sorted(attrs) == sorted(
+                schema_attrs
+            )
+
+
+def test_the_checker_holds_plugin_nodes_to_their_schema(engine, tmp_path):
+    import shutil
+
+    d = tmp_path / "onnx"
+    shutil.copytree(engine / "onnx", d)
+    m = onnx.load(str(d / "model.onnx"), load_external_data=False)
+    node = next(n for n in m.graph.node if n.op_type == "moe_expert_permutation")
+    node.attribute.append(onnx.helper.make_attribute("num_expert", 16))  # a misspelt attribute
+    onnx.save(m, str(d / "model.onnx"))
+    with pytest.raises(
+        BuildError, match="model.onnx fails the ONNX checker: Unrecognized attribute: num_expert"
+    ):
+        check_onnx(d)
+    node.attribute.pop()
+    node.input.append(node.input[0])  # one input too many
+    onnx.save(m, str(d / "model.onnx"))
+    with pytest.raises(BuildError, match="fails the ONNX checker"):
+        check_onnx(d)
 
 
 def _registered_qdps() -> dict[str, tuple[list[str], list[str]]]:
