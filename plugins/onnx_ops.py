@@ -137,9 +137,9 @@ def register_ort_ops() -> str:
     def attrs(*names: str, floats: tuple[str, ...] = ()) -> dict[str, int]:
         return {**{n: i64 for n in names}, **{n: f for n in floats}, "plugin_namespace": s, "aot": i64}
 
-    def op(cls: type, inputs: list[int], outputs: list[int], a: dict[str, int]) -> None:
+    def op(cls: type[OpRun], inputs: list[int], outputs: list[int], a: dict[str, int]) -> None:
         def fn(*args: Any, **kw: Any) -> Any:
-            out = cls._run(None, *args, **kw)
+            out = cls._run(None, *args, **kw)  # type: ignore[arg-type]  # _run uses no instance state
             return out if len(out) > 1 else out[0]
 
         _ORT_REGISTERED.append(onnx_op(op_type=cls.__name__, inputs=inputs, outputs=outputs, attrs=a)(fn))

@@ -357,14 +357,19 @@ class GraphStepBackend(StepBackendBase):
         dt = torch.float32 if float_only else self.model.backbone.embeddings.weight.dtype
         return t.to(device=self.device, dtype=dt)
 
-    def _lengths(self, rows: list[int], mtp: bool = False) -> list[int]:
+    def _cache(self, mtp: bool) -> Any:
         c = self.pool.mtp_cache if mtp else self.pool.cache
-        return c.lengths[self._rows(rows)].tolist()
+        if c is None:
+            raise RuntimeStateError("an MTP step without an MTP cache: load the engine with mtp > 0")
+        return c
+
+    def _lengths(self, rows: list[int], mtp: bool = False) -> list[int]:
+        return self._cache(mtp).lengths[self._rows(rows)].tolist()
 
     def _set_lengths(self, rows: list[int], values: list[int], mtp: bool = False) -> None:
         import torch
 
-        c = self.pool.mtp_cache if mtp else self.pool.cache
+        c = self._cache(mtp)
         c.lengths[self._rows(rows)] = torch.tensor(values, device=c.lengths.device)
 
     def prefill(self, tokens: list[int], row: int):
