@@ -1,7 +1,7 @@
 """Plugin kernels vs their torch references (`make bench-plugins` / `python -m benchmarks.bench_plugins`).
 
 On CUDA: Nemotron 3 Super shapes at batch 1, 64 and 256 (Mamba decode step with an fp32 SSM pool; routing
-with E=512, k=22). Each row gives the kernel and reference times, the bytes the op must move (its
+with E=512, k=22; routed experts X=1024, F=2688 with BF16 and NVFP4 weights, tokens = batch). Each row gives the kernel and reference times, the bytes the op must move (its
 compulsory traffic: states read + written, inputs, outputs), the kernel's achieved bandwidth, and that as a
 fraction of the device's measured copy bandwidth (a 1 GiB device-to-device copy, read + write).
 On CPU (no GPU): says so, and times the torch references and the Triton interpreter at small sizes (the
@@ -62,6 +62,41 @@ def _mamba_bytes(inp: dict[str, torch.Tensor]) -> int:
     return states + nb(inp["xbc"]) + nb(inp["dt"]) + y + params
 
 
+def _experts_inputs(cfg: Any, T: int, device: str) -> dict[str, torch.Tensor]:
+    """Super's expert shapes: x [T, X] bf16, routing of random logits, all E experts' stacked BF16 weights."""
+    E, k, X, F = cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.expert_dim, cfg.moe_intermediate_size
+    g = torch.Generator(device=device).manual_seed(T)
+    logits = torch.randn(T, E, generator=g, device=device)
+    w, _, counts, perm = latent_moe_routing_ref(logits, torch.zeros(E, device=device), k, 1, 1, True, 5.0)
+    kw = dict(x=torch.randn(T, X, generator=g, device=device).to(torch.bfloat16), weights=w, counts=counts, perm=perm)
+    up = torch.randn(E, F, X, generator=g, device=device) / X**0.5
+    down = torch.randn(E, X, F, generator=g, device=device) / F**0.5
+    return dict(kw, up=up.to(torch.bfloat16), down=down.to(torch.bfloat16))
+
+
+def _experts_nvfp4_inputs(cfg: Any, T: int, device: str) -> dict[str, torch.Tensor]:
+    from trtllm_nemotron.quant import nvfp4
+
+    kw = _experts_inputs(cfg, T, device)
+    out = {n: kw[n] for n in ("x", "weights", "counts", "perm")}
+    for name in ("up", "down"):
+        q = [nvfp4.quantize(m.float()) for m in kw[name]]
+        out[name] = torch.stack([a for a, _, _ in q])
+        out[f"{name}_scale"] = torch.stack([b for _, b, _ in q])
+        out[f"{name}_scale_2"] = torch.stack([c for _, _, c in q])
+    return out
+
+
+def _experts_bytes(inp: dict[str, torch.Tensor]) -> int:
+    """Compulsory traffic: the weights of every expert that received a token, x, routing inputs, out."""
+    E = inp["counts"].numel()
+    active = int((inp["counts"] > 0).sum())
+    per_expert = sum(inp[n].numel() * inp[n].element_size() for n in ("up", "down", "up_scale", "down_scale") if n in inp)
+    T, X = inp["x"].shape
+    k = inp["weights"].shape[1]
+    return per_expert // E * active + inp["x"].numel() * 2 + T * k * (4 + 4) + T * k * X * 4
+
+
 def _routing_bytes(T: int, E: int, k: int) -> int:
     return T * E * 4 + E * 4 + T * k * (4 + 4) + E * 4 + T * k * 4
 
@@ -115,6 +150,20 @@ def bench_cuda(repeats: int) -> dict[str, Any]:
         rows.append(
             dict(op="latent_moe_routing", batch=T, bytes=_routing_bytes(T, E, k), kernel_s=t_k, ref_s=t_r)
         )
+    from plugins.latent_moe_experts import latent_moe_experts
+    from plugins.latent_moe_experts.reference import latent_moe_experts_ref
+
+    names = ("x", "weights", "counts", "perm", "up", "down", "up_scale", "up_scale_2", "down_scale", "down_scale_2")
+    for quant in (False, True):
+        for T in (1, 64, 256):
+            inp = _experts_nvfp4_inputs(cfg, T, "cuda") if quant else _experts_inputs(cfg, T, "cuda")
+            ref_args = [inp.get(n) for n in names]
+            t_k = _time_cuda(partial(latent_moe_experts, **inp), repeats)
+            t_r = _time_cuda(partial(latent_moe_experts_ref, *ref_args), max(1, repeats // 5))
+            op = "experts_nvfp4" if quant else "experts_bf16"
+            rows.append(dict(op=op, batch=T, bytes=_experts_bytes(inp), kernel_s=t_k, ref_s=t_r))
+            del inp, ref_args
+            torch.cuda.empty_cache()
     for r in rows:
         r["kernel_GBps"] = r["bytes"] / r["kernel_s"] / 1e9
         r["of_copy_bw"] = r["bytes"] / r["kernel_s"] / bw
@@ -143,6 +192,16 @@ def bench_cpu(repeats: int) -> dict[str, Any]:
         t_i = _time_cpu(partial(plugins.latent_moe_routing, logits, bias, **rk), 1)
         os.environ.pop("TRTLLM_NEMOTRON_KERNELS")
         rows.append(dict(op="latent_moe_routing", config=name, batch=T, ref_s=t_r, interpret_s=t_i))
+    from plugins.latent_moe_experts import latent_moe_experts
+    from plugins.latent_moe_experts.reference import latent_moe_experts_ref
+
+    for T in (1, 8):
+        inp = _experts_inputs(cfg, T, "cpu")
+        t_r = _time_cpu(partial(latent_moe_experts_ref, *inp.values()), repeats)
+        os.environ["TRTLLM_NEMOTRON_KERNELS"] = "interpret"
+        t_i = _time_cpu(partial(latent_moe_experts, **inp), 1)
+        os.environ.pop("TRTLLM_NEMOTRON_KERNELS")
+        rows.append(dict(op="latent_moe_experts", config="tiny", batch=T, ref_s=t_r, interpret_s=t_i))
     return dict(device="cpu (no CUDA GPU)", rows=rows)
 
 

@@ -127,10 +127,13 @@ def test_cuda_kernels_match_reference(T, c):
 
 
 @pytest.mark.parametrize("c", [TINY, SUPER], ids=["grouped", "super"])
-def test_matches_model_ops_route(c):
-    """The model's `trtllm_nemotron.model.ops.route` selects the same experts with the same weights."""
+def test_matches_model_ops_route(monkeypatch, c):
+    """The model's `trtllm_nemotron.model.ops.route`, running the Triton kernels under the interpreter,
+    selects the same experts with the same weights as the reference (with the CPU default it would run
+    the reference itself)."""
     from trtllm_nemotron.model.ops import route
 
+    monkeypatch.setenv("TRTLLM_NEMOTRON_KERNELS", "interpret")
     logits, bias = make(6, c["E"], seed=3)
     w, idx, _, _ = ref(logits, bias, c)
     mw, midx = route(

@@ -84,6 +84,9 @@ CASES = [
     ("bf16_batch1", dict(H=2, P=5, N=3, G=1), torch.bfloat16, torch.float32, [1], 1, False),
     ("multitoken_steps", dict(H=4, P=3, N=6, G=2), torch.float32, torch.float32, [-1, 2], 3, True),
     ("fp16_state_bf16_steps", dict(H=2, P=4, N=3, G=2), torch.bfloat16, torch.float16, [0, 4], 2, True),
+    # several head-dim blocks per head (BLOCK_P = 16 at N = 128) and two heads per group: the B/C conv
+    # channels are read by 6 programs and shifted in place by one of them
+    ("pblocks_shared_bc", dict(H=4, P=40, N=128, G=2), torch.float32, torch.float32, [2, -1, 0], 2, True),
 ]
 
 
@@ -155,10 +158,13 @@ def test_cuda_kernel_matches_reference_super_shapes(batch, keep):
     torch.testing.assert_close(got_st["conv_state"], want_st["conv_state"], rtol=0, atol=0)
 
 
-def test_matches_model_ops_mamba_decode_step():
-    """The model's pure-torch contract (`trtllm_nemotron.model.ops.mamba_decode_step`) and this op agree."""
+def test_matches_model_ops_mamba_decode_step(monkeypatch):
+    """The model's entry point (`trtllm_nemotron.model.ops.mamba_decode_step`), running the Triton kernel
+    under the interpreter, equals the reference (it goes through the dispatch, so a wrong argument order or
+    a kernel bug shows here; with the CPU default it would be the reference compared with itself)."""
     from trtllm_nemotron.model.ops import mamba_decode_step
 
+    monkeypatch.setenv("TRTLLM_NEMOTRON_KERNELS", "interpret")
     case = make_case(batch=3, T=2, H=4, P=3, N=4, G=2, state=torch.float16)
     slot = torch.tensor([4, -1, 1])
     got, got_st = run(call_ref, case, slot, n_groups=2, keep_steps=True)
@@ -166,6 +172,6 @@ def test_matches_model_ops_mamba_decode_step():
     xbc = c.pop("xbc")
     want = mamba_decode_step(xbc, **c, slot_idx=slot, n_groups=2, keep_steps=True)
     for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(got_st["ssm_state"], c["ssm_state"], rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)  # fp16 pool: one rounding apart at most
+    torch.testing.assert_close(got_st["ssm_state"], c["ssm_state"], rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(got_st["conv_state"], c["conv_state"], rtol=0, atol=0)
