@@ -340,11 +340,13 @@ class _Exporter:
         D = self.weight(g, f"{p}.D", to="float32")
         conv_in = g.add_input(f"conv_state_{i}", self.dtype, ["pool", c.conv_dim, K - 1], "conv_state", i)
         ssm_in = g.add_input(f"ssm_state_{i}", "float32", ["pool", H, P, N], "ssm_state", i)
+        # the rows' conv windows, read before the plugin updates the pool in place (the QDP's `conv_window`)
+        window = g.op1("Gather", conv_in, "slot_idx", axis=0, name=f"{p}/conv_window")
         outs = [g.fresh(f"{p}/y"), f"present_conv_state_{i}", f"present_ssm_state_{i}", g.fresh("ssm_steps"),
                 g.fresh("conv_steps")]  # fmt: skip
         g.op(
             "mamba_state_update",
-            [xbc3, dt3, conv_w, conv_b, dt_bias, A, D, "slot_idx", conv_in, ssm_in],
+            [xbc3, dt3, conv_w, conv_b, dt_bias, A, D, "slot_idx", conv_in, ssm_in, window],
             domain=DOMAIN, outs=outs, name=f"{p}/mamba_state_update",
             **_plugin_attrs(num_heads=H, n_groups=G, head_dim=P, state_size=N, conv_kernel=K, keep_steps=0),
         )  # fmt: skip
@@ -752,7 +754,8 @@ PLUGIN_SCHEMAS: dict[str, tuple[list[tuple[str, tuple[str, ...]]], list[tuple[st
                                 dict[str, str]]] = {
     "mamba_state_update": (
         [("xbc", _F), ("dt", _F), ("conv_weight", _F), ("conv_bias", _F), ("dt_bias", _F32), ("A", _F32),
-         ("D", _F32), ("slot_idx", _I32), ("conv_state", _F), ("ssm_state", ("float", "float16"))],
+         ("D", _F32), ("slot_idx", _I32), ("conv_state", _F), ("ssm_state", ("float", "float16")),
+         ("conv_window", _F)],
         [("y", _F32), ("conv_state_out", _F), ("ssm_state_out", ("float", "float16")), ("ssm_steps", _F),
          ("conv_steps", _F)],
         {"num_heads": "INT", "n_groups": "INT", "head_dim": "INT", "state_size": "INT", "conv_kernel": "INT",

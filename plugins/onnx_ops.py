@@ -43,7 +43,7 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 class mamba_state_update(OpRun):  # noqa: N801 - the class name is the ONNX op_type
     op_domain = DOMAIN
 
-    def _run(self, xbc, dt, conv_weight, conv_bias, dt_bias, A, D, slot_idx, conv_state, ssm_state,
+    def _run(self, xbc, dt, conv_weight, conv_bias, dt_bias, A, D, slot_idx, conv_state, ssm_state, conv_window,
              num_heads=None, n_groups=None, head_dim=None, state_size=None, conv_kernel=None, keep_steps=None,
              plugin_namespace=None, aot=None):  # fmt: skip
         from plugins.mamba_state_update.reference import mamba_state_update_ref
@@ -144,7 +144,7 @@ def register_ort_ops() -> str:
 
         _ORT_REGISTERED.append(onnx_op(op_type=cls.__name__, inputs=inputs, outputs=outputs, attrs=a)(fn))
 
-    op(mamba_state_update, [f] * 7 + [i32, f, f], [f] * 5,
+    op(mamba_state_update, [f] * 7 + [i32, f, f, f], [f] * 5,
        attrs("num_heads", "n_groups", "head_dim", "state_size", "conv_kernel", "keep_steps"))  # fmt: skip
     op(
         latent_moe_routing,
