@@ -311,6 +311,7 @@ class _Build:
             return "cpu target: a TensorRT engine needs a GPU target"
         from builder.trt_engine import trt_unavailable
 
+        assert self.target.sm is not None
         return trt_unavailable(self.target.sm)
 
     def stage_trt(self) -> tuple[str, str, dict[str, Any]]:
@@ -320,6 +321,7 @@ class _Build:
         from builder.trt_engine import build_trt_engines
 
         plan = self.plan()
+        assert self.target.sm is not None
         info = build_trt_engines(self.stage_dir / "onnx", self.stage_dir / "trt", sm=self.target.sm,
                                  max_batch=plan.batch, max_tokens=TRT_CONTEXT_TOKENS, mtp=self.mtp,
                                  max_seq_len=plan.max_seq_len)  # fmt: skip
@@ -362,7 +364,7 @@ class _Build:
         ckpt = self.stage_dir / "checkpoint"
         assert self.cfg is not None
         prompt = Tokenizer.from_dir(ckpt, vocab_size=self.cfg.vocab_size).encode(VALIDATE_PROMPT)
-        net = TrtNetwork.from_dirs(self.stage_dir / "onnx", self.stage_dir / "trt", self.data("trt"))
+        net = TrtNetwork(self.stage_dir / "onnx", self.stage_dir / "trt", self.data("trt"))
         got = greedy_generate(net, prompt, VALIDATE_TOKENS, mtp=self.mtp, slot=0)
         model = load_model(ckpt, dtype=torch.bfloat16, device="cuda")
         ids = torch.tensor([prompt], device="cuda")
@@ -450,7 +452,7 @@ class _Build:
         from builder.trt_engine import tensorrt_version
 
         ptx = None
-        if self.target.is_gpu:
+        if self.target.sm_name is not None:
             files = sorted((self.stage_dir / "plugins" / self.target.sm_name).glob("*.ptx"))
             ptx = next((ln.split()[1] for ln in files[0].read_text().splitlines() if ln.startswith(".version")),
                        None) if files else None  # fmt: skip

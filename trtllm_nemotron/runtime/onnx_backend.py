@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -252,7 +252,23 @@ class OnnxNetwork:
             self.backbone.state[n][slots] = v
 
 
-def verify_greedy(net: OnnxNetwork, seqs: list[list[int]], past: list[int], slots: list[int], K: int):
+class GraphNetwork(Protocol):
+    """What `greedy_generate` / `GraphStepBackend` drive: `OnnxNetwork`, or `trt_backend.TrtNetwork`."""
+
+    def forward(
+        self, ids: list[list[int]], past: list[int], slots: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def mtp(
+        self, hidden: np.ndarray, next_ids: list[list[int]], past: list[int], slots: list[int]
+    ) -> Any: ...
+
+    def snapshot(self, slots: list[int]) -> dict[str, Any]: ...
+
+    def restore(self, slots: list[int], snap: dict[str, Any]) -> None: ...
+
+
+def verify_greedy(net: GraphNetwork, seqs: list[list[int]], past: list[int], slots: list[int], K: int):
     """One greedy MTP iteration (the native step's `spec_step_greedy`): seqs[b] = [last token, d_1..d_K] at
     positions past[b]... Returns (target tokens y [batch][K+1], accepted drafts j [batch], next drafts
     [batch][K]); the backbone keeps the state after token j, and the caller's lengths advance by j + 1."""
@@ -285,7 +301,7 @@ def verify_greedy(net: OnnxNetwork, seqs: list[list[int]], past: list[int], slot
     return y.tolist(), acc, np.stack(drafts, axis=1).tolist()
 
 
-def greedy_generate(net: OnnxNetwork, prompt: list[int], max_tokens: int, *, mtp: int = 0, slot: int = 0,
+def greedy_generate(net: GraphNetwork, prompt: list[int], max_tokens: int, *, mtp: int = 0, slot: int = 0,
                     eos: tuple[int, ...] = ()) -> list[int]:  # fmt: skip
     """Greedy decoding of one prompt through the graphs (whole prompt as one prefill); with mtp=K, MTP drafts
     and verification. Returns the generated token ids (stops after `max_tokens` or at an `eos` id)."""
@@ -344,7 +360,7 @@ class GraphStepBackend(StepBackendBase):
     pre-step Mamba state; `commit` restores it and re-runs the kept tokens of each row that rejected a draft
     (the recurrence is sequential over tokens, so the re-run reproduces the state exactly)."""
 
-    net: Any
+    net: GraphNetwork
 
     def __init__(self, model, pool) -> None:
         super().__init__(model, pool)
