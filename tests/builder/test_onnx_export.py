@@ -235,3 +235,24 @@ def test_export_refuses_bad_input(tiny_ckpt, tmp_path):
     with pytest.raises(BuildError, match="dtype must be one of"):
         export_onnx(tiny_ckpt, tmp_path / "o", dtype="float16")
     assert not (tmp_path / "o").exists()
+
+
+def test_trt_profiles_cover_every_graph_input(engine):
+    """The two optimisation profiles the trt stage gives TensorRT: every input of both graphs gets a complete
+    min <= opt <= max shape, the state pools one fixed shape, context = one sequence of up to a prefill chunk,
+    generation = up to max_batch sequences of 1 + MTP tokens."""
+    from builder.trt_engine import _profile_shapes, build_profiles
+
+    io = json.loads((engine / "onnx" / "io.json").read_text())
+    ctx, gen = build_profiles(max_batch=4, max_tokens=256, mtp=3, pool=5, max_seq_len=64)
+    for meta in io["graphs"].values():
+        for e in meta["inputs"]:
+            for dims in (ctx, gen):
+                lo, opt, hi = _profile_shapes(e, dims)
+                assert len(lo) == len(e["shape"]) and all(
+                    a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)
+                )
+                if e["role"] in ("kv_cache", "conv_state", "ssm_state"):
+                    assert lo == hi and lo[0] == 5
+                if e["name"] == "input_ids":
+                    assert hi == ([1, 256] if dims is ctx else [4, 4])
