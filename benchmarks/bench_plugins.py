@@ -68,7 +68,12 @@ def _experts_inputs(cfg: Any, T: int, device: str) -> dict[str, torch.Tensor]:
     g = torch.Generator(device=device).manual_seed(T)
     logits = torch.randn(T, E, generator=g, device=device)
     w, _, counts, perm = latent_moe_routing_ref(logits, torch.zeros(E, device=device), k, 1, 1, True, 5.0)
-    kw = dict(x=torch.randn(T, X, generator=g, device=device).to(torch.bfloat16), weights=w, counts=counts, perm=perm)
+    kw = dict(
+        x=torch.randn(T, X, generator=g, device=device).to(torch.bfloat16),
+        weights=w,
+        counts=counts,
+        perm=perm,
+    )
     up = torch.randn(E, F, X, generator=g, device=device) / X**0.5
     down = torch.randn(E, X, F, generator=g, device=device) / F**0.5
     return dict(kw, up=up.to(torch.bfloat16), down=down.to(torch.bfloat16))
@@ -91,7 +96,9 @@ def _experts_bytes(inp: dict[str, torch.Tensor]) -> int:
     """Compulsory traffic: the weights of every expert that received a token, x, routing inputs, out."""
     E = inp["counts"].numel()
     active = int((inp["counts"] > 0).sum())
-    per_expert = sum(inp[n].numel() * inp[n].element_size() for n in ("up", "down", "up_scale", "down_scale") if n in inp)
+    per_expert = sum(
+        inp[n].numel() * inp[n].element_size() for n in ("up", "down", "up_scale", "down_scale") if n in inp
+    )
     T, X = inp["x"].shape
     k = inp["weights"].shape[1]
     return per_expert // E * active + inp["x"].numel() * 2 + T * k * (4 + 4) + T * k * X * 4
@@ -153,7 +160,18 @@ def bench_cuda(repeats: int) -> dict[str, Any]:
     from plugins.latent_moe_experts import latent_moe_experts
     from plugins.latent_moe_experts.reference import latent_moe_experts_ref
 
-    names = ("x", "weights", "counts", "perm", "up", "down", "up_scale", "up_scale_2", "down_scale", "down_scale_2")
+    names = (
+        "x",
+        "weights",
+        "counts",
+        "perm",
+        "up",
+        "down",
+        "up_scale",
+        "up_scale_2",
+        "down_scale",
+        "down_scale_2",
+    )
     for quant in (False, True):
         for T in (1, 64, 256):
             inp = _experts_nvfp4_inputs(cfg, T, "cuda") if quant else _experts_inputs(cfg, T, "cuda")

@@ -21,16 +21,15 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trtllm_nemotron.errors import PluginError
+from trtllm_nemotron.fileio import atomic_dir
 
 FORMAT_VERSION = 1
 SUPPORTED_SMS = (80, 86, 89, 90, 100, 103, 120)
@@ -134,7 +133,9 @@ def target_sm() -> int:
     raw = os.environ.get(SM_ENV, "").strip()
     if raw:
         if not raw.isdigit() or int(raw) not in SUPPORTED_SMS:
-            raise PluginError(f"{SM_ENV}={raw!r} is not a supported SM; expected one of {list(SUPPORTED_SMS)}")
+            raise PluginError(
+                f"{SM_ENV}={raw!r} is not a supported SM; expected one of {list(SUPPORTED_SMS)}"
+            )
         return int(raw)
     try:
         from triton.runtime import driver
@@ -314,21 +315,9 @@ def compile_all(
     result: dict[str, Any] = {}
     with tqdm(total=len(jobs) * len(sms), desc="compile plugins", unit="kernel", file=sys.stderr) as bar:
         for sm in sms:
-            final = out / f"sm_{sm}"
-            tmp = Path(tempfile.mkdtemp(prefix=f".sm_{sm}.", dir=out))
-            try:
+            with atomic_dir(out / f"sm_{sm}") as tmp:
                 index = _compile_sm(jobs, sm, cfg, tmp, bar)
                 (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-                if final.exists():
-                    old = Path(tempfile.mkdtemp(prefix=f".old_sm_{sm}.", dir=out))
-                    final.rename(old / final.name)
-                    tmp.rename(final)
-                    shutil.rmtree(old)
-                else:
-                    tmp.rename(final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             result[f"sm_{sm}"] = index
     return result
 

@@ -5,8 +5,8 @@ argument order: launch.py.
 NVFP4 weights are decoded in the kernel from their bits, exactly: an E2M1 code c (sign bit 3) is
 0.5*m for exponent bits e = 0, else 2^(e-1) * (1 + m/2) (m = bit 0); an E4M3 scale byte is
 m * 2^-9 for exponent 0, else (1 + m/8) * 2^(e-7), built as fp32 bits. Element value = code value *
-(scale * scale_2), as `trtllm_nemotron.quant.nvfp4.dequantize`. Byte tensors may arrive as uint8 (torch)
-or int8 (TensorRT); both are masked to 8 bits.
+(scale * scale_2), as `trtllm_nemotron.checkpoint.formats.dequantize_nvfp4`. Byte tensors may arrive as
+uint8 (torch) or int8 (TensorRT); both are masked to 8 bits.
 
 Only core builtins and jit functions of THIS file are called (see plugins/_dispatch.py: an interpreted
 instance of this module must not call the stdlib's compiled-only jit helpers); sums are
@@ -169,6 +169,7 @@ def latent_moe_experts(
     w = weights.float().contiguous()
     counts = counts.to(torch.int32).contiguous()
     perm = perm.to(torch.int32).contiguous()
+    wargs: tuple[torch.Tensor, ...]
     if nvfp4:
         assert up_scale_2 is not None and down_scale is not None and down_scale_2 is not None
         byte = lambda t: t.contiguous().view(torch.uint8)  # noqa: E731  (E4M3 scales travel as their bytes)

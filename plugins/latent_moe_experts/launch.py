@@ -96,7 +96,9 @@ def launch_spec(
         ),  # TensorRT's cdiv refuses two ints
         scalars=(k, E, X, F),
         constexprs=constexprs,
-        num_warps=4,
+        # NVFP4 decodes weight tiles in registers: 8 warps halve the per-thread load (H200, Super's shapes:
+        # 1.8 ms vs 3.6 ms at T = 1, 28 ms vs 41 ms at T = 64); BF16 is best at 4 (docs/benchmarks.md)
+        num_warps=8 if nvfp4 else 4,
         signature=signature,
     )
 

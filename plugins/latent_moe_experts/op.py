@@ -16,8 +16,10 @@ from trtllm_nemotron.errors import PluginError
 _KERNEL_MODULE = "plugins.latent_moe_experts.kernel"
 
 
-def _run(*args: torch.Tensor | None) -> torch.Tensor:
-    backend = _dispatch.backend_for("latent_moe_experts", args[0].device.type)
+def _run(x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    """x, weights, counts, perm, up, down[, up_scale, up_scale_2, down_scale, down_scale_2]: the backend's result."""
+    backend = _dispatch.backend_for("latent_moe_experts", x.device.type)
+    args = (x, *args)
     if backend == "reference":
         return latent_moe_experts_ref(*args)
     kmod = _dispatch.kernel_module(_KERNEL_MODULE, interpret=backend == "interpret")
@@ -113,7 +115,12 @@ def latent_moe_experts(
     E, F = up.shape[0], up.shape[1]
     _shape("counts", counts, (E,))
     _shape("perm", perm, (T * k,), " (T*k)")
-    if nvfp4:
+    if (
+        up_scale is not None
+        and up_scale_2 is not None
+        and down_scale is not None
+        and down_scale_2 is not None
+    ):
         if X % 16 or F % 16:
             raise PluginError(f"latent_moe_experts: NVFP4 needs X and F multiples of 16; got X={X}, F={F}")
         _shape("up", up, (E, F, X // 2), " (packed E2M1)")

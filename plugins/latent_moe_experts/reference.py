@@ -21,7 +21,8 @@ Weights, stacked over experts in checkpoint layout (`experts.{e}.up_proj.weight`
 - NVFP4 (ModelOpt's format, `trtllm_nemotron.quant.nvfp4`): packed E2M1 uint8 up [E, F, X/2] /
   down [E, X, F/2] (element 2i in the low nibble), FP8 E4M3 block scales (blocks of 16 along the input
   dim) up_scale [E, F, X/16] / down_scale [E, X, F/16], FP32 global scales up_scale_2 [E] / down_scale_2
-  [E] (`weight_scale_2` of each expert). Dequantised exactly as `nvfp4.dequantize`:
+  [E] (`weight_scale_2` of each expert). Dequantised exactly as the checkpoint loader
+  (`trtllm_nemotron.checkpoint.formats.dequantize_nvfp4`):
   `E2M1_VALUES[code] * (float(scale) * scale_2)` in fp32, then cast to the activation dtype (the
   network's load-time dequantisation; activations are not quantized: W4A16).
 
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 import torch
 
-from trtllm_nemotron.quant import nvfp4
+from trtllm_nemotron.checkpoint.formats import dequantize_nvfp4
 
 
 def _dense(
@@ -53,7 +54,7 @@ def _dense(
     if scale is None:
         return w.to(dtype)
     assert scale_2 is not None
-    return nvfp4.dequantize(w, scale, scale_2.float().reshape(-1, 1, 1), dtype=torch.float32).to(dtype)
+    return dequantize_nvfp4(w, scale, scale_2.float().reshape(-1, 1, 1), dtype=torch.float32).to(dtype)
 
 
 def latent_moe_experts_ref(

@@ -55,7 +55,8 @@ def latent_moe_experts_autotune(
     up: trtp.TensorDesc, down: trtp.TensorDesc, outputs,
 ) -> list[trtp.AutoTuneCombination]:  # fmt: skip
     return [
-        trtp.AutoTuneCombination(f"{a}, FP32, INT32, INT32, {a}, {a}, FP32", "LINEAR") for a in ("BF16", "FP16")
+        trtp.AutoTuneCombination(f"{a}, FP32, INT32, INT32, {a}, {a}, FP32", "LINEAR")
+        for a in ("BF16", "FP16")
     ]
 
 
@@ -83,7 +84,9 @@ def latent_moe_experts_nvfp4_autotune(
     down: trtp.TensorDesc, down_scale: trtp.TensorDesc, down_scale_2: trtp.TensorDesc, outputs,
 ) -> list[trtp.AutoTuneCombination]:  # fmt: skip
     return [
-        trtp.AutoTuneCombination(f"{a}, FP32, INT32, INT32, INT8, INT8, FP32, INT8, INT8, FP32, FP32", "LINEAR")
+        trtp.AutoTuneCombination(
+            f"{a}, FP32, INT32, INT32, INT8, INT8, FP32, INT8, INT8, FP32, FP32", "LINEAR"
+        )
         for a in ("BF16", "FP16")
     ]
 

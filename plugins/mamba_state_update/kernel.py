@@ -138,11 +138,15 @@ def _mamba_state_update_kernel(
         if KEEP_STEPS:
             # steps rows of padding slots are written too (zeros: every load above was masked)
             step_off = ((b * T + t) * H + h) * P * N
-            tl.store(ssm_steps_ptr + step_off + state_tile, state.to(ssm_steps_ptr.dtype.element_ty), mask=m_pn_all)
+            tl.store(
+                ssm_steps_ptr + step_off + state_tile, state.to(ssm_steps_ptr.dtype.element_ty), mask=m_pn_all
+            )
             _store_window(xbc_ptr, win_ptr, xbc_row, win_row, x_chan, mp, t + 1, conv_dim,
                           conv_steps_ptr, (b * T + t) * conv_dim * (K - 1), p_in, K, BLOCK_K)  # fmt: skip
     tl.store(ssm_out_ptr + st_off + state_tile, state.to(ssm_out_ptr.dtype.element_ty), mask=m_pn)
-    _store_window(xbc_ptr, win_ptr, xbc_row, win_row, x_chan, mp, T, conv_dim, conv_out_ptr, cs_row, mp, K, BLOCK_K)
+    _store_window(
+        xbc_ptr, win_ptr, xbc_row, win_row, x_chan, mp, T, conv_dim, conv_out_ptr, cs_row, mp, K, BLOCK_K
+    )
 
     # B and C conv channels of the group: one program per group shifts them (reads come from the snapshot)
     if (h % hpg == 0) & (pb == 0):

@@ -9,6 +9,7 @@ import torch
 
 from plugins.latent_moe_experts.reference import latent_moe_experts_ref
 from plugins.latent_moe_routing.reference import latent_moe_routing_ref
+from trtllm_nemotron.checkpoint.formats import dequantize_nvfp4
 from trtllm_nemotron.config import preset
 from trtllm_nemotron.errors import PluginError
 from trtllm_nemotron.quant import nvfp4
@@ -56,7 +57,7 @@ def close(got, want, act):
 
 
 def test_reference_equals_the_network_moe_experts():
-    """Σ_j out[:, j] is the network's `MoE.routed_experts` (fp32, BF16 weights; NVFP4 via its dequantised
+    """Σ_j out[:, j] is the network's MoE routed-experts sum (`MoE.routed`, fp32, BF16 weights; NVFP4 via its dequantised
     weights): the reference is the layer's maths, not a restatement of the kernel."""
     from trtllm_nemotron.model.moe import MoE
 
@@ -72,15 +73,15 @@ def test_reference_equals_the_network_moe_experts():
     )  # idx: for the layer
     out = latent_moe_experts_ref(kw["x"], w, counts, perm, up, down)
     assert out.shape == (9, 4, TINY.expert_dim) and out.dtype == torch.float32
-    want = moe.routed_experts(kw["x"], w, idx.long())
+    want = moe.routed(moe, kw["x"], w, idx.long())
     torch.testing.assert_close(out.sum(1), want, rtol=1e-5, atol=1e-6)
     # NVFP4: the reference dequantises exactly like the checkpoint loader
     q_up = [nvfp4.quantize(u) for u in up]
     q_down = [nvfp4.quantize(d) for d in down]
     with torch.no_grad():
         for e, (qu, qd) in enumerate(zip(q_up, q_down, strict=True)):
-            moe.experts[e].up_proj.weight.copy_(nvfp4.dequantize(*qu))
-            moe.experts[e].down_proj.weight.copy_(nvfp4.dequantize(*qd))
+            moe.experts[e].up_proj.weight.copy_(dequantize_nvfp4(*qu))
+            moe.experts[e].down_proj.weight.copy_(dequantize_nvfp4(*qd))
     st = lambda qs, i: torch.stack([q[i] for q in qs])  # noqa: E731
     out4 = latent_moe_experts_ref(
         kw["x"],
@@ -94,7 +95,7 @@ def test_reference_equals_the_network_moe_experts():
         st(q_down, 1),
         st(q_down, 2),
     )
-    torch.testing.assert_close(out4.sum(1), moe.routed_experts(kw["x"], w, idx.long()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out4.sum(1), moe.routed(moe, kw["x"], w, idx.long()), rtol=1e-5, atol=1e-6)
 
 
 # (T, E, k, X, F): the embedded model; Super's routing layout (E = 512, k = 22: the kernel's offsets sum
