@@ -50,9 +50,9 @@ test-all: $(VENV)/.installed  ## every tier: gpu, trt, then the CPU suite (on a 
 
 LINT_PATHS := trtllm_nemotron plugins builder triton_repo clients tests benchmarks
 lint: $(VENV)/.installed  ## ruff check + ruff format --check + mypy (settings in pyproject.toml)
-	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(VENV)/bin/ruff format --check $(LINT_PATHS)
-	$(VENV)/bin/mypy
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy
 
 build-engine: $(VENV)/.installed  ## HF checkpoint -> engine dir with onnx/ (default: embedded model, b200, nvfp4-super, MTP 3)
 	$(CLI) build $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --recipe $(RECIPE) --mtp $(MTP) --onnx $(BUILD_ARGS) --out $(ENGINE)
