@@ -100,7 +100,7 @@ class RequestHandle:
     @property
     def num_prompt_tokens(self) -> int:
         """The prompt's token count (known from `submit`, which tokenizes)."""
-        return len(self._seq.prompt_ids)
+        return len(self.request.prompt_ids)
 
 
 class Scheduler:
