@@ -55,6 +55,11 @@ CPU_PLAN_SEQ_LEN = 4096
 VALIDATE_PROMPT = "def fibonacci(n):"
 VALIDATE_TOKENS = 8
 TRT_CONTEXT_TOKENS = 256  # the context profile's largest prefill chunk (the runtime's default prefill_chunk)
+# the TensorRT engine's state pools when --max-batch-size / --max-seq-len are not given: its KV pools are fixed
+# inputs [rows, 2, kv_heads, positions, head_dim] per attention layer, so the serving plan's sizes (2048 rows for
+# a small model, Super's 131072-token context) would make them the largest thing in the engine
+TRT_DEFAULT_BATCH = 64
+TRT_DEFAULT_SEQ_LEN = 4096
 _TOOLS = {
     "trtllm_nemotron": "trtllm-nemotron",
     "torch": "torch",
@@ -318,9 +323,11 @@ class _Build:
 
         plan = self.plan()
         assert self.target.sm is not None
+        batch = plan.batch if self.max_batch_size else min(plan.batch, TRT_DEFAULT_BATCH)
+        seq = plan.max_seq_len if self.max_seq_len else min(plan.max_seq_len, TRT_DEFAULT_SEQ_LEN)
         info = build_trt_engines(self.stage_dir / "onnx", self.stage_dir / "trt", sm=self.target.sm,
-                                 max_batch=plan.batch, max_tokens=TRT_CONTEXT_TOKENS, mtp=self.mtp,
-                                 max_seq_len=plan.max_seq_len)  # fmt: skip
+                                 max_batch=batch, max_tokens=min(TRT_CONTEXT_TOKENS, seq), mtp=self.mtp,
+                                 max_seq_len=seq)  # fmt: skip
         detail = ", ".join(f"{p['file']} {p['bytes'] / 2**20:.1f} MiB" for p in info["plans"].values())
         return "done", detail, info
 
