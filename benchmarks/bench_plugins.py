@@ -133,7 +133,8 @@ def copy_bandwidth(device: str) -> float:
 
 
 def bench_cuda(repeats: int) -> dict[str, Any]:
-    import plugins
+    from plugins.latent_moe_routing import latent_moe_routing
+    from plugins.mamba_state_update import mamba_state_update
 
     cfg = preset("super-120b")
     bw = copy_bandwidth("cuda")
@@ -142,7 +143,7 @@ def bench_cuda(repeats: int) -> dict[str, Any]:
         inp = _mamba_inputs(cfg, batch, "cuda")
         kw = dict(n_groups=cfg.n_groups)
         ref_in = dict(inp)
-        t_k = _time_cuda(partial(plugins.mamba_state_update, **inp, **kw), repeats)
+        t_k = _time_cuda(partial(mamba_state_update, **inp, **kw), repeats)
         t_r = _time_cuda(partial(mamba_state_update_ref, **ref_in, **kw), repeats)
         rows.append(
             dict(op="mamba_state_update", batch=batch, bytes=_mamba_bytes(inp), kernel_s=t_k, ref_s=t_r)
@@ -152,7 +153,7 @@ def bench_cuda(repeats: int) -> dict[str, Any]:
         logits = torch.randn(T, E, device="cuda")
         bias = torch.randn(E, device="cuda") * 0.05
         rk = dict(top_k=k, routed_scaling_factor=cfg.routed_scaling_factor)
-        t_k = _time_cuda(partial(plugins.latent_moe_routing, logits, bias, **rk), repeats)
+        t_k = _time_cuda(partial(latent_moe_routing, logits, bias, **rk), repeats)
         t_r = _time_cuda(partial(latent_moe_routing_ref, logits, bias, k, 1, 1, True, 5.0), repeats)
         rows.append(
             dict(op="latent_moe_routing", batch=T, bytes=_routing_bytes(T, E, k), kernel_s=t_k, ref_s=t_r)
@@ -189,7 +190,8 @@ def bench_cuda(repeats: int) -> dict[str, Any]:
 
 
 def bench_cpu(repeats: int) -> dict[str, Any]:
-    import plugins
+    from plugins.latent_moe_routing import latent_moe_routing
+    from plugins.mamba_state_update import mamba_state_update
 
     cfg = preset("tiny")
     rows = []
@@ -198,7 +200,7 @@ def bench_cpu(repeats: int) -> dict[str, Any]:
         kw = dict(n_groups=cfg.n_groups)
         t_r = _time_cpu(partial(mamba_state_update_ref, **inp, **kw), repeats)
         os.environ["TRTLLM_NEMOTRON_KERNELS"] = "interpret"
-        t_i = _time_cpu(partial(plugins.mamba_state_update, **inp, **kw), 1)
+        t_i = _time_cpu(partial(mamba_state_update, **inp, **kw), 1)
         os.environ.pop("TRTLLM_NEMOTRON_KERNELS")
         rows.append(dict(op="mamba_state_update", config="tiny", batch=batch, ref_s=t_r, interpret_s=t_i))
     for name, E, k, ng, tg in (("tiny", 16, 4, 4, 2), ("super", 512, 22, 1, 1)):
@@ -207,7 +209,7 @@ def bench_cpu(repeats: int) -> dict[str, Any]:
         rk = dict(top_k=k, n_group=ng, topk_group=tg, routed_scaling_factor=2.5)
         t_r = _time_cpu(partial(latent_moe_routing_ref, logits, bias, k, ng, tg, True, 2.5), repeats)
         os.environ["TRTLLM_NEMOTRON_KERNELS"] = "interpret"
-        t_i = _time_cpu(partial(plugins.latent_moe_routing, logits, bias, **rk), 1)
+        t_i = _time_cpu(partial(latent_moe_routing, logits, bias, **rk), 1)
         os.environ.pop("TRTLLM_NEMOTRON_KERNELS")
         rows.append(dict(op="latent_moe_routing", config=name, batch=T, ref_s=t_r, interpret_s=t_i))
     from plugins.latent_moe_experts import latent_moe_experts

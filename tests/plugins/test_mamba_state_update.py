@@ -92,12 +92,12 @@ CASES = [
 
 @pytest.mark.parametrize("name,dims,act,state,slots,T,keep", CASES, ids=[c[0] for c in CASES])
 def test_interpreter_matches_reference(monkeypatch, name, dims, act, state, slots, T, keep):
-    import plugins
+    from plugins.mamba_state_update import mamba_state_update
 
     monkeypatch.setenv("TRTLLM_NEMOTRON_KERNELS", "interpret")
     case = make_case(batch=len(slots), T=T, pool=5, act=act, state=state, **dims)
     slot = torch.tensor(slots, dtype=torch.int32)
-    got, got_st = run(plugins.mamba_state_update, case, slot, n_groups=dims["G"], keep_steps=keep)
+    got, got_st = run(mamba_state_update, case, slot, n_groups=dims["G"], keep_steps=keep)
     want, want_st = run(call_ref, case, slot, n_groups=dims["G"], keep_steps=keep)
     tol = _TOL[state]
     torch.testing.assert_close(got[0], want[0], rtol=tol, atol=tol)
@@ -116,14 +116,14 @@ def test_interpreter_matches_reference(monkeypatch, name, dims, act, state, slot
 
 
 def test_validation_errors():
-    import plugins
+    from plugins.mamba_state_update import mamba_state_update
 
     case = make_case(batch=1, T=1, H=2, P=2, N=2, G=1)
     with pytest.raises(PluginError, match="conv_dim"):
-        plugins.mamba_state_update(**case, slot_idx=torch.tensor([0]), n_groups=2)
+        mamba_state_update(**case, slot_idx=torch.tensor([0]), n_groups=2)
     bad = dict(case, ssm_state=case["ssm_state"].to(torch.bfloat16))
     with pytest.raises(PluginError, match="ssm_state dtype"):
-        plugins.mamba_state_update(**bad, slot_idx=torch.tensor([0]), n_groups=1)
+        mamba_state_update(**bad, slot_idx=torch.tensor([0]), n_groups=1)
 
 
 def test_custom_op_registered_with_fake(monkeypatch):
@@ -145,13 +145,13 @@ def test_custom_op_registered_with_fake(monkeypatch):
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("keep", [False, True])
 def test_cuda_kernel_matches_reference_super_shapes(batch, keep):
-    import plugins
+    from plugins.mamba_state_update import mamba_state_update
 
     T = 4 if keep else 1
     case = make_case(batch, T, H=128, P=64, N=128, G=8, pool=batch + 8, act=torch.bfloat16, device="cuda")
     slot = torch.randperm(batch + 8, device="cuda")[:batch].to(torch.int32)
     slot[0] = -1
-    got, got_st = run(plugins.mamba_state_update, case, slot, n_groups=8, keep_steps=keep)
+    got, got_st = run(mamba_state_update, case, slot, n_groups=8, keep_steps=keep)
     want, want_st = run(call_ref, case, slot, n_groups=8, keep_steps=keep)
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got_st["ssm_state"], want_st["ssm_state"], rtol=1e-4, atol=1e-4)
