@@ -1,5 +1,6 @@
-"""The runtime step calls the plugin ops whenever their kernels are meant to run (CUDA tensors, or
-TRTLLM_NEMOTRON_KERNELS=interpret) and gives the same greedy tokens as the inline CPU path."""
+"""When the plugin kernels are meant to run (CUDA tensors, or TRTLLM_NEMOTRON_KERNELS=interpret) the runtime
+takes the eager backend, whose network calls the plugin ops (`model/ops.py`) for decode, routing and the MTP
+verify step (multi-token mode), and gives the same greedy tokens as the default (native) CPU path."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_interpret_mode_uses_plugins_same_tokens(tmp_path, monkeypatch):
 
     calls = {"mamba_state_update": 0, "latent_moe_routing": 0, "keep_steps": 0}
     for name in ("mamba_state_update", "latent_moe_routing"):
-        real = getattr(ops, name)  # the network calls the plugin ops through model/ops.py
+        real = getattr(ops, name)
 
         def counted(*a, _real=real, _name=name, **kw):
             calls[_name] += 1

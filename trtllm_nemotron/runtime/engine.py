@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -227,6 +227,7 @@ class Engine:
                         pieces[id(r)].append(ev.text)
                 now = time.perf_counter()
                 for r in reqs:  # time the batch from the moment every request has its first token
+                    assert r.t_first is not None  # the prefill emitted the first token
                     r.t_submit, r.t_first = r.t_submit + (now - r.t_first), now
                 while any(r.finish_reason is None for r in reqs):
                     for r, ev in self.iterate([r for r in reqs if r.finish_reason is None]):
@@ -235,7 +236,8 @@ class Engine:
                 for r in reqs:
                     self.release(r)
         return [
-            Completion("".join(pieces[id(r)]), list(r.out_ids), r.finish_reason, self.stats(r)) for r in reqs
+            Completion("".join(pieces[id(r)]), list(r.out_ids), cast(str, r.finish_reason), self.stats(r))
+            for r in reqs
         ]
 
     @property
