@@ -13,6 +13,7 @@ TARGET  ?= b200
 RECIPE  ?= nvfp4-super
 MTP     ?= 3
 PYTEST_ARGS ?=
+BUILD_ARGS  ?=
 OPENAI_PORT ?= 9000
 
 help:              ## list targets
@@ -53,8 +54,8 @@ lint: $(VENV)/.installed  ## ruff check + ruff format --check + mypy (settings i
 	$(PY) -m ruff format --check $(LINT_PATHS)
 	$(PY) -m mypy
 
-build-engine: $(VENV)/.installed  ## HF checkpoint -> engine dir (default: embedded model, b200, nvfp4-super, MTP 3)
-	$(CLI) build $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --recipe $(RECIPE) --mtp $(MTP) --out $(ENGINE)
+build-engine: $(VENV)/.installed  ## HF checkpoint -> engine dir with onnx/ (default: embedded model, b200, nvfp4-super, MTP 3)
+	$(CLI) build $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --recipe $(RECIPE) --mtp $(MTP) --onnx $(BUILD_ARGS) --out $(ENGINE)
 
 package: $(VENV)/.installed  ## engine dir -> Triton model repository
 	@[ -f $(ENGINE)/build.json ] || $(MAKE) build-engine
