@@ -21,6 +21,10 @@ Everything is computed from the config alone (no tensors are read), per GPU, in 
                  MTP speculation also keeps per-draft-step copies (intermediate_ssm /
                  intermediate_conv_window, spec §6.2): (N + 1) more states per layer per sequence.
     logits       (N + 1) · vocab/TP · 4 bytes per sequence (fp32 logits of one decode step).
+    onnx         the exported network's tensors (builder/onnx_export.py; `onnx_bytes`): every weight in its
+                 stored format as above, less the scales the graph does not carry (an FP8 / NVFP4 linear's
+                 fp32 `input_scale`, the KV `k_scale` / `v_scale`), A_log as the fp32 A; the MTP graph shares the embedding and
+                 LM head with the backbone's data file, so nothing counts twice.
     activations  an estimate for one forward of `max_num_tokens` tokens: a few hidden-width buffers, the
                  widest projection output and the routed-expert permutation buffers, in model dtype;
                  plus a fixed 2 GiB workspace (CUDA context, GEMM/NCCL workspaces, CUDA graphs).
@@ -52,6 +56,8 @@ DEFAULT_MAX_NUM_TOKENS = 8192  # TorchLlmArgs.max_num_tokens default
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp8": 1, "float8": 1}
 _REPLICATED = ("fc1_latent_proj", "fc2_latent_proj", "mixer.gate.")  # not TP/EP-sharded by TensorRT-LLM
 
+
+PREFIX_BLOCK = 64  # tokens per prefix-cache block (the runtime's default `prefix_block`)
 
 def dtype_bytes(name: str) -> int:
     key = str(name).lower().replace("torch.", "")
@@ -109,6 +115,18 @@ def _recipe_formats(cfg: NemotronHConfig, recipe: str) -> tuple[dict[str, str | 
         fmts[name] = fmt.lower() if fmt else None  # the recipe table spells "NVFP4" / "FP8"
     kv = getattr(r, "kv_cache", None)
     return fmts, (kv.lower() if kv else None)
+
+
+def onnx_bytes(cfg: NemotronHConfig, recipe: str) -> int:
+    """Tensor bytes of the ONNX export of `cfg` quantized with `recipe` (see the module docstring)."""
+    fmts, _ = recipe_formats(cfg, recipe)
+    model_b = dtype_bytes(cfg.torch_dtype)
+    total = 0
+    for name, spec in expected_tensors(cfg).items():
+        fmt = fmts[name]
+        fp32 = spec.dtype == "float32" or name.endswith(".A_log")  # exported as A = -exp(A_log), fp32
+        total += tensor_bytes(math.prod(spec.shape), fmt, model_b, fp32) - (4 if fmt else 0)
+    return total
 
 
 def tensor_bytes(numel: int, fmt: str | None, model_dtype_bytes: int, is_fp32: bool) -> int:
@@ -190,10 +208,18 @@ class Plan:
     workspace_bytes: int
     family: str | None = None
     weight_modes: dict[str, str] = field(default_factory=dict)
+    onnx_bytes: int = 0  # the ONNX export's tensor bytes (all devices)
 
     @property
     def per_seq_bytes(self) -> int:
         return self.kv_bytes_per_token * self.max_seq_len + self.state_bytes_per_seq + self.logits_bytes_per_seq
+
+    @property
+    def prefix_block_bytes(self) -> int:
+        """One prefix-cache block (PREFIX_BLOCK tokens): its KV plus a snapshot of every Mamba layer's state at the
+        block boundary (runtime/prefix_cache.py): what reusing a prefix costs a hybrid model per block."""
+        return (self.kv_bytes_per_token * PREFIX_BLOCK
+                + self.num_mamba_layers * (self.conv_bytes_per_layer + self.ssm_bytes_per_layer))
 
     @property
     def fixed_bytes(self) -> int:
@@ -235,6 +261,7 @@ class Plan:
             f"  weights (all devices)    {g(self.weights_bytes)}  "
             + ", ".join(f"{k} {g(v)}" for k, v in sorted(self.weights_by_format.items())),
             f"  weights per device       {g(self.weights_per_gpu)}",
+            f"  ONNX export (est.)       {g(self.onnx_bytes)}  (onnx/: model.onnx + mtp.onnx external data)",
             f"  activations (est.)       {g(self.activation_bytes)}  ({self.max_num_tokens} tokens per step)",
             f"  workspace                {g(self.workspace_bytes)}",
             f"  KV per token             {self.kv_bytes_per_token:,} B  "
@@ -244,6 +271,8 @@ class Plan:
             f"  state per sequence       {g(self.state_bytes_per_seq)}  ({self.num_mamba_layers} Mamba layers"
             + (f", x{self.mtp + 2} with MTP draft-step copies)" if self.mtp else ")"),
             f"  per sequence             {g(self.per_seq_bytes)}  (KV for {self.max_seq_len} tokens + state + logits)",
+            f"  prefix cache per block   {g(self.prefix_block_bytes)}  ({PREFIX_BLOCK} tokens of KV + a Mamba state "
+            f"snapshot, {self.prefix_block_bytes / max(1, self.kv_bytes_per_token * PREFIX_BLOCK):.0f}x the KV alone)",
             f"  cache budget             {g(self.cache_budget_bytes)}  "
             f"({self.free_fraction:.0%} of what is left after weights, activations, workspace)",
         ]
@@ -268,6 +297,7 @@ class Plan:
             max_batch=self.max_batch,
             per_seq_bytes=self.per_seq_bytes,
             cache_budget_bytes=self.cache_budget_bytes,
+            prefix_block_bytes=self.prefix_block_bytes,
         )
         return d
 
@@ -369,6 +399,7 @@ def plan_memory(
         workspace_bytes=WORKSPACE_BYTES_GPU if t.is_gpu else WORKSPACE_BYTES_CPU,
         family=model_family(cfg),
         weight_modes=modes,
+        onnx_bytes=onnx_bytes(cfg, recipe),
     )
 
 

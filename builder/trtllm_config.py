@@ -5,7 +5,8 @@ TensorRT-LLM serves Nemotron-H through its PyTorch backend from a HF checkpoint 
 What we write follows NVIDIA's Super recipes (spec §2.5, §6.1):
 
     tensor_parallel_size / moe_expert_parallel_size   G GPUs (TP = EP = G)
-    kv_cache_config      enable_block_reuse: false (forced for Mamba models by `get_model_defaults`),
+    kv_cache_config      enable_block_reuse: false (forced for Mamba models by `get_model_defaults`; true only
+                         where the installed TensorRT-LLM supports hybrid reuse: `hybrid_block_reuse`),
                          free_gpu_memory_fraction (0.8, the recipes' value), mamba_ssm_cache_dtype
                          (+ stochastic rounding, 5 Philox rounds, when the SSM cache is fp16: the
                          Blackwell MTP recipe)
@@ -77,6 +78,30 @@ def unknown_keys(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+def hybrid_block_reuse() -> tuple[bool, str]:
+    """Does the installed TensorRT-LLM reuse KV blocks (prefix caching) for NemotronH? -> (yes, why).
+
+    TensorRT-LLM's hybrid cache manager gained block reuse with Mamba state snapshots (NVIDIA/TensorRT-LLM PRs
+    #12185, #12896 with MTP, #16598 "agentic prefix caching", 2026), but `NemotronHForCausalLM.get_model_defaults`
+    still forces `kv_cache_config.enable_block_reuse: false` ("TODO: Remove ... once KV cache block reuse is
+    supported for Mamba/SSM-based models", modeling_nemotron_h.py at 00620eb0). So we turn reuse on only when the
+    TensorRT-LLM installed on the build host no longer forces it off for NemotronH; anywhere else it stays off.
+    """
+    try:
+        import tensorrt_llm
+        from tensorrt_llm._torch.models.modeling_nemotron_h import NemotronHForCausalLM
+    except Exception as e:  # noqa: BLE001 - absent or broken: the safe answer is "no"
+        return False, f"tensorrt_llm is not importable here ({type(e).__name__}); block reuse stays off for NemotronH"
+    version = getattr(tensorrt_llm, "__version__", "?")
+    try:
+        defaults = NemotronHForCausalLM.get_model_defaults(None) or {}
+    except Exception as e:  # noqa: BLE001
+        return False, f"tensorrt_llm {version}: NemotronH model defaults unreadable ({e}); block reuse stays off"
+    if (defaults.get("kv_cache_config") or {}).get("enable_block_reuse") is False:
+        return False, f"tensorrt_llm {version} forces enable_block_reuse=false for NemotronH (hybrid reuse unsupported)"
+    return True, f"tensorrt_llm {version} reuses KV blocks for NemotronH (its model defaults no longer force it off)"
+
+
 def llm_api_config(
     config: NemotronHConfig,
     target: str | Target,
@@ -85,6 +110,7 @@ def llm_api_config(
     mtp: int,
     plan: Plan,
     expert_format: str | None = None,
+    block_reuse: bool | None = None,
 ) -> dict[str, Any]:
     """The LLM-API options dict for `config` on `target`, sized by `plan`.
 
@@ -98,7 +124,7 @@ def llm_api_config(
         raise BuildError(f"MTP {mtp} asked for, but the model has no MTP layers; use --mtp 0")
     batch = plan.batch
     kv: dict[str, Any] = {
-        "enable_block_reuse": False,
+        "enable_block_reuse": hybrid_block_reuse()[0] if block_reuse is None else block_reuse,
         "free_gpu_memory_fraction": plan.free_fraction,
         "mamba_ssm_cache_dtype": plan.ssm_dtype,
     }

@@ -51,12 +51,16 @@ class PackageConfig:
     copy_engine: bool = False  # copy the engine into nemotron/1/engine (self-contained repo)
     include_trtllm: bool | None = None  # None: for GPU targets
     trtllm_backend_dir: Path | None = None  # a TensorRT-LLM checkout, to copy model.py/helpers.py from
+    prefix_cache_mb: float | None = None  # nemotron model's prefix cache: None = the memory plan's default, 0 = off
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise PackageError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise PackageError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.prefix_cache_mb is not None and not self.prefix_cache_mb >= 0:
+            raise PackageError(f"prefix_cache_mb must be >= 0 MiB (0 turns the prefix cache off), got "
+                               f"{self.prefix_cache_mb}")
 
 
 def read_build_manifest(engine_dir: Path) -> dict:
@@ -86,7 +90,8 @@ def engine_target(build: dict) -> str:
 def nemotron_spec(engine_ref: str, cfg: PackageConfig) -> ModelConfigSpec:
     params = [("engine_dir", engine_ref), ("device", cfg.device), ("max_batch_size", str(cfg.max_batch_size)),
               ("mtp", "" if cfg.mtp is None else str(cfg.mtp)),
-              ("max_seq_len", "" if cfg.max_seq_len is None else str(cfg.max_seq_len))]
+              ("max_seq_len", "" if cfg.max_seq_len is None else str(cfg.max_seq_len)),
+              ("prefix_cache_mb", "" if cfg.prefix_cache_mb is None else f"{cfg.prefix_cache_mb:g}")]
     return ModelConfigSpec(
         name=NEMOTRON_MODEL, inputs=NEMOTRON_INPUTS, outputs=NEMOTRON_OUTPUTS, backend="python",
         max_batch_size=0, decoupled=True, instance_groups=(InstanceGroup(1, "KIND_CPU"),), parameters=tuple(params),

@@ -124,7 +124,7 @@ def test_interrupted_build_leaves_no_engine_dir_and_resumes(tiny_ckpt, tmp_path,
         _cpu_build(tiny_ckpt, out)
     assert not out.exists()
     state = json.loads((staging_dir(out) / ".state.json").read_text())
-    assert list(state["done"]) == ["inspect", "quantize", "checkpoint", "plugins", "trtllm_config"]
+    assert list(state["done"]) == list(STAGES[: STAGES.index("validate")])
 
     def must_not_run(self):
         raise AssertionError("a completed stage ran again on --resume")
@@ -197,6 +197,26 @@ def test_validate_on_gpu_runs_tensorrt_llm(tiny_ckpt, tmp_path):
     out = build_engine(tiny_ckpt, tmp_path / "e", target=target, recipe="bf16", mtp=3, validate=True, **FAST)
     v = read_manifest(out)["validation"]
     assert v["status"] == "passed" and v["reason"] == "tensorrt_llm.LLM" and v["output"], v
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_validate_on_gpu_runs_the_tensorrt_engine(tiny_ckpt, tmp_path):
+    """On a GPU host with TensorRT: `--trt --validate` builds trt/sm_<N>.plan from onnx/ and runs one prompt
+    through it (states bound in place) against the reference network."""
+    import tensorrt  # noqa: F401  (a trt-tier host must have it: an ImportError fails the test)
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    target = {(10, 0): "b200", (9, 0): "h100"}.get((major, minor))
+    assert target, f"this GPU is sm_{major}{minor}; --trt needs an sm_100 or sm_90 build target"
+    out = build_engine(tiny_ckpt, tmp_path / "e", target=target, recipe="bf16", mtp=3, trt=True, validate=True,
+                       max_batch_size=4, max_seq_len=256, **FAST)  # fmt: skip
+    m = read_manifest(out)
+    assert m["tensorrt_engine"]["plans"]["model"]["file"] == f"trt/sm_{major}{minor}.plan"
+    assert m["kernel_versions"]["tensorrt"] and m["kernel_versions"]["ptx"]
+    t = m["validation"]["tensorrt"]
+    assert t["status"] == "passed" and t["tokens"][0] == t["reference_tokens"][0], t
 
 
 def test_cli_build_and_plan(tiny_ckpt, tmp_path):

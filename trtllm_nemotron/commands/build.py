@@ -1,4 +1,5 @@
-"""`trtllm-nemotron build`: HF checkpoint -> engine dir (checkpoint/, trtllm/llm_api.yaml, plugins/, build.json)."""
+"""`trtllm-nemotron build`: HF checkpoint -> engine dir (checkpoint/, trtllm/llm_api.yaml, plugins/, onnx/, trt/,
+build.json)."""
 
 from __future__ import annotations
 
@@ -23,17 +24,24 @@ _TARGETS = ("b200", "h200", "h100", "cpu")
 @click.option("--max-seq-len", type=int, default=None, help="Context length (default: min(model max, 131072)).")
 @click.option("--max-batch-size", type=int, default=None, help="Batch (default: the planner's choice).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted build, skipping completed stages.")
-@click.option("--validate", is_flag=True, help="Load the engine with tensorrt_llm.LLM and run one prompt (GPU).")
+@click.option("--onnx", "onnx", is_flag=True, help="Export the network as ONNX with our plugin nodes to onnx/.")
+@click.option("--trt", "trt", is_flag=True,
+              help="Build the TensorRT engine trt/<sm>.plan from onnx/ (implies --onnx; needs tensorrt and a GPU "
+                   "of the target's SM, else the stage says it was skipped and why).")
+@click.option("--validate", is_flag=True,
+              help="Run one prompt through tensorrt_llm.LLM and through the TensorRT engine (GPU hosts).")
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 @click.option("--no-cache", is_flag=True, help="Do not reuse quantized checkpoints / plugin kernels of earlier builds.")
 @click.option("--calib-samples", type=int, default=None, help="Calibration samples (default: the quantizer's).")
 @user_errors
 def build(model: Path | None, target: str, recipe: str | None, mtp: int, out: Path, gpus: int | None,
-          max_seq_len: int | None, max_batch_size: int | None, resume: bool, validate: bool,
-          no_progress: bool, no_cache: bool, calib_samples: int | None) -> None:  # fmt: skip
-    """Build an engine dir for a target: quantize, compile plugin kernels, write the TensorRT-LLM config.
+          max_seq_len: int | None, max_batch_size: int | None, resume: bool, onnx: bool, trt: bool,
+          validate: bool, no_progress: bool, no_cache: bool, calib_samples: int | None) -> None:  # fmt: skip
+    """Build an engine dir for a target: quantize, compile plugin kernels, write the TensorRT-LLM config,
+    export the network as ONNX (--onnx) and build its TensorRT engine (--trt).
 
-    Stages: inspect, quantize, checkpoint, plugins, trtllm_config, validate, manifest (build.json, last).
+    Stages: inspect, quantize, checkpoint, plugins, trtllm_config, onnx, trt, validate, manifest (build.json,
+    last).
     The output appears only when complete; --resume continues an interrupted build.
     """
     from builder.defaults import default_model_dir
@@ -41,5 +49,6 @@ def build(model: Path | None, target: str, recipe: str | None, mtp: int, out: Pa
 
     path = build_engine(model or default_model_dir(), out, target=target, recipe=recipe, mtp=mtp, resume=resume,
                         validate=validate, progress=not no_progress, gpus=gpus, max_seq_len=max_seq_len,
-                        max_batch_size=max_batch_size, cache=not no_cache, calib_samples=calib_samples)  # fmt: skip
+                        max_batch_size=max_batch_size, cache=not no_cache, calib_samples=calib_samples,
+                        onnx=onnx, trt=trt)  # fmt: skip
     click.echo(f"engine dir: {path}")

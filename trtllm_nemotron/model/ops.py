@@ -1,4 +1,4 @@
-"""The network's two hot ops, dispatched to the custom plugins (`plugins/`), which hold their only reference.
+"""The network's two hot ops, dispatched to the custom plugins (`plugins/`), which hold their torch references.
 
 - `mamba_decode_step`: recurrent Mamba-2 step(s) on raw, pre-conv inputs with conv and SSM state held in a
   pool addressed by per-sequence slot indices (spec §4.3.3) -> `plugins.mamba_state_update`.
@@ -6,8 +6,11 @@
   -> `plugins.latent_moe_routing`.
 
 Backend per call (plugins/_dispatch.py): the Triton-lang kernel on CUDA tensors, the torch reference on CPU;
-`TRTLLM_NEMOTRON_KERNELS=reference|interpret` forces one for the whole process. So the reference network,
-the runtime and the calibration pass all run the kernels on a GPU and the references on a CPU.
+`TRTLLM_NEMOTRON_KERNELS=reference|interpret` forces one for the whole process. Everything that runs the
+reference network's modules -- training, calibration, and the runtime's "eager" step backend (its CUDA path,
+runtime/torch_backend.py) -- therefore runs the kernels on a GPU and the references on a CPU. The one other
+implementation of both ops is the runtime's native CPU step (runtime/native/step.cpp), which tests pin to
+these (tests/runtime/test_backends.py; routing ties: tests/runtime/test_routing_ties.py).
 """
 
 from __future__ import annotations
