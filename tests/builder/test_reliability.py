@@ -19,6 +19,7 @@ from trtllm_nemotron.cli import main
 from trtllm_nemotron.errors import NemotronError
 
 CLI = [sys.executable, "-m", "trtllm_nemotron"]
+pytestmark = pytest.mark.slow  # builds in subprocesses, killed with real signals (make test runs it)
 
 
 def _hidden_garbage(root: Path) -> list[Path]:
