@@ -30,7 +30,8 @@ from triton_repo.package import PackageConfig, package
 from triton_repo.protocol import NEMOTRON_INPUTS
 from triton_repo.server import ServerConfig, TritonServer, explain_port, free_ports, port_free, port_holder
 
-pytestmark = pytest.mark.slow  # real tritonservers (make test runs it; -m "not slow" skips it in a quick loop)
+# real tritonservers (make test runs it; -m "not slow" skips it in a quick loop)
+pytestmark = pytest.mark.slow
 
 MAX_SEQ_LEN = 128
 FIVE_MB = 5 * 1000 * 1000
