@@ -102,36 +102,44 @@ def _cpu_id() -> str:
 
 def build(force: bool = False) -> Path:
     """Compile step.cpp (once per source/compiler/CPU) and return the shared library's path."""
+    return compile_library(SOURCE, "libnemotron_step.so", "the native CPU step", force=force)
+
+
+def compile_library(
+    source: Path, lib_name: str, what: str, *, flags: list[str] | None = None, force: bool = False
+) -> Path:
+    """Compile `source` into `<cache>/native/<key>/<lib_name>` (key: source, flags, compiler, CPU) and return
+    the path; reused when present. Built in a temp dir and renamed, so concurrent builders never see half a
+    file. Raises NativeUnavailable (no compiler, unwritable cache, compile error) naming `what`."""
+    flags = FLAGS if flags is None else flags
     cxx = _compiler()
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         raise NativeUnavailable(f"the C++ compiler {cxx!r} does not run ({e}); install g++") from e
-    h = hashlib.sha256(SOURCE.read_bytes())  # bytes: servers may run with an ASCII locale
+    h = hashlib.sha256(Path(source).read_bytes())  # bytes: servers may run with an ASCII locale
     h.update(
-        "\0".join(["", " ".join(FLAGS), version, _cpu_id(), platform.machine()]).encode("utf-8", "replace")
+        "\0".join(["", " ".join(flags), version, _cpu_id(), platform.machine()]).encode("utf-8", "replace")
     )
     key = h.hexdigest()[:16]
-    out = cache_dir() / "native" / key / "libnemotron_step.so"
+    out = cache_dir() / "native" / key / lib_name
     if out.is_file() and not force:
         return out
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise NativeUnavailable(
-            f"cannot create the native step's build directory {out.parent} ({e}); set TRTLLM_NEMOTRON_CACHE_DIR "
+            f"cannot create the build directory of {what} {out.parent} ({e}); set TRTLLM_NEMOTRON_CACHE_DIR "
             "to a writable directory"
         ) from e
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
         so = Path(tmp) / out.name
-        cmd = [cxx, *FLAGS, "-o", str(so), str(SOURCE)]
+        cmd = [cxx, *flags, "-o", str(so), str(source)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise NativeUnavailable(
-                f"compiling the native CPU step failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
-            )
+            raise NativeUnavailable(f"compiling {what} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
         os.replace(so, out)
-    log.info("built the native CPU step: %s", out)
+    log.info("built %s: %s", what, out)
     return out
 
 
