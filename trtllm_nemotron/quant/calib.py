@@ -120,11 +120,13 @@ class LayerCalibrator:
         *,
         dtype: torch.dtype = torch.float32,
         batch_size: int = 4,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.cfg, self.get, self.dtype, self.batch_size = cfg, get, dtype, batch_size
+        self.device = torch.device(device)
         self.wanted_inputs, self.kv_modules = wanted_inputs, kv_modules
-        emb = get("backbone.embeddings.weight").to(dtype)
-        self.h = nn.functional.embedding(ids, emb)  # [samples, T, hidden]
+        emb = get("backbone.embeddings.weight").to(self.device, dtype)
+        self.h = nn.functional.embedding(ids.to(self.device), emb)  # [samples, T, hidden]
         del emb
 
     def _materialise(self, i: int) -> nn.Module:
@@ -132,13 +134,13 @@ class LayerCalibrator:
 
         with torch.device("meta"):
             block = build_layer(self.cfg, self.cfg.pattern[i])
-        block.to_empty(device="cpu")
+        block.to_empty(device=self.device)
         block.to(self.dtype)
         prefix = f"backbone.layers.{i}."
         with torch.no_grad():
             for name, t in [*block.named_parameters(), *block.named_buffers()]:
                 src = self.get(prefix + name)
-                t.copy_(src.reshape(t.shape).to(t.dtype))
+                t.copy_(src.reshape(t.shape))  # one pass: copy_ converts dtype and device
         return block.eval()
 
     @torch.no_grad()
@@ -147,11 +149,13 @@ class LayerCalibrator:
         keyed `<...>.k_proj` -> under `<...>.k_proj#out` and `<...>.v_proj#out`."""
         block = self._materialise(i)
         prefix = f"backbone.layers.{i}."
-        amax: dict[str, float] = {}
+        amax_t: dict[str, torch.Tensor] = {}  # on the device; read back once per layer (no sync per call)
         hooks = []
 
         def rec(key: str, t: torch.Tensor) -> None:
-            amax[key] = max(amax.get(key, 0.0), float(t.detach().abs().max()))
+            m = t.detach().abs().max().float()
+            prev = amax_t.get(key)
+            amax_t[key] = m if prev is None else torch.maximum(prev, m)
 
         for name, mod in block.named_modules():
             full = prefix + name
@@ -169,6 +173,9 @@ class LayerCalibrator:
         finally:
             for hk in hooks:
                 hk.remove()
+        keys = list(amax_t)
+        values = torch.stack([amax_t[k] for k in keys]).tolist() if keys else []
+        amax: dict[str, float] = dict(zip(keys, values, strict=True))
         # modules that saw no token (an expert the router never chose) keep amax 0: the exporter sanitises it
         for m in self.wanted_inputs:
             if m.startswith(prefix):
