@@ -50,6 +50,10 @@ WORKSPACE_BYTES_CPU = GiB // 2
 DEFAULT_MAX_NUM_TOKENS = 8192  # TorchLlmArgs.max_num_tokens default
 
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp8": 1, "float8": 1}
+# TensorRT-LLM tensorrt_llm/_torch/models/modeling_nemotron_h.py (at 00620eb0), NemotronHForCausalLM.__init__:
+# `if not enable_attention_dp and tp_size not in [1, 2, 4, 8]: raise ValueError("TP has to be either 1, 2, 4
+# or 8")`. We write tensor_parallel_size = moe_expert_parallel_size = GPUs, so the GPU count is limited too.
+NEMOTRON_H_TP_SIZES = (1, 2, 4, 8)
 _REPLICATED = ("fc1_latent_proj", "fc2_latent_proj", "mixer.gate.")  # not TP/EP-sharded by TensorRT-LLM
 
 
@@ -303,6 +307,12 @@ def plan_memory(
     cfg = config
     if gpus < 1 or (not t.is_gpu and gpus != 1):
         raise BuildError(f"gpus must be >= 1 (and 1 for the cpu target), got {gpus} for {t.name}")
+    if t.is_gpu and gpus not in NEMOTRON_H_TP_SIZES:
+        raise BuildError(
+            f"--gpus {gpus}: TensorRT-LLM's NemotronH runs with tensor-parallel size 1, 2, 4 or 8 only "
+            "(NemotronHForCausalLM.__init__ raises 'TP has to be either 1, 2, 4 or 8'); choose one of "
+            f"{list(NEMOTRON_H_TP_SIZES)}"
+        )
     if max_seq_len < 1 or batch < 1 or mtp < 0:
         raise BuildError(f"need max_seq_len >= 1, batch >= 1, mtp >= 0; got {max_seq_len}, {batch}, {mtp}")
     if mtp and not cfg.num_nextn_predict_layers:

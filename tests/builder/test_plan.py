@@ -144,3 +144,17 @@ def test_bad_inputs():
         plan_memory(SUPER, "a100", recipe="bf16", max_seq_len=4096, batch=1, mtp=0)
     with pytest.raises(BuildError, match="cpu target"):
         plan_memory(SUPER, "cpu", recipe="bf16", gpus=2, max_seq_len=4096, batch=1, mtp=0)
+
+
+@pytest.mark.parametrize("gpus", [3, 5, 6, 7, 12, 16])
+def test_tensor_parallel_sizes_nemotron_h_refuses_are_refused(gpus):
+    # TensorRT-LLM's NemotronHForCausalLM raises "TP has to be either 1, 2, 4 or 8"
+    with pytest.raises(BuildError, match=r"tensor-parallel size 1, 2, 4 or 8"):
+        plan_memory(SUPER, "b200", recipe="nvfp4-super", gpus=gpus, max_seq_len=4096, batch=1, mtp=0)
+    with pytest.raises(BuildError, match=rf"--gpus {gpus}"):
+        plan_for_build(SUPER, "b200", recipe="nvfp4-super", mtp=0, gpus=gpus)
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8])
+def test_tensor_parallel_sizes_nemotron_h_accepts(gpus):
+    assert plan_memory(SUPER, "b200", recipe="nvfp4-super", gpus=gpus, max_seq_len=4096, batch=1, mtp=0).gpus == gpus
