@@ -233,7 +233,7 @@ def resolve_device(device: str | None) -> str:
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise QuantError(f"--device {device!r} is not a device name ({e}); use cpu, cuda or cuda:N") from e
+        raise QuantError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise QuantError(f"--device {device} asked for CUDA but no CUDA device is visible; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
