@@ -50,6 +50,24 @@ WORKSPACE_BYTES_CPU = GiB // 2
 DEFAULT_MAX_NUM_TOKENS = 8192  # TorchLlmArgs.max_num_tokens default
 
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp8": 1, "float8": 1}
+# Build-time estimate (the quantize stage dominates a Super build): MB (1e6 B) of bf16 source per second.
+# CPU: `make bench-quant` median on the 2-core development machine, nvfp4-super, 8 x 128 calibration tokens
+# (docs/benchmarks.md). GPU targets: every quantize stage runs on the GPU (`quantize --device cuda`), so reading
+# the source bounds it; 2000 MB/s is an assumed local-NVMe sequential read, not a measurement.
+QUANT_MB_S_CPU = 420.0
+QUANT_MB_S_GPU_HOST = 2000.0
+
+
+def estimate_quantize_seconds(cfg: NemotronHConfig, target: Target) -> tuple[int, float, str]:
+    """(bf16 source bytes, estimated quantize seconds, basis of the rate) for `cfg` on `target`'s host."""
+    src = sum(math.prod(s.shape) * (4 if s.dtype == "float32" else 2) for s in expected_tensors(cfg).values())
+    if target.is_gpu:
+        rate, basis = QUANT_MB_S_GPU_HOST, "assumed NVMe read bound, stages on the GPU"
+    else:
+        rate, basis = QUANT_MB_S_CPU, "measured by make bench-quant on 2 CPU cores"
+    return src, src / 1e6 / rate, f"{rate:.0f} MB/s, {basis}"
+
+
 # TensorRT-LLM tensorrt_llm/_torch/models/modeling_nemotron_h.py (at 00620eb0), NemotronHForCausalLM.__init__:
 # `if not enable_attention_dp and tp_size not in [1, 2, 4, 8]: raise ValueError("TP has to be either 1, 2, 4
 # or 8")`. We write tensor_parallel_size = moe_expert_parallel_size = GPUs, so the GPU count is limited too.
@@ -194,6 +212,9 @@ class Plan:
     workspace_bytes: int
     family: str | None = None
     weight_modes: dict[str, str] = field(default_factory=dict)
+    source_bytes: int = 0  # the bf16 checkpoint the build quantizes
+    quantize_seconds_est: float = 0.0
+    quantize_rate: str = ""
 
     @property
     def per_seq_bytes(self) -> int:
@@ -250,6 +271,8 @@ class Plan:
             f"  per sequence             {g(self.per_seq_bytes)}  (KV for {self.max_seq_len} tokens + state + logits)",
             f"  cache budget             {g(self.cache_budget_bytes)}  "
             f"({self.free_fraction:.0%} of what is left after weights, activations, workspace)",
+            f"  build time (est.)        quantize {g(self.source_bytes)} bf16 in ~{_duration(self.quantize_seconds_est)}"
+            f" ({self.quantize_rate})",
         ]
         if not self.weights_fit:
             lines.append(
@@ -280,6 +303,14 @@ class Plan:
         if not self.fits:
             raise BuildError("refusing an impossible plan:\n" + self.explain())
         return self
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _host_memory_bytes() -> int:
@@ -353,6 +384,7 @@ def plan_memory(
     activation = tokens * model_b * (4 * cfg.hidden_size + 2 * math.ceil(widest / tp) + 2 * math.ceil(routed / tp))
 
     capacity = t.memory_bytes if t.is_gpu else _host_memory_bytes()
+    src_bytes, quant_s, quant_rate = estimate_quantize_seconds(cfg, t)
     return Plan(
         target=t.name,
         recipe=recipe,
@@ -379,6 +411,9 @@ def plan_memory(
         workspace_bytes=WORKSPACE_BYTES_GPU if t.is_gpu else WORKSPACE_BYTES_CPU,
         family=model_family(cfg),
         weight_modes=modes,
+        source_bytes=src_bytes,
+        quantize_seconds_est=round(quant_s, 1),
+        quantize_rate=quant_rate,
     )
 
 

@@ -213,3 +213,24 @@ def test_fp8_and_nvfp4_single_format_json(quantized):
     with open_checkpoint(quantized("nvfp4")) as r:
         assert r.st_dtype("backbone.layers.3.mixer.q_proj.weight") == "U8"
         assert {n for n in r.names() if "scale" not in n} == names
+
+
+@pytest.mark.parametrize("recipe", ["nvfp4-super", "fp8"])
+def test_streamed_accuracy_equals_the_whole_model_comparison(tiny_src, quantized, recipe):
+    """The report streams both models layer by layer (bounded memory); it computes what whole models do."""
+    from trtllm_nemotron import load_model
+    from trtllm_nemotron.checkpoint import open_checkpoint
+    from trtllm_nemotron.quant.accuracy import _windows, compare_logits, streamed_logits
+
+    out = quantized(recipe)
+    ref = load_model(tiny_src, dtype=torch.float32, progress=False)
+    test = load_model(out, dtype=torch.float32, progress=False, simulate_activation_quant=True)
+    windows = _windows([SHORT_TEXT, SHORT_TEXT[:40]], tiny_src, ref.config.vocab_size, 64)
+    with open_checkpoint(tiny_src) as s, open_checkpoint(out) as q:
+        ref_l, test_l = streamed_logits(s, q, windows)
+    with torch.no_grad():
+        for ids, r, t in zip(windows, ref_l, test_l, strict=True):
+            torch.testing.assert_close(r, ref(ids)[0], rtol=0, atol=1e-5)
+            torch.testing.assert_close(t, test(ids)[0], rtol=0, atol=1e-5)
+    whole = compare_models(ref, test, windows)
+    assert compare_logits(ref_l, test_l, windows) == pytest.approx(whole, rel=1e-6, abs=1e-9)

@@ -103,6 +103,28 @@ def calibration_ids(ids: list[int], samples: int, seq_len: int) -> torch.Tensor:
     return flat.view(samples, seq_len)
 
 
+def materialise_layer(
+    cfg: NemotronHConfig,
+    i: int,
+    get: Callable[[str], torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """Backbone layer i built on the meta device and filled from `get(name)` (canonical tensor names), in
+    `dtype` on `device` (the router's fp32 correction bias stays fp32). Only this layer is in memory."""
+    from trtllm_nemotron.model.layers import build_layer
+
+    with torch.device("meta"):
+        block = build_layer(cfg, cfg.pattern[i])
+    block.to_empty(device=device)
+    block.to(dtype)
+    prefix = f"backbone.layers.{i}."
+    with torch.no_grad():
+        for name, t in [*block.named_parameters(), *block.named_buffers()]:
+            t.copy_(get(prefix + name).reshape(t.shape))  # one pass: copy_ converts dtype and device
+    return block.eval()
+
+
 class LayerCalibrator:
     """Runs the backbone layer by layer over the calibration batch and records amaxes.
 
@@ -130,18 +152,7 @@ class LayerCalibrator:
         del emb
 
     def _materialise(self, i: int) -> nn.Module:
-        from trtllm_nemotron.model.layers import build_layer
-
-        with torch.device("meta"):
-            block = build_layer(self.cfg, self.cfg.pattern[i])
-        block.to_empty(device=self.device)
-        block.to(self.dtype)
-        prefix = f"backbone.layers.{i}."
-        with torch.no_grad():
-            for name, t in [*block.named_parameters(), *block.named_buffers()]:
-                src = self.get(prefix + name)
-                t.copy_(src.reshape(t.shape))  # one pass: copy_ converts dtype and device
-        return block.eval()
+        return materialise_layer(self.cfg, i, self.get, self.dtype, self.device)
 
     @torch.no_grad()
     def run_layer(self, i: int) -> dict[str, float]:
