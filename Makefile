@@ -1,5 +1,5 @@
 # trtllm-nemotron: the pipeline as make targets. Targets call the CLI; logic lives in the library.
-.PHONY: help venv install test test-gpu test-all lint bench bench-plugins bench-quant bench-serve \
+.PHONY: help venv install test test-gpu test-trt test-all lint bench bench-plugins bench-quant bench-serve \
         build-engine train-tiny serve client package clean
 
 PYTHON  ?= python3
@@ -32,14 +32,25 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv install: $(VENV)/.installed  ## create .venv and install the project with its test extras
 
-test: $(VENV)/.installed  ## CPU test suite (no GPU needed)
+test: $(VENV)/.installed  ## CPU test suite (no GPU needed; includes the `slow` tritonserver tests)
 	$(PY) -m pytest -q -m "not gpu and not trt" $(PYTEST_ARGS)
 
 test-gpu: $(VENV)/.installed  ## Triton-lang kernels on a CUDA GPU vs their references
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed  ## ruff
-	$(VENV)/bin/ruff check trtllm_nemotron plugins builder triton_repo clients tests
+test-trt: $(VENV)/.installed  ## TensorRT plugins and engines (needs tensorrt and a GPU)
+	$(PY) -m pytest -q -m trt $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed  ## every tier: gpu, trt, then the CPU suite (on a GPU host with TensorRT)
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m trt $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not gpu and not trt" $(PYTEST_ARGS)
+
+LINT_PATHS := trtllm_nemotron plugins builder triton_repo clients tests benchmarks
+lint: $(VENV)/.installed  ## ruff check + ruff format --check + mypy (settings in pyproject.toml)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 build-engine: $(VENV)/.installed  ## HF checkpoint -> engine dir (default: embedded model, b200, nvfp4-super, MTP 3)
 	$(CLI) build $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --recipe $(RECIPE) --mtp $(MTP) --out $(ENGINE)

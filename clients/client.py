@@ -26,7 +26,7 @@ import json
 import queue
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -362,7 +362,7 @@ class TextStream:
         self._request_id = request_id or uuid.uuid4().hex
         self._gen = self._run()
 
-    def _run(self) -> Iterator[str]:
+    def _run(self) -> Generator[str, None, None]:
         try:
             self._transport.decoupled(self._model)  # connection and model check before the clock starts
             col = _Collector(self.result, time.perf_counter())
@@ -421,7 +421,8 @@ def server_ready(url: str, protocol: str = "http", timeout: float = 5.0) -> bool
     try:
         hostport = parse_url(url, protocol)
         if protocol == "http":
-            conn = http.client.HTTPConnection(*hostport.rsplit(":", 1), timeout=timeout)
+            host, port = hostport.rsplit(":", 1)
+            conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
             try:
                 conn.request("GET", "/v2/health/ready")
                 return conn.getresponse().status == 200

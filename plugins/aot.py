@@ -21,16 +21,15 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trtllm_nemotron.errors import PluginError
+from trtllm_nemotron.fileio import atomic_dir
 
 FORMAT_VERSION = 1
 SUPPORTED_SMS = (80, 86, 89, 90, 100, 103, 120)
@@ -262,21 +261,9 @@ def compile_all(
     result: dict[str, Any] = {}
     with tqdm(total=len(jobs) * len(sms), desc="compile plugins", unit="kernel", file=sys.stderr) as bar:
         for sm in sms:
-            final = out / f"sm_{sm}"
-            tmp = Path(tempfile.mkdtemp(prefix=f".sm_{sm}.", dir=out))
-            try:
+            with atomic_dir(out / f"sm_{sm}") as tmp:
                 index = _compile_sm(jobs, sm, cfg, tmp, bar)
                 (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-                if final.exists():
-                    old = Path(tempfile.mkdtemp(prefix=f".old_sm_{sm}.", dir=out))
-                    final.rename(old / final.name)
-                    tmp.rename(final)
-                    shutil.rmtree(old)
-                else:
-                    tmp.rename(final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             result[f"sm_{sm}"] = index
     return result
 

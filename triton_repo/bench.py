@@ -140,6 +140,8 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
         scfg = ServerConfig(repo, http_port=h, grpc_port=g, metrics_port=m)
         url = scfg.grpc_url if cfg.protocol == "grpc" else scfg.http_url
         with TritonServer(scfg, log_path=Path(tmp) / "server.log") as server:
+            assert server.proc is not None  # started by __enter__
+            pid = server.proc.pid
             engine = Engine.load(engine_dir, device="cpu", max_batch_size=cfg.max_batch_size)
             cmax = max(cfg.concurrencies)
             _inprocess_load(engine, cmax, cmax, cfg.max_tokens)  # warm-up
@@ -149,11 +151,11 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
                 for c in cfg.concurrencies:
                     n = c * cfg.requests_per_client
                     keep(_inprocess_load(engine, c, n, cfg.max_tokens), "in-process", c)
-                    cpu0 = group_cpu_s(server.proc.pid)
+                    cpu0 = group_cpu_s(pid)
                     rep = run_load(list(PROMPTS), url=url, protocol=cfg.protocol, concurrency=c, requests=n,
                                    max_tokens=cfg.max_tokens, label=f"triton {cfg.protocol}",
                                    progress=sys.stderr.isatty())
-                    keep(replace(rep, cpu_s=group_cpu_s(server.proc.pid) - cpu0), "triton", c)
+                    keep(replace(rep, cpu_s=group_cpu_s(pid) - cpu0), "triton", c)
             del engine
             gc.collect()
 

@@ -37,9 +37,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from triton_repo.package import TRTLLM_FILES, TRTLLM_MODEL, repo_models
 from trtllm_nemotron.errors import PackageError
+from trtllm_nemotron.fileio import CACHE_ENV, atomic_dir, cache_dir
 
 GPU_TRITON_HOME = Path("/opt/tritonserver")
 _SHM_GLOB = "triton_python_backend_shm_region_*"
@@ -104,24 +106,22 @@ def _pytriton_backend_dir(dist: Path) -> Path:
     if not stub.is_file():
         raise PackageError(f"nvidia-pytriton has no Python-backend stub for Python {pyver} ({stub}); "
                            f"use Python 3.8-3.13")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trtllm-nemotron"
-    backends = cache / f"triton-backends-py{pyver}"
+    backends = cache_dir() / f"triton-backends-py{pyver}"
     files = [dist / "backends" / "python" / "libtriton_python.so",
              dist / "backends" / "python" / "triton_python_backend_utils.py", stub]
     target = backends / "python"
     if all((target / f.name).is_file() and (target / f.name).stat().st_size == f.stat().st_size for f in files):
         return backends
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".backends.", dir=cache))
-    (tmp / "python").mkdir()
-    for f in files:
-        shutil.copy2(f, tmp / "python" / f.name)
-    if backends.exists():
-        shutil.rmtree(backends, ignore_errors=True)
     try:
-        tmp.rename(backends)
-    except OSError:  # another process won the race: theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(backends, replace=backends.exists()) as tmp:  # an outdated copy is replaced
+            (tmp / "python").mkdir()
+            for f in files:
+                shutil.copy2(f, tmp / "python" / f.name)
+    except OSError as e:
+        if (target / stub.name).is_file():  # another process wrote it first: theirs is identical
+            return backends
+        raise PackageError(f"cannot write tritonserver's backend dir {backends} ({e}); set "
+                           f"${CACHE_ENV} to a writable directory") from e
     return backends
 
 
@@ -254,7 +254,7 @@ class TritonServer:
         self.loaded, self.skipped = plan_models(Path(cfg.repo), self.install, cfg.models)
         self._shm_before: set[Path] = set()
         self._envs_before: set[Path] = set()
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     def command(self) -> list[str]:
         c, inst = self.cfg, self.install

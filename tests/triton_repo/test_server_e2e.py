@@ -24,6 +24,8 @@ import clients
 from triton_repo.package import PackageConfig, package
 from triton_repo.server import _shm_regions, free_ports, port_free
 
+pytestmark = pytest.mark.slow  # a real tritonserver (make test runs it; -m "not slow" skips it in a quick loop)
+
 MAX_SEQ_LEN = 256
 MAX_TOKENS = 8
 PROMPTS = [

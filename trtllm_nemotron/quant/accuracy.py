@@ -98,7 +98,7 @@ class _Side:
         self.fp32 = {n for n, spec in expected_tensors(reader.config).items() if spec.dtype == "float32"}
 
     def get(self, name: str) -> torch.Tensor:
-        from trtllm_nemotron.quant.loading import dequantize_weight
+        from trtllm_nemotron.checkpoint.dequant import dequantize_weight
 
         if name.endswith(".weight"):
             return dequantize_weight(self.reader, name, torch.float32)

@@ -37,7 +37,7 @@ def _load() -> ctypes.CDLL | None:
     with _lock:
         if _lib is not None or _unavailable is not None:
             return _lib
-        from trtllm_nemotron.runtime.native import NativeUnavailable, compile_library
+        from trtllm_nemotron.native_build import NativeUnavailable, compile_library
 
         try:
             lib = ctypes.CDLL(str(compile_library(SOURCE, "libnemotron_nvfp4.so", "the NVFP4 CPU kernel")))

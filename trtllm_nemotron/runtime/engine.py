@@ -43,7 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -52,6 +52,10 @@ from trtllm_nemotron.runtime import step as S
 from trtllm_nemotron.runtime.sampling import SamplingParams, sample_tokens
 from trtllm_nemotron.runtime.slots import SlotPool
 from trtllm_nemotron.runtime.tokenizer import IncrementalDetokenizer, StopStringFilter, Tokenizer
+
+if TYPE_CHECKING:
+    from trtllm_nemotron.model.cache import HybridCache
+    from trtllm_nemotron.runtime.native import NativeStep
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,12 @@ class _Seq:
     @property
     def in_prefill(self) -> bool:
         return self.prefilled < len(self.prompt_ids)
+
+    @property
+    def next_input(self) -> int:
+        """The sampled token the next forward feeds (`pending`, set once the prefill sampled one)."""
+        assert self.pending is not None, "decoding a sequence whose prefill has not sampled a token"
+        return self.pending
 
 
 class Engine:
@@ -165,7 +175,7 @@ class Engine:
         self._spec_fn = S.spec_step_greedy
         self._commit_fn = S.commit_mamba
         self._compile = False
-        self._native = None
+        self._native: NativeStep | None = None
         self._ids = itertools.count()
         self._active_params = cfg.parameter_counts()["active"]
         self.backend = self._select_backend(backend, compile, ssm_dtype)
@@ -233,15 +243,7 @@ class Engine:
         cfg = model.config
         if mtp is None:
             mtp = engine_mtp if engine_mtp is not None else (3 if cfg.num_nextn_predict_layers else 0)
-        tok = Tokenizer.from_dir(ckpt, vocab_size=cfg.vocab_size)
-        eos = set(cfg.eos_token_ids)
-        gen_cfg = ckpt / "generation_config.json"
-        if gen_cfg.is_file():
-            try:
-                e = json.loads(gen_cfg.read_text()).get("eos_token_id")
-                eos.update([e] if isinstance(e, int) else list(e or []))
-            except (json.JSONDecodeError, TypeError):
-                log.warning("ignoring unreadable %s", gen_cfg)
+        tok = Tokenizer.from_dir(ckpt, vocab_size=cfg.vocab_size)  # its eos ids include generation_config's
         eng = cls(
             model,
             tok,
@@ -251,7 +253,7 @@ class Engine:
             ssm_dtype=ssm_dtype,
             prefill_chunk=prefill_chunk,
             compile=compile,
-            eos_token_ids=sorted(eos),
+            eos_token_ids=list(cfg.eos_token_ids),
             source=str(path),
             backend=backend,
         )
@@ -388,9 +390,16 @@ class Engine:
             next_ids = torch.cat([next_ids, next_ids.new_zeros(p, T)])
             start = torch.cat([start, start.new_zeros(p)])
         n_ctx = self.pool.capacity if self._compile else self._ctx(int(start.max()) + T)
+        mw, mcache = self._mtp_state()
         with self._step_threads(next_ids.numel()):
-            g, dl = self._mtp_fn(self.fw, self.mw, hidden, next_ids, r, start, self.pool.mtp_cache.kv, n_ctx)
+            g, dl = self._mtp_fn(self.fw, mw, hidden, next_ids, r, start, mcache.kv, n_ctx)
         return g[:n], dl[:n]
+
+    def _mtp_state(self) -> tuple[S.FlatWeights, HybridCache]:
+        """The MTP block's weights and cache (the MTP paths run only on an engine loaded with mtp > 0)."""
+        if self.mw is None or self.pool.mtp_cache is None:
+            raise RuntimeStateError("this engine was loaded with mtp=0: it has no MTP block to run")
+        return self.mw, self.pool.mtp_cache
 
     def memory_report(self) -> dict[str, int]:
         return self.pool.memory_report()
@@ -464,6 +473,7 @@ class Engine:
                         pieces[id(s)].append(ev.text)
                 now = time.perf_counter()
                 for s in seqs:  # time the batch from the moment every request has its first token
+                    assert s.t_first is not None  # the prefill emitted the first token
                     s.t_submit, s.t_first = s.t_submit + (now - s.t_first), now
                 while any(s.finish_reason is None for s in seqs):
                     for s, ev in self.iterate([s for s in seqs if s.finish_reason is None]):
@@ -472,7 +482,8 @@ class Engine:
                 for s in seqs:
                     self.release(s)
         return [
-            Completion("".join(pieces[id(s)]), list(s.out_ids), s.finish_reason, self.stats(s)) for s in seqs
+            Completion("".join(pieces[id(s)]), list(s.out_ids), cast(str, s.finish_reason), self.stats(s))
+            for s in seqs
         ]
 
     def admit(self, seq: _Seq) -> None:
@@ -535,9 +546,8 @@ class Engine:
             else:
                 nxt = torch.tensor([seq.prompt_ids[s + 1 : e] + [tok]], device=self.device)
                 dl, g = self.model.mtp_step(h, nxt, self.pool.mtp_cache, rows=rows)
-            seq.drafts = self._draft_rest(
-                [seq.slot], g[:, -1:], dl[:, -1], self.pool.mtp_cache.lengths[rows].clone()
-            )[0]
+            start = self._mtp_state()[1].lengths[rows].clone()
+            seq.drafts = self._draft_rest([seq.slot], g[:, -1:], dl[:, -1], start)[0]
         self._emit(seq, [tok], events)
 
     def _decode(self, seqs: list[_Seq], events) -> None:
@@ -545,11 +555,11 @@ class Engine:
         slots = [s.slot for s in seqs]
         if self._native is not None and all(s.params.greedy for s in seqs):
             # the hot path: one C++ call (reads and advances the cache lengths, argmax inside)
-            toks = self._native.decode_greedy([s.pending for s in seqs], slots)
+            toks = self._native.decode_greedy([s.next_input for s in seqs], slots)
         else:
             rows = torch.tensor(slots, device=self.device)
             start = cache.lengths[rows]
-            _, logits, _ = self._step([[s.pending] for s in seqs], slots, start, False)
+            _, logits, _ = self._step([[s.next_input] for s in seqs], slots, start, False)
             toks = self._sample_batch(seqs, logits[:, 0])
             cache.lengths[rows] = start + 1
         for s, t in zip(seqs, toks, strict=True):
@@ -558,26 +568,26 @@ class Engine:
             self._emit(s, [t], events)
 
     def _verify(self, seqs: list[_Seq], events) -> None:
-        cache, mcache = self.pool.cache, self.pool.mtp_cache
+        cache, mcache = self.pool.cache, self._mtp_state()[1]
         K = self.mtp
         slots = [s.slot for s in seqs]
         greedy_all = all(s.params.greedy for s in seqs)
         if greedy_all and self._native is not None:  # one C++ call, lengths read and advanced inside
-            y, acc, drafts = self._native.spec_greedy_committed([[s.pending] + s.drafts for s in seqs], slots)
+            y, acc, drafts = self._native.spec_greedy_committed([[s.next_input] + s.drafts for s in seqs], slots)
             return self._emit_verified(seqs, y, acc, drafts, events)
         rows = torch.tensor(slots, device=self.device)
         start = cache.lengths[rows]
         if greedy_all:
             return self._verify_greedy(seqs, slots, rows, start, events)
         h, logits, rec = self._step(
-            [[s.pending] + s.drafts for s in seqs], slots, start, True
+            [[s.next_input] + s.drafts for s in seqs], slots, start, True
         )  # [batch, K+1]
         targets = []
         accept = []
         greedy = [s.params.greedy for s in seqs]
         argmax = logits.argmax(-1).tolist() if any(greedy) else None
         for b, s in enumerate(seqs):
-            y = argmax[b] if greedy[b] else self._sample(s, logits[b])
+            y = argmax[b] if argmax is not None and greedy[b] else self._sample(s, logits[b])
             j = 0
             while j < K and s.drafts[j] == y[j]:
                 j += 1
@@ -588,25 +598,25 @@ class Engine:
         cache.lengths[rows] = start + acc + 1
         # MTP over the K+1 new (h_t, x_{t+1}) pairs; entry j (the last accepted position) drafts next
         g, dl = self._mtp(h, torch.tensor(targets, device=self.device), slots, start)
-        b = torch.arange(len(seqs), device=self.device)
+        every = torch.arange(len(seqs), device=self.device)
         mcache.lengths[rows] = start + acc + 1
-        drafts = self._draft_rest(slots, g[b, acc][:, None], dl[b, acc], start + acc + 1)
+        drafts = self._draft_rest(slots, g[every, acc][:, None], dl[every, acc], start + acc + 1)
         self._emit_verified(seqs, targets, accept, drafts, events)
 
     def _verify_greedy(self, seqs: list[_Seq], slots: list[int], rows, start, events) -> None:
         """All rows greedy: the whole iteration is one `spec_step_greedy` call (one compiled graph)."""
-        cache, mcache = self.pool.cache, self.pool.mtp_cache
+        cache, (mw, mcache) = self.pool.cache, self._mtp_state()
         n = len(seqs)
         p = self._pad(n) - n
         r = torch.tensor(slots + [self.pool.scratch_row] * p, device=self.device)
         x = torch.tensor(
-            [[s.pending] + s.drafts for s in seqs] + [[0] * (self.mtp + 1)] * p, device=self.device
+            [[s.next_input] + s.drafts for s in seqs] + [[0] * (self.mtp + 1)] * p, device=self.device
         )
         st = torch.cat([start, start.new_zeros(p)]) if p else start
         n_ctx = self.pool.capacity if self._compile else self._ctx(int(start.max()) + 2 * self.mtp + 1)
         with self._step_threads(x.numel()):
             y, j, drafts = self._spec_fn(
-                self.fw, self.mw, x, r, st, cache.kv, cache.conv, cache.ssm, mcache.kv, n_ctx
+                self.fw, mw, x, r, st, cache.kv, cache.conv, cache.ssm, mcache.kv, n_ctx
             )
         j = j[:n]
         cache.lengths[rows] = start + j + 1

@@ -78,6 +78,8 @@ class RequestHandle:
             text.append(ev.text)
             ids += ev.token_ids
             last = ev
+        if last is None or last.finish_reason is None:
+            raise RuntimeStateError(f"request {self.request_id} ended without a final event")
         return Completion("".join(text), ids, last.finish_reason, last.stats or {})
 
     @property

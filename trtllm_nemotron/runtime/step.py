@@ -39,6 +39,7 @@ Inside a compiled graph the choice is by device only (CUDA: plugin); eager steps
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ class _Layer:
     cache_idx: int  # key of this layer's state in its HybridCache
     norm_w: torch.Tensor
     eps: float
-    w: dict[str, torch.Tensor | None]
+    w: dict[str, Any]  # weights, and None for absent biases
     meta: dict
 
 

@@ -7,8 +7,9 @@ every layer, final norm, LM head; for MTP the whole greedy iteration: verify, ac
 call with no dispatch, fp32, OpenMP over output rows / experts / heads when the work is large enough.
 
 The library is compiled on first use with the host C++ compiler (`g++ -O3 -march=native -fopenmp`, ~4 s) into
-`$TRTLLM_NEMOTRON_CACHE_DIR/native/<hash>/` (default `~/.cache/trtllm_nemotron`), keyed by the source, the
-flags, the compiler and the CPU, written to a temp dir and renamed so concurrent builders never see half a file.
+`<cache>/native/<hash>/` (`fileio.cache_dir()`: `$TRTLLM_NEMOTRON_CACHE_DIR`, default `~/.cache/trtllm-nemotron`),
+keyed by the source, the flags, the compiler and the CPU, written to a temp dir and renamed
+(`fileio.atomic_dir`) so concurrent builders never see half a file.
 No compiler -> `NativeUnavailable` with the reason; the engine then falls back to the torch step.
 
 `NativeStep(fw, mw, cache, mtp_cache)` binds the weights (`step.FlatWeights`) and the slot pool's caches once
@@ -29,19 +30,16 @@ one step reads at most.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
 from trtllm_nemotron.errors import RuntimeStateError
+from trtllm_nemotron.native_build import NativeUnavailable, compile_library
+
+__all__ = ["NativeStep", "NativeUnavailable", "build", "compile_library", "library", "unsupported_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -60,87 +58,9 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 
 
-class NativeUnavailable(RuntimeError):
-    """The native step cannot be built or used here (the message says why and what to do)."""
-
-
-def cache_dir() -> Path:
-    """$TRTLLM_NEMOTRON_CACHE_DIR, else ~/.cache/trtllm_nemotron, else (no home, or not writable -- a server
-    account) a per-user directory under the temp dir."""
-    root = os.environ.get("TRTLLM_NEMOTRON_CACHE_DIR")
-    if root:
-        return Path(root)
-    try:
-        home = Path.home() / ".cache" / "trtllm_nemotron"
-        home.mkdir(parents=True, exist_ok=True)
-        if os.access(home, os.W_OK):
-            return home
-    except (OSError, RuntimeError):
-        pass
-    return Path(tempfile.gettempdir()) / f"trtllm_nemotron-{os.getuid()}"
-
-
-def _compiler() -> str:
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx:
-        raise NativeUnavailable(
-            "no C++ compiler found (looked for $CXX, g++, c++); install g++ to use the native CPU step, "
-            "or load the engine with backend='inductor'"
-        )
-    return cxx
-
-
-def _cpu_id() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def build(force: bool = False) -> Path:
     """Compile step.cpp (once per source/compiler/CPU) and return the shared library's path."""
-    return compile_library(SOURCE, "libnemotron_step.so", "the native CPU step", force=force)
-
-
-def compile_library(
-    source: Path, lib_name: str, what: str, *, flags: list[str] | None = None, force: bool = False
-) -> Path:
-    """Compile `source` into `<cache>/native/<key>/<lib_name>` (key: source, flags, compiler, CPU) and return
-    the path; reused when present. Built in a temp dir and renamed, so concurrent builders never see half a
-    file. Raises NativeUnavailable (no compiler, unwritable cache, compile error) naming `what`."""
-    flags = FLAGS if flags is None else flags
-    cxx = _compiler()
-    try:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise NativeUnavailable(f"the C++ compiler {cxx!r} does not run ({e}); install g++") from e
-    h = hashlib.sha256(Path(source).read_bytes())  # bytes: servers may run with an ASCII locale
-    h.update(
-        "\0".join(["", " ".join(flags), version, _cpu_id(), platform.machine()]).encode("utf-8", "replace")
-    )
-    key = h.hexdigest()[:16]
-    out = cache_dir() / "native" / key / lib_name
-    if out.is_file() and not force:
-        return out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise NativeUnavailable(
-            f"cannot create the build directory of {what} {out.parent} ({e}); set TRTLLM_NEMOTRON_CACHE_DIR "
-            "to a writable directory"
-        ) from e
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
-        so = Path(tmp) / out.name
-        cmd = [cxx, *flags, "-o", str(so), str(source)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise NativeUnavailable(f"compiling {what} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
-        os.replace(so, out)
-    log.info("built %s: %s", what, out)
-    return out
+    return compile_library(SOURCE, "libnemotron_step.so", "the native CPU step", flags=FLAGS, force=force)
 
 
 def library() -> ctypes.CDLL:
@@ -283,7 +203,7 @@ class NativeStep:
             iv = [m["H"], m["P"], m["G"], m["N"], m["K"], m["d_inner"], m["conv_dim"], m["group"]]
             iv.append(int(m["dt_min"] is not None))
             fv.append(float(m["dt_min"] or 0.0))
-            names = ("in_proj", "in_bias", "conv_w", "conv_b", "A_log", "D", "dt_bias", "norm", "out_proj",
+            names: tuple[str, ...] = ("in_proj", "in_bias", "conv_w", "conv_b", "A_log", "D", "dt_bias", "norm", "out_proj",
                      "out_bias")  # fmt: skip
             ptrs = [self._p(L.norm_w), *(self._p(w[n]) for n in names)]
             ptrs += [self._state(cache.conv[L.cache_idx]), self._state(cache.ssm[L.cache_idx])]
