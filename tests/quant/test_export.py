@@ -222,10 +222,11 @@ def test_streamed_accuracy_equals_the_whole_model_comparison(tiny_src, quantized
     from trtllm_nemotron import load_model
     from trtllm_nemotron.checkpoint import open_checkpoint
     from trtllm_nemotron.quant.accuracy import _windows, compare_logits, streamed_logits
+    from trtllm_nemotron.quant.loading import load_model_as_deployed
 
     out = quantized(recipe)
     ref = load_model(tiny_src, dtype=torch.float32, progress=False)
-    test = load_model(out, dtype=torch.float32, progress=False, simulate_activation_quant=True)
+    test = load_model_as_deployed(out, dtype=torch.float32, progress=False)
     windows = _windows([SHORT_TEXT, SHORT_TEXT[:40]], tiny_src, ref.config.vocab_size, 64)
     with open_checkpoint(tiny_src) as s, open_checkpoint(out) as q:
         ref_l, test_l = streamed_logits(s, q, windows)
