@@ -69,7 +69,9 @@ GPUS = {"throughput": 4, "latency": 2, "balanced": 4}
 SEQ = {"throughput": 32768}
 
 
-def _build_options(name: str, target: str = "b200", gpus: int | None = None, recipe="nvfp4-super", fmt="nvfp4"):
+def _build_options(
+    name: str, target: str = "b200", gpus: int | None = None, recipe="nvfp4-super", fmt="nvfp4"
+):
     p = get_preset(name)
     gpus = gpus or GPUS[name]
     plan = plan_for_build(SUPER, target, recipe=recipe, mtp=p.mtp, gpus=gpus, max_seq_len=SEQ.get(name),
@@ -95,7 +97,9 @@ def test_preset_yaml_passes_the_check_and_matches_the_cited_config_field_by_fiel
                 assert got[key][sub] == v, f"{key}.{sub}"
             extra = set(got[key]) - set(want)
             # the one addition to a cited mapping: guide config B's documented fp16 SSM option (throughput)
-            assert extra == (set(SSM_FP16_SR) if (name, key) == ("throughput", "kv_cache_config") else set()), key
+            assert extra == (
+                set(SSM_FP16_SR) if (name, key) == ("throughput", "kv_cache_config") else set()
+            ), key
         else:
             assert got[key] == want, key
     assert got["tensor_parallel_size"] == got["moe_expert_parallel_size"] == GPUS[name]  # EP = TP
@@ -174,7 +178,9 @@ def test_unknown_preset_and_cli_refuses_cpu():
         get_preset("fast")
     from trtllm_nemotron.cli import main
 
-    r = CliRunner().invoke(main, ["build", "--target", "cpu", "--preset", "latency", "--out", "/nonexistent/x"])
+    r = CliRunner().invoke(
+        main, ["build", "--target", "cpu", "--preset", "latency", "--out", "/nonexistent/x"]
+    )
     assert r.exit_code == 2 and "GPU --target" in r.output
     r = CliRunner().invoke(main, ["build", "--preset", "fastest"])
     assert r.exit_code == 2 and "latency" in r.output

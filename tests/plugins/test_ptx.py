@@ -64,11 +64,15 @@ def test_inspect_warns_on_an_engine_whose_ptx_needs_a_newer_driver(tiny_model_di
     eng = tmp_path / "engine"
     shutil.copytree(tiny_model_dir, eng / "checkpoint")
     req = driver_requirement("9.4")
-    manifest = {"plugins": {"dir": "plugins/sm_100", "summary": {"sm_100": {"ptx_isa": "9.4", "driver": req}}}}
+    manifest = {
+        "plugins": {"dir": "plugins/sm_100", "summary": {"sm_100": {"ptx_isa": "9.4", "driver": req}}}
+    }
     (eng / "build.json").write_text(json.dumps(manifest))
     assert engine_requirements(manifest) == {"sm_100": req}
     old = inspect_path(eng, host_driver={"cuda": "12.9", "driver": "575.51.03"})
-    assert old["driver"]["warnings"] and any("WARNING: sm_100" in n and "575.51.03" in n for n in old["notes"])
+    assert old["driver"]["warnings"] and any(
+        "WARNING: sm_100" in n and "575.51.03" in n for n in old["notes"]
+    )
     assert "WARNING: sm_100" in format_report(old)
     new = inspect_path(eng, host_driver={"cuda": "13.4", "driver": "600.1"})
     assert new["driver"]["warnings"] == [] and not any("WARNING" in n for n in new["notes"])
