@@ -309,6 +309,7 @@ def test_cli_build_with_a_preset_and_refused_gpu_counts(tiny_ckpt, tmp_path):
     m = read_manifest(out)
     assert m["trtllm"]["preset"] == "latency" and m["trtllm"]["moe_backend"] == "MARLIN"
     assert any("FP8 is the recommended recipe on H100/H200" in n for n in m["trtllm"]["notes"])
+    assert "note: FP8 is the recommended recipe on H100/H200" in r.output  # told on the command line too
     assert m["mtp"]["max_draft_len"] == 3
     r = CliRunner().invoke(main, ["build", "--model", str(tiny_ckpt), "--target", "b200", "--gpus", "3",
                                   "--out", str(tmp_path / "e3"), "--no-progress"])  # fmt: skip

@@ -56,4 +56,9 @@ def build(model: Path | None, target: str, recipe: str | None, mtp: int, out: Pa
                         validate=validate, progress=not no_progress, gpus=gpus, max_seq_len=max_seq_len,
                         max_batch_size=max_batch_size, cache=not no_cache, calib_samples=calib_samples,
                         preset=preset)  # fmt: skip
+    if preset is not None:
+        from builder.manifest import read_manifest
+
+        for note in (read_manifest(path).get("trtllm") or {}).get("notes") or []:
+            click.echo(f"note: {note}", err=True)
     click.echo(f"engine dir: {path}")
