@@ -11,7 +11,14 @@ Per linear the recipe quantizes (spec §5.5):
 Everything else is written in BF16 (the model dtype of the released checkpoints), except tensors the config
 declares fp32 (the router's `e_score_correction_bias`), which keep their source dtype.
 
-Memory is bounded by one layer plus one output shard: source bytes are read with `os.pread` into private
+Stages (threads, bounded hand-offs, `background`): read (each tensor once, one layer ahead) -> calibrate
+layer i -> quantize layer i (while layer i+1 calibrates; NVFP4 rounding in the C++ kernel of
+`nvfp4_native`) -> write (this thread). On the CPU every stage runs with one intra-op thread per two cores
+(`_stage_threads`): the stages are the parallelism, not OpenMP barriers in thousands of small ops. On a GPU
+(`device="cuda"`) the read stage moves each layer to the device and calibration and quantization run there.
+`summary["stage_cpu_seconds"]` is the CPU time of each stage thread (the profile of a run).
+
+Memory is bounded by a few layers plus one output shard: source bytes are read with `os.pread` into private
 buffers (`TensorSource`) instead of safetensors' mmap, whose touched pages would stay resident for as long
 as the file is open and make RSS grow with the checkpoint; the writer flushes every `max_shard_bytes`.
 Output is atomic (`checkpoint.save_checkpoint`: temp dir beside OUT, renamed at the end; removed on any
