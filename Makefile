@@ -1,5 +1,5 @@
 # trtllm-nemotron: the pipeline as make targets. Targets call the CLI; logic lives in the library.
-.PHONY: help venv install test test-gpu test-trt test-all lint bench bench-plugins bench-quant bench-serve \
+.PHONY: help venv install test test-gpu test-trt test-all lint bench bench-plugins bench-quant bench-serve gpu-check \
         build-engine train-tiny serve client package clean
 
 PYTHON  ?= python3
@@ -13,6 +13,7 @@ TARGET  ?= b200
 RECIPE  ?= nvfp4-super
 MTP     ?= 3
 PYTEST_ARGS ?=
+OPENAI_PORT ?= 9000
 
 help:              ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -48,9 +49,9 @@ test-all: $(VENV)/.installed  ## every tier: gpu, trt, then the CPU suite (on a 
 
 LINT_PATHS := trtllm_nemotron plugins builder triton_repo clients tests benchmarks
 lint: $(VENV)/.installed  ## ruff check + ruff format --check + mypy (settings in pyproject.toml)
-	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(VENV)/bin/ruff format --check $(LINT_PATHS)
-	$(VENV)/bin/mypy
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy
 
 build-engine: $(VENV)/.installed  ## HF checkpoint -> engine dir (default: embedded model, b200, nvfp4-super, MTP 3)
 	$(CLI) build $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --recipe $(RECIPE) --mtp $(MTP) --out $(ENGINE)
@@ -59,8 +60,8 @@ package: $(VENV)/.installed  ## engine dir -> Triton model repository
 	@[ -f $(ENGINE)/build.json ] || $(MAKE) build-engine
 	$(CLI) package $(ENGINE) --out $(REPO)
 
-serve: package  ## start a real tritonserver on the model repository (loopback)
-	$(CLI) serve $(REPO)
+serve: package  ## start a real tritonserver on the model repository (loopback) + the OpenAI API on :9000
+	$(CLI) serve $(REPO) --openai-port $(OPENAI_PORT)
 
 client: $(VENV)/.installed  ## one streaming gRPC request against a running server
 	$(CLI) generate --url localhost:8001 --protocol grpc --stream "def fibonacci(n):"
@@ -76,11 +77,19 @@ bench-runtime: $(VENV)/.installed
 bench-plugins: $(VENV)/.installed  ## plugin kernels vs torch references (GPU when present)
 	$(PY) -m benchmarks.bench_plugins
 
+gpu-check: $(VENV)/.installed  ## GPU host: gpu/trt tests, plugin bench, TensorRT engine, validate -> one report (< 8 min)
+	$(PY) -m benchmarks.gpu_check --out build/gpu-check/report.md
+
 bench-quant: $(VENV)/.installed  ## quantization throughput and peak RSS on synthetic checkpoints
 	$(PY) -m benchmarks.bench_quant
 
-bench-serve: $(VENV)/.installed  ## Triton serving vs in-process runtime
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[bench]'
+	@touch $@
+
+bench-serve: $(VENV)/.installed-bench  ## Triton serving vs in-process runtime; AIPerf through the OpenAI front
 	$(PY) -m benchmarks.bench_serve
+	$(PY) -m benchmarks.bench_aiperf
 
 clean:
 	rm -rf build .pytest_cache

@@ -1,13 +1,13 @@
 """Runtime decode speed against HF transformers (fp32 `generate`) and llama.cpp (f32 GGUF), 2 threads.
 
     python -m benchmarks.bench_runtime [--models default,180m] [--threads 2] [--new-tokens 128]
-                                       [--batches 1,16] [--mtp 3] [--backends native,inductor]
+                                       [--batches 1,16] [--mtp 3] [--backends native,eager]
                                        [--no-hf] [--no-llamacpp]
 
 For each model (the default model, i.e. the embedded one when shipped; and a random ~190M-parameter
 make-tiny-style checkpoint, `CONFIG_180M`), in one process, on the same checkpoint:
 - ours: `Engine` (fp32) with each decode-step backend of `--backends` -- `native` (the C++ CPU step,
-  runtime/native), `inductor` (torch.compile), `eager` -- greedy, `--new-tokens` tokens, decode tokens/s at batch 1
+  runtime/native), `eager` (the reference network's modules, runtime/torch_backend.py) -- greedy, `--new-tokens` tokens, decode tokens/s at batch 1
   (`Engine.generate`) and batch 16 (`Engine.generate_batch`: all prompts prefilled, then decoded together;
   aggregate tokens/s), with MTP off and with `--mtp` draft tokens (acceptance reported);
 - HF transformers `generate` fp32 (the same checkpoint; decode rate = (n-1) / (t(n) - t(1)), times batch);
@@ -395,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument(
         "--backends",
-        default="native,inductor",
-        help="comma list of decode-step backends to run side by side: native, inductor, eager",
+        default="native,eager",
+        help="comma list of step backends to run side by side: native, eager",
     )
     ap.add_argument("--out", type=Path, default=OUT_DIR / "runtime.json")
     args = ap.parse_args(argv)
@@ -406,9 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     backends = [b for b in args.backends.split(",") if b]
-    bad = sorted(set(backends) - {"native", "inductor", "eager"})
+    bad = sorted(set(backends) - {"native", "eager"})
     if bad or not backends:
-        ap.error(f"--backends: unknown {bad or 'empty list'}; choose from native, inductor, eager")
+        ap.error(f"--backends: unknown {bad or 'empty list'}; choose from native, eager")
     mtps = [0] + ([args.mtp] if args.mtp else [])
     report: dict[str, Any] = {
         "threads": args.threads,

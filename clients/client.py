@@ -5,7 +5,8 @@ One request path, two transports. `_request_tensors` turns the options into the 
 a transport yields the responses as dicts `{output name: value}`; `_Collector` turns them into text deltas
 and timings. It works unchanged against our `nemotron` model and TensorRT-LLM's `tensorrt_llm` model:
 - `text_output` is cumulative (TensorRT-LLM's semantics); the delta is `new[len(previous):]`.
-- we always send `sampling_param_exclude_input_from_output: true` (llmapi echoes the prompt otherwise),
+- we always send `sampling_param_exclude_input_from_output: true` (the default of both models -- TensorRT-LLM's
+  `SamplingParams` and ours -- sent anyway so a server configured otherwise cannot echo the prompt),
   `return_finish_reason: true` and `sampling_param_return_perf_metrics: true`.
 - a decoupled model is called with the streaming APIs (gRPC bidirectional stream; HTTP `generate_stream`),
   a non-decoupled one with gRPC `infer` / HTTP `generate`; the model config is read once per (url, model).

@@ -59,11 +59,15 @@ class ServerConfig:
     log_verbose: int = 0
     startup_timeout_s: float = 300.0
     extra_args: tuple[str, ...] = ()
+    openai_port: int | None = None  # the OpenAI front (triton_repo.openai_front) beside the server; None: off
 
     def __post_init__(self) -> None:
         ports = (self.http_port, self.grpc_port, self.metrics_port)
         if len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports):
             raise PackageError(f"HTTP, gRPC and metrics ports must be 3 distinct ports in 1..65535, got {ports}")
+        if self.openai_port is not None and (self.openai_port in ports or not 0 < self.openai_port < 65536):
+            raise PackageError(f"--openai-port must be a port in 1..65535 distinct from {ports}, "
+                               f"got {self.openai_port}")
 
     @property
     def http_url(self) -> str:
@@ -378,15 +382,31 @@ def serve(cfg: ServerConfig, *, echo=print) -> int:
                 os.killpg(server.proc.pid, signal.SIGTERM)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    front = None
     try:
+        if cfg.openai_port is not None and not port_free(cfg.host, cfg.openai_port):
+            raise PackageError(f"--openai-port {cfg.openai_port} on {cfg.host} is in use; pick another port")
         server.start()
         echo(f"ready: HTTP {cfg.http_url}  gRPC {cfg.grpc_url}  metrics {cfg.metrics_url}")
         echo(f"try:   trtllm-nemotron generate --url {cfg.grpc_url} --stream \"def fibonacci(n):\"")
-        while server.proc is not None and server.proc.poll() is None:
+        if cfg.openai_port is not None and not stop_requested:
+            from triton_repo.openai_front.launch import OpenAIFront, repo_engine_dir
+
+            front = OpenAIFront(grpc_url=cfg.grpc_url, engine_dir=repo_engine_dir(cfg.repo), host=cfg.host,
+                                port=cfg.openai_port).start()
+            echo(f"ready: OpenAI API {front.url}/v1 (models: nemotron)")
+        while server.proc is not None and server.proc.poll() is None and not stop_requested:
+            if front is not None and front.proc is not None and front.proc.poll() is not None:
+                echo(f"the OpenAI front exited with status {front.proc.returncode}; stopping tritonserver")
+                break
             time.sleep(0.2)
+        if front is not None:
+            front.stop()
         rc = server.stop()
         return 0 if stop_requested else (rc or 0)
     finally:
+        if front is not None:
+            front.stop()
         server.stop()
         for s, h in old.items():
             signal.signal(s, h)

@@ -33,7 +33,7 @@ def _compiler() -> str:
     if not cxx:
         raise NativeUnavailable(
             "no C++ compiler found (looked for $CXX, g++, c++); install g++ (or set $CXX). Without one the "
-            "engine uses backend='inductor' and NVFP4 quantization its slower torch path"
+            "engine uses backend='eager' and NVFP4 quantization its slower torch path"
         )
     return cxx
 

@@ -8,10 +8,11 @@ Design notes
 - Special-token layout follows Nemotron (spec nemotron_h.md §8): `<unk>`=0, `<s>`=1 (bos), `</s>`=2,
   `<|im_end|>`=11 (chat eos), `<think>`=12 [V-3p]. Ids 3..9 are `<SPECIAL_i>` placeholders and
   `<|im_start|>`=10, `</think>`=13 are our choice [Inf], so the documented ids hold at any vocabulary size.
-- One chat template, `CHATML_TEMPLATE`: ChatML with reasoning, as Nemotron 3's: with `enable_thinking`
-  (default True) the generation prompt is `<|im_start|>assistant\n<think>\n`; with `enable_thinking=False`
-  it is prefilled with `<think></think>`. It is written into trained tokenizers and used for a checkpoint
-  that has no template of its own.
+- One chat template, `CHATML_TEMPLATE`: ChatML with reasoning, tools and tool calls, in Nemotron 3's shape:
+  with `enable_thinking` (default True) the generation prompt is `<|im_start|>assistant\n<think>\n`; with
+  `enable_thinking=False` it is prefilled with `<think></think>`; `tools` are listed in the system turn with
+  the `<tool_call><function=...><parameter=...>` format the OpenAI front parses (see the template's comment).
+  It is written into trained tokenizers (and the shipped model's) and used for a checkpoint that has none.
 - `Tokenizer.from_dir` / `load_tokenizer` return `Tokenizer`, which renders the chat template with jinja2
   directly (the same sandboxed environment options as transformers), so the runtime and the Triton model
   import no transformers. A checkpoint without `tokenizer.json` gets a byte-level fallback (`from_dir` only).
@@ -44,13 +45,85 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 _BYTE_SPECIALS = (UNK, BOS, EOS)
 
 CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    # Nemotron 3's chat format (spec openai_serving.md §6), written for this package: a system turn always
+    # (empty when the conversation has none) that lists `tools` and the call format; assistant turns as
+    # `<think>\nREASONING\n</think>\nCONTENT` (`<think></think>CONTENT` without reasoning; reasoning of turns
+    # before the last user turn dropped while `truncate_history_thinking`, default true); tool calls as
+    # `<tool_call>` blocks; consecutive `tool` results in one user turn as `<tool_response>` blocks; the
+    # generation prompt opens `<think>\n` unless `enable_thinking` is false (then `<think></think>`).
+    "{%- set thinking = enable_thinking if enable_thinking is defined else true %}"
+    "{%- set truncate = truncate_history_thinking if truncate_history_thinking is defined else true %}"
+    "{%- set tool_list = tools if tools is defined and tools else [] %}"
+    "{%- set ns = namespace(last_user=-1) %}"
+    "{%- for m in messages %}{%- if m['role'] == 'user' %}{%- set ns.last_user = loop.index0 %}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{%- set system_text = messages[0]['content'] or '' %}{%- set first = 1 %}"
+    "{%- else %}{%- set system_text = '' %}{%- set first = 0 %}{%- endif %}"
+    "{{- '<|im_start|>system\\n' + system_text }}"
+    "{%- if tool_list %}"
+    "{%- if system_text %}{{- '\\n\\n' }}{%- endif %}"
+    "{{- '# Tools\\n\\nYou have access to the following functions:\\n\\n<tools>' }}"
+    "{%- for t in tool_list %}{%- set f = t['function'] if t['function'] is defined else t %}"
+    "{{- '\\n<function>\\n<name>' ~ f['name'] ~ '</name>' }}"
+    "{%- if f['description'] is defined and f['description'] %}"
+    "{{- '\\n<description>' ~ (f['description'] | trim) ~ '</description>' }}{%- endif %}"
+    "{{- '\\n<parameters>' }}"
+    "{%- set params = f['parameters'] if f['parameters'] is defined and f['parameters'] is mapping else {} %}"
+    "{%- if params['properties'] is defined and params['properties'] is mapping %}"
+    "{%- for pname, p in params['properties'] | items %}"
+    "{{- '\\n<parameter>\\n<name>' ~ pname ~ '</name>' }}"
+    "{%- if p['type'] is defined %}{{- '\\n<type>' ~ (p['type'] | string) ~ '</type>' }}{%- endif %}"
+    "{%- if p['description'] is defined %}"
+    "{{- '\\n<description>' ~ (p['description'] | trim) ~ '</description>' }}{%- endif %}"
+    "{%- if p['enum'] is defined %}{{- '\\n<enum>' ~ (p['enum'] | tojson) ~ '</enum>' }}{%- endif %}"
+    "{{- '\\n</parameter>' }}"
+    "{%- endfor %}{%- endif %}"
+    "{%- if params['required'] is defined %}{{- '\\n<required>' ~ (params['required'] | tojson) ~ '</required>' }}"
+    "{%- endif %}"
+    "{{- '\\n</parameters>\\n</function>' }}"
+    "{%- endfor %}"
+    "{{- '\\n</tools>\\n\\nTo call a function, answer ONLY with a block in this format, and write nothing after it:'"
+    " ~ '\\n\\n<tool_call>\\n<function=example_function_name>\\n<parameter=example_parameter_1>\\nvalue_1\\n'"
+    " ~ '</parameter>\\n<parameter=example_parameter_2>\\nA value for the second parameter\\nover several lines\\n'"
+    " ~ '</parameter>\\n</function>\\n</tool_call>\\n\\n<IMPORTANT>\\nRemember:\\n'"
+    " ~ '- Nest one <function=...></function> block inside <tool_call></tool_call> tags\\n'"
+    " ~ '- Give every required parameter\\n'"
+    " ~ '- Any reasoning about the call goes BEFORE it, never after\\n'"
+    " ~ '- When no function fits, answer normally and do not mention the functions\\n</IMPORTANT>' }}"
+    "{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- for m in messages[first:] %}{%- set i = loop.index0 + first %}"
+    "{%- if m['role'] == 'assistant' %}"
+    "{%- set text = m['content'] or '' %}"
+    "{%- if m['reasoning_content'] is defined and m['reasoning_content'] and (m['reasoning_content'] | trim) %}"
+    "{%- set text = '<think>\\n' ~ m['reasoning_content'] ~ '\\n</think>\\n' ~ text %}"
+    "{%- elif '<think>' not in text and '</think>' not in text %}{%- set text = '<think></think>' ~ text %}"
+    "{%- endif %}"
+    "{%- if truncate and i < ns.last_user and '</think>' in text %}"
+    "{%- set text = '<think></think>' ~ text.split('</think>')[-1] | trim %}{%- endif %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if m['tool_calls'] is defined and m['tool_calls'] %}"
+    "{{- (text | trim) ~ '\\n' }}"
+    "{%- for c in m['tool_calls'] %}{%- set c = c['function'] if c['function'] is defined else c %}"
+    "{{- '<tool_call>\\n<function=' ~ c['name'] ~ '>\\n' }}"
+    "{%- set args = c['arguments'] if c['arguments'] is defined and c['arguments'] is mapping else {} %}"
+    "{%- for k, v in args | items %}"
+    "{{- '<parameter=' ~ k ~ '>\\n' ~ ((v | tojson) if v is mapping or (v is sequence and v is not string)"
+    " else (v | string)) ~ '\\n</parameter>\\n' }}"
+    "{%- endfor %}"
+    "{{- '</function>\\n</tool_call>\\n' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- else %}{{- (text | trim) ~ '<|im_end|>\\n' }}{%- endif %}"
+    "{%- elif m['role'] == 'tool' %}"
+    "{%- if loop.first or loop.previtem['role'] != 'tool' %}{{- '<|im_start|>user\\n' }}{%- endif %}"
+    "{{- '<tool_response>\\n' ~ (m['content'] or '') ~ '\\n</tool_response>\\n' }}"
+    "{%- if loop.last or loop.nextitem['role'] != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- else %}{{- '<|im_start|>' + m['role'] + '\\n' + (m['content'] or '') + '<|im_end|>\\n' }}{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and not enable_thinking %}{{- '<think></think>' }}"
-    "{%- else %}{{- '<think>\\n' }}{%- endif %}"
+    "{{- '<|im_start|>assistant\\n' ~ ('<think>\\n' if thinking else '<think></think>') }}"
     "{%- endif %}"
 )
 

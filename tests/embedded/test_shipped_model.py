@@ -83,7 +83,8 @@ def test_tokenizer_special_tokens_and_chat_template():
     assert 2000 <= tok.vocab_size <= 8192
     assert tok.chat_template == CHATML_TEMPLATE  # the package's one template
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
-    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    # Nemotron 3's shape: a system turn always (empty here), the generation prompt opens the reasoning
+    assert text == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"
     code = "def f(x):\n    return x + 1\n"
     assert tok.decode(tok.encode(code)) == code
     gen = json.loads((ASSET / "generation_config.json").read_text())

@@ -64,17 +64,11 @@ def _stats_line(d: dict) -> str:
 @click.option("--max-seq-len", type=int, default=None, help="Cache length per sequence. Local only.")
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "native", "inductor", "eager"]),
+    metavar="NAME",
     default="auto",
     show_default=True,
-    help="Decode step: native (C++ CPU step), inductor (torch.compile), eager; auto = native where it can run. "
-    "Local only.",
-)
-@click.option(
-    "--compile",
-    "use_compile",
-    is_flag=True,
-    help="Same as --backend inductor (kept for scripts). Local only.",
+    help="Step backend: native (C++ CPU step), eager (the reference network; the CUDA path), or any other "
+    "registered one (runtime/backend.py); auto = native where it can run, else eager. Local only.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (text + statistics) instead.")
 @user_errors
@@ -96,7 +90,6 @@ def generate(
     device,
     max_seq_len,
     backend,
-    use_compile,
     as_json,
 ) -> None:
     """Generate a completion of PROMPT ("-" reads it from stdin), streaming to the terminal."""
@@ -110,8 +103,8 @@ def generate(
                 raise click.UsageError(
                     f"{flag} applies to a local --model only (the server's engine decides)"
                 )
-        if chat or use_compile or backend != "auto":
-            raise click.UsageError("--chat, --backend and --compile apply to a local --model only")
+        if chat or backend != "auto":
+            raise click.UsageError("--chat and --backend apply to a local --model only")
         _remote(
             prompt,
             url,
@@ -138,7 +131,7 @@ def generate(
         device=device,
         max_seq_len=max_seq_len,
         mtp=mtp,
-        backend="inductor" if use_compile and backend == "auto" else backend,
+        backend=backend,
         max_tokens=max_tokens,
         temperature=temperature,
         top_k=top_k,

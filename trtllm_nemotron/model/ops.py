@@ -1,4 +1,4 @@
-"""The network's two hot ops, dispatched to the custom plugins (`plugins/`), which hold their only reference.
+"""The network's two hot ops, dispatched to the custom plugins (`plugins/`), which hold their torch references.
 
 - `mamba_decode_step`: recurrent Mamba-2 step(s) on raw, pre-conv inputs with conv and SSM state held in a
   pool addressed by per-sequence slot indices (spec §4.3.3) -> `plugins.mamba_state_update`.
@@ -6,8 +6,11 @@
   -> `plugins.latent_moe_routing`.
 
 Backend per call (plugins/_dispatch.py): the Triton-lang kernel on CUDA tensors, the torch reference on CPU;
-`TRTLLM_NEMOTRON_KERNELS=reference|interpret` forces one for the whole process. So the reference network,
-the runtime and the calibration pass all run the kernels on a GPU and the references on a CPU.
+`TRTLLM_NEMOTRON_KERNELS=reference|interpret` forces one for the whole process. Everything that runs the
+reference network's modules -- training, calibration, and the runtime's "eager" step backend (its CUDA path,
+runtime/torch_backend.py) -- therefore runs the kernels on a GPU and the references on a CPU. The one other
+implementation of both ops is the runtime's native CPU step (runtime/native/step.cpp), which tests pin to
+these (tests/runtime/test_backends.py; routing ties: tests/runtime/test_routing_ties.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import math
 
 import torch
 
-import plugins
+from plugins.latent_moe_routing import latent_moe_routing
+from plugins.mamba_state_update import mamba_state_update
 
 
 def route(
@@ -34,7 +38,7 @@ def route(
     The plugin op has no autograd formula; when gradients are needed (training) the plugin still chooses
     the experts and the weights are recomputed differentiably from the same formula.
     """
-    w, idx, _, _ = plugins.latent_moe_routing(
+    w, idx, _, _ = latent_moe_routing(
         logits_fp32.float(),
         e_score_correction_bias,
         top_k=top_k,
@@ -90,7 +94,7 @@ def mamba_decode_step(
     if dt_min is not None:
         floor = _softplus_inverse(dt_min) - dt_bias.float()  # [H]
         dt = torch.maximum(dt.float(), floor)  # the plugin upcasts dt to fp32 anyway
-    return plugins.mamba_state_update(
+    return mamba_state_update(
         xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A, D, slot_idx,
         n_groups=n_groups, keep_steps=keep_steps,
     )  # fmt: skip

@@ -7,15 +7,36 @@
         for ev in sched.submit("def f(x):", SamplingParams(max_tokens=32)):
             print(ev.text, end="")
 
-Modules: sampling (SamplingParams, sampler), tokenizer (tokenizer, chat template, UTF-8-safe streaming, stop
-strings), slots (the hybrid cache pool), step (the batched decode/verify step on flat weights), engine
-(Engine, prefill/decode/MTP loop, stats), scheduler (continuous batching thread).
+Modules, by responsibility:
+- requests: Request, StreamEvent, Completion and the per-request stats; sampling: SamplingParams, sampler;
+  tokenizer: tokenizer, chat template, UTF-8-safe streaming, stop strings;
+- slots: the hybrid cache pool (sequence slots);
+- backend: the `StepBackend` protocol (prefill, decode, verify, commit, MTP draft) and its registry;
+  torch_backend: "eager", the reference network's modules (the CUDA path); native: "native", the C++ CPU step;
+- engine: `Engine`, the generation loop (prefill / decode / MTP verification, emission);
+  loading: engine dir or checkpoint -> model, tokenizer, EOS ids, MTP setting;
+- scheduler: the continuous-batching thread, on the engine's public API.
 """
 
 from __future__ import annotations
 
-from trtllm_nemotron.runtime.engine import Completion, Engine, StreamEvent
+from trtllm_nemotron.runtime import native, torch_backend  # noqa: F401  (they register the built-in backends)
+from trtllm_nemotron.runtime.backend import BACKENDS, StepBackend, StepBackendBase, register
+from trtllm_nemotron.runtime.engine import Engine
+from trtllm_nemotron.runtime.requests import Completion, Request, StreamEvent
 from trtllm_nemotron.runtime.sampling import SamplingParams
 from trtllm_nemotron.runtime.scheduler import RequestHandle, Scheduler
 
-__all__ = ["Completion", "Engine", "RequestHandle", "SamplingParams", "Scheduler", "StreamEvent"]
+__all__ = [
+    "BACKENDS",
+    "Completion",
+    "Engine",
+    "Request",
+    "RequestHandle",
+    "SamplingParams",
+    "Scheduler",
+    "StepBackend",
+    "StepBackendBase",
+    "StreamEvent",
+    "register",
+]

@@ -5,6 +5,9 @@ Loop (one iteration = `Engine.iterate`): admit waiting requests into free slots 
 batched decode step for every decoding request), route each event to its request's queue, free the slots of
 finished requests. Requests therefore join and leave between steps, and prefill and decode interleave.
 
+The scheduler drives the engine through its public API only (`new_request`, `try_admit`, `iterate`, `finish`;
+`SchedulableEngine` below), which locks itself, so `Engine.generate` on another thread interleaves safely.
+
 `submit` validates and tokenizes on the caller's thread, so an over-long prompt or an invalid option raises
 `RuntimeStateError` there. A `RequestHandle` is an iterator of `StreamEvent`s ending with one whose
 `finish_reason` is set; `cancel()` ends it with "cancelled". An exception inside the loop ends every active
@@ -17,26 +20,38 @@ import logging
 import queue
 import threading
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from trtllm_nemotron.errors import RuntimeStateError
+from trtllm_nemotron.runtime.requests import Completion, Request, StreamEvent
 from trtllm_nemotron.runtime.sampling import SamplingParams
 
-if TYPE_CHECKING:
-    from trtllm_nemotron.runtime.engine import Completion, Engine, StreamEvent, _Seq
-
 log = logging.getLogger(__name__)
+
+
+class SchedulableEngine(Protocol):
+    """What the scheduler needs of an engine (runtime/engine.py `Engine` provides it)."""
+
+    def new_request(
+        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
+    ) -> Request: ...
+
+    def try_admit(self, req: Request) -> bool: ...
+
+    def iterate(self, reqs: list[Request]) -> list[tuple[Request, StreamEvent]]: ...
+
+    def finish(self, req: Request, reason: str, error: str | None = None) -> StreamEvent: ...
 
 
 class RequestHandle:
     """Iterate for `StreamEvent`s; the last one has `finish_reason` and `stats`."""
 
-    def __init__(self, sched: Scheduler, seq: _Seq) -> None:
+    def __init__(self, sched: Scheduler, request: Request) -> None:
         self._sched = sched
-        self._seq = seq
+        self.request = request
         self._events: queue.Queue[StreamEvent] = queue.Queue()
         self._done = False
-        self.request_id = seq.request_id
+        self.request_id = request.request_id
 
     def __iter__(self) -> RequestHandle:
         return self
@@ -71,8 +86,6 @@ class RequestHandle:
 
     def result(self) -> Completion:
         """Drain the stream into a `Completion`."""
-        from trtllm_nemotron.runtime.engine import Completion
-
         text, ids, last = [], [], None
         for ev in self:
             text.append(ev.text)
@@ -84,11 +97,16 @@ class RequestHandle:
 
     @property
     def finished(self) -> bool:
-        return self._seq.finish_reason is not None
+        return self.request.finished
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """The prompt's token count (known from `submit`, which tokenizes)."""
+        return len(self.request.prompt_ids)
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, *, idle_wait_s: float = 0.05) -> None:
+    def __init__(self, engine: SchedulableEngine, *, idle_wait_s: float = 0.05) -> None:
         self.engine = engine
         self._cv = threading.Condition()
         self._waiting: deque[RequestHandle] = deque()
@@ -108,8 +126,8 @@ class Scheduler:
             raise RuntimeStateError(
                 "the scheduler has been shut down; create a new one with engine.scheduler()"
             )
-        seq = self.engine.new_request(prompt, params or SamplingParams(), request_id)
-        h = RequestHandle(self, seq)
+        req = self.engine.new_request(prompt, params or SamplingParams(), request_id)
+        h = RequestHandle(self, req)
         with self._cv:
             self._waiting.append(h)
             self._cv.notify()
@@ -139,14 +157,12 @@ class Scheduler:
     # ---- internals
     def _cancel(self, h: RequestHandle) -> None:
         with self._cv:
-            if h._seq.finish_reason is None:
+            if not h.request.finished:
                 self._cancel_set.add(h)
                 self._cv.notify()
 
     def _end(self, h: RequestHandle, reason: str, error: str | None = None) -> None:
-        ev = self.engine.finish(h._seq, reason, error)
-        self.engine.release(h._seq)
-        h._events.put(ev)
+        h._events.put(self.engine.finish(h.request, reason, error))
 
     def _loop(self) -> None:
         eng = self.engine
@@ -156,8 +172,7 @@ class Scheduler:
                     self._cv.wait(self._idle_wait_s)
                 if self._stop:
                     for h in list(self._active) + list(self._waiting):
-                        with eng.lock:
-                            self._end(h, "cancelled")
+                        self._end(h, "cancelled")
                     self._active.clear()
                     self._waiting.clear()
                     return
@@ -165,33 +180,25 @@ class Scheduler:
                 for h in cancels:
                     if h in self._waiting:
                         self._waiting.remove(h)
-                with eng.lock:
-                    for h in cancels:
-                        if h in self._active:
-                            self._active.remove(h)
-                        if h._seq.finish_reason is None:
-                            self._end(h, "cancelled")
-                    while self._waiting and eng.pool.num_free > 0:
-                        h = self._waiting.popleft()
-                        eng.admit(h._seq)
-                        self._active.append(h)
+                    if h in self._active:
+                        self._active.remove(h)
+                    if not h.request.finished:
+                        self._end(h, "cancelled")
+                while self._waiting and eng.try_admit(self._waiting[0].request):
+                    self._active.append(self._waiting.popleft())
                 if not self._active:  # waiting for a slot held outside this scheduler: do not spin
                     self._cv.wait(self._idle_wait_s)
                     continue
-            with eng.lock:
-                by_seq = {id(h._seq): h for h in self._active}
-                try:
-                    events = eng.iterate([h._seq for h in self._active])
-                except Exception as e:  # a bug or an OOM: fail the active requests, keep serving
-                    log.exception("scheduler iteration failed")
-                    for h in self._active:
-                        self._end(h, "error", f"{type(e).__name__}: {e}")
-                    self._active.clear()
-                    continue
-                self.iterations += 1
-                for seq, ev in events:
-                    h = by_seq[id(seq)]
-                    if ev.finish_reason is not None:
-                        eng.release(seq)
-                    h._events.put(ev)
-                self._active = [h for h in self._active if h._seq.finish_reason is None]
+            by_req = {id(h.request): h for h in self._active}
+            try:
+                events = eng.iterate([h.request for h in self._active])
+            except Exception as e:  # a bug or an OOM: fail the active requests, keep serving
+                log.exception("scheduler iteration failed")
+                for h in self._active:
+                    self._end(h, "error", f"{type(e).__name__}: {e}")
+                self._active.clear()
+                continue
+            self.iterations += 1
+            for req, ev in events:
+                by_req[id(req)]._events.put(ev)
+            self._active = [h for h in self._active if not h.request.finished]

@@ -9,9 +9,6 @@ Each row holds `max_seq_len + slack` positions: speculative verification writes 
 tokens (and the MTP block up to 2 * max_draft_len + 1 positions) past the last committed one before it knows
 how many are accepted; those positions are never read beyond the committed length.
 
-With `scratch=True` one extra row (never handed out) absorbs the writes of padding rows when the compiled
-step runs a batch padded to a fixed size.
-
 `acquire()` hands out a free slot (zeroed state); `release(slot)` resets it and returns it to the pool; both
 are called by the engine when a request starts and when it finishes or is cancelled.
 """
@@ -32,20 +29,19 @@ class SlotPool:
         *,
         mtp: int = 0,
         ssm_dtype: torch.dtype = torch.float32,
-        scratch: bool = False,
     ) -> None:
         if max_batch_size < 1:
             raise RuntimeStateError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len
+        self.mtp = mtp  # draft tokens per verification (0: no MTP cache)
         self.slack = 2 * mtp + 2
         self.capacity = max_seq_len + self.slack  # positions per row
-        # scratch: one extra row that padding rows of a fixed-shape (compiled) batch write into
-        self.scratch_row = max_batch_size if scratch else None
-        rows = max_batch_size + (1 if scratch else 0)
-        self.cache = model.allocate_cache(rows, self.capacity, ssm_dtype=ssm_dtype)
+        self.cache = model.allocate_cache(max_batch_size, self.capacity, ssm_dtype=ssm_dtype)
         self.mtp_cache = (
-            model.allocate_cache(rows, self.capacity, ssm_dtype=ssm_dtype, mtp=True) if mtp else None
+            model.allocate_cache(max_batch_size, self.capacity, ssm_dtype=ssm_dtype, mtp=True)
+            if mtp
+            else None
         )
         self._free = list(range(max_batch_size))
         self.in_use: set[int] = set()
@@ -58,8 +54,7 @@ class SlotPool:
         if not self._free:
             raise RuntimeStateError(
                 f"all {self.max_batch_size} sequence slots are busy; wait for a request to finish or load "
-                "the "
-                "engine with a larger max_batch_size"
+                "the engine with a larger max_batch_size"
             )
         slot = self._free.pop(0)
         self.in_use.add(slot)

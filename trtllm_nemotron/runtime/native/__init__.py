@@ -1,4 +1,4 @@
-"""The native CPU step: the decode / verify / MTP steps of `runtime/step.py` as one C++ call each.
+"""The "native" step backend: the decode / verify / MTP steps as one C++ call each (the CPU accelerator).
 
 Why: at small sizes a decode step built from framework ops -- even captured by `torch.compile` -- costs its
 per-op dispatch and thread synchronisation, not its maths (the embedded model's step is ~4 M multiply-adds; a
@@ -10,12 +10,17 @@ The library is compiled on first use with the host C++ compiler (`g++ -O3 -march
 `<cache>/native/<hash>/` (`fileio.cache_dir()`: `$TRTLLM_NEMOTRON_CACHE_DIR`, default `~/.cache/trtllm-nemotron`),
 keyed by the source, the flags, the compiler and the CPU, written to a temp dir and renamed
 (`fileio.atomic_dir`) so concurrent builders never see half a file.
-No compiler -> `NativeUnavailable` with the reason; the engine then falls back to the torch step.
+No compiler -> `NativeUnavailable` with the reason; `backend="auto"` then takes the eager (torch) backend.
 
-`NativeStep(fw, mw, cache, mtp_cache)` binds the weights (`step.FlatWeights`) and the slot pool's caches once
-(pointers into torch-owned tensors, kept alive here) and exposes the same functions as `runtime/step.py`:
-`forward_step`, `mtp_step`, `spec_step_greedy`, `commit_mamba`. Supported: CPU, float32 weights and caches
-(the engine's CPU default); anything else is refused by `unsupported_reason`.
+`NativeBackend(model, pool)` binds the model's weights and the slot pool's caches once (pointers into
+torch-owned tensors, kept alive here) and implements `StepBackend` (runtime/backend.py); `decode_greedy` and
+`spec_greedy` are one call each (they read and advance the cache lengths inside). Supported: CPU, float32
+weights and caches (the engine's CPU default), the plugin kernels not forced; anything else is refused by
+`unsupported_reason`.
+
+ABI: each layer is described by one `ctypes.Structure` per layer kind (`MambaDesc`, `AttnDesc`, `MoeDesc`,
+`MlpDesc`), mirrored field for field by the C structs of the same names in step.cpp and passed to
+`nt_add_mamba` / `nt_add_attn` / `nt_add_moe` / `nt_add_mlp`. `route` runs the step's router on its own.
 
 Every output element is computed by the same C++ code whatever the batch, the number of tokens per row or the
 thread count, so a request decodes to the same bits alone or in a batch, with or without MTP.
@@ -38,8 +43,7 @@ import torch
 
 from trtllm_nemotron.errors import RuntimeStateError
 from trtllm_nemotron.native_build import NativeUnavailable, compile_library
-
-__all__ = ["NativeStep", "NativeUnavailable", "build", "compile_library", "library", "unsupported_reason"]
+from trtllm_nemotron.runtime.backend import StepBackendBase, register
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,32 @@ PAR_MIN = 1 << 17  # multiply-adds from which one matvec / expert batch is split
 # the speed (the 192M benchmark model); below it the weights stay cache-resident and the widening only costs.
 BF16_MIN_BYTES = 64 << 20
 
-MAMBA, ATTN, MOE, MLP = 0, 1, 2, 3
-_KIND = {"M": MAMBA, "*": ATTN, "E": MOE, "-": MLP}
+
+def _struct(name: str, ints: str, *, floats: str = "", ptrs: str, state: str = "") -> type[ctypes.Structure]:
+    """A layer description: norm_w, eps, then int64 sizes, float64 scalars, weight and state pointers (the
+    field order of the C struct of the same name in step.cpp)."""
+    f = [("norm_w", ctypes.c_void_p), ("eps", ctypes.c_double)]
+    f += [(n, ctypes.c_int64) for n in ints.split()]
+    f += [(n, ctypes.c_double) for n in floats.split()]
+    f += [(n, ctypes.c_void_p) for n in ptrs.split() + state.split()]
+    return type(name, (ctypes.Structure,), {"_fields_": f})
+
+
+MambaDesc = _struct(
+    "MambaDesc", "H P G N K d_inner conv_dim group has_dt_min", floats="dt_min",
+    ptrs="in_proj in_bias conv_w conv_b A_log D dt_bias norm out_proj out_bias", state="conv_state ssm_state",
+)  # fmt: skip
+AttnDesc = _struct(
+    "AttnDesc", "nh nkv hd cap", ptrs="q_proj q_proj_b k_proj k_proj_b v_proj v_proj_b o_proj o_proj_b",
+    state="kc vc",
+)  # fmt: skip
+MoeDesc = _struct(
+    "MoeDesc", "E F X top_k n_group topk_group norm_topk_prob shared_F", floats="scale",
+    ptrs="gate bias up down fc1 fc2 sh_up sh_down",
+)  # fmt: skip
+MlpDesc = _struct("MlpDesc", "F", ptrs="up up_b down down_b")
+_ADD = {"M": ("nt_add_mamba", MambaDesc), "*": ("nt_add_attn", AttnDesc), "E": ("nt_add_moe", MoeDesc),
+        "-": ("nt_add_mlp", MlpDesc)}  # fmt: skip
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -77,8 +105,11 @@ def library() -> ctypes.CDLL:
             lib.nt_free.argtypes = [vp]
             lib.nt_set_threads.argtypes = [i32, i64]
             lib.nt_set_mtp.argtypes = [vp, f64, vp, vp, vp, vp]
-            lib.nt_add_layer.restype = i32
-            lib.nt_add_layer.argtypes = [vp, i32, i32, vp, vp, vp]
+            for fn, desc in _ADD.values():
+                getattr(lib, fn).restype = i32
+                getattr(lib, fn).argtypes = [vp, i32, ctypes.POINTER(desc)]
+            lib.nt_route.restype = i32
+            lib.nt_route.argtypes = [ctypes.POINTER(MoeDesc), vp, i32, vp, vp]
             lib.nt_forward.argtypes = [vp, vp, vp, vp, i32, i32, i32, vp, vp, vp]
             lib.nt_commit.argtypes = [vp, vp, vp, i32]
             lib.nt_mtp.argtypes = [vp, vp, vp, vp, vp, i32, i32, vp, vp, vp]
@@ -91,27 +122,12 @@ def library() -> ctypes.CDLL:
         return _lib
 
 
-def unsupported_reason(model, cache, ssm_dtype: torch.dtype) -> str | None:
-    """None when the native step can run this model and cache, else why not."""
-    w = model.backbone.embeddings.weight
-    if w.device.type != "cpu":
-        return f"the model is on {w.device}; the native step is CPU only"
-    bad = {p.dtype for p in model.parameters() if p.dtype != torch.float32}
-    if bad:
-        return f"the native step needs float32 weights; this model has {sorted(map(str, bad))}"
-    if ssm_dtype != torch.float32:
-        return f"the native step keeps the Mamba state in float32; ssm_dtype is {ssm_dtype}"
-    for t in cache.tensors():
-        if t.is_floating_point() and t.dtype != torch.float32:
-            return f"the native step needs float32 caches; found {t.dtype}"
-    return None
-
-
 _ERRORS = {
     1: "a cache row outside the slot pool",
     2: "a position past the cache's capacity (or an accepted count outside the recorded step)",
     3: "a token id outside the vocabulary",
-    4: "a call this engine does not support (no MTP block, or commit without a matching recorded step)",
+    4: "a call this engine does not support (no MTP block, commit without a matching recorded step, or a "
+    "routing configuration past the step's limits)",
 }
 
 
@@ -122,70 +138,105 @@ def _ok(rc: int, what: str) -> None:
         raise RuntimeStateError(f"native {what} refused: {_ERRORS.get(rc, f'error {rc}')}")
 
 
-class NativeStep:
-    """The weights and caches of one engine bound to the C++ step (see the module docstring)."""
+def route(logits, bias, *, top_k, n_group, topk_group, norm_topk_prob, routed_scaling_factor):
+    """step.cpp's router alone: logits [n, E] -> (weights [n, top_k] fp32, idx [n, top_k] int64)."""
+    logits = logits.float().contiguous()
+    bias = bias.float().contiguous()
+    n, E = logits.shape
+    d = MoeDesc(E=E, top_k=top_k, n_group=n_group, topk_group=topk_group, norm_topk_prob=int(norm_topk_prob),
+                scale=routed_scaling_factor, bias=bias.data_ptr())  # fmt: skip
+    idx = torch.empty(n, top_k, dtype=torch.int64)
+    w = torch.empty(n, top_k)
+    _ok(library().nt_route(ctypes.byref(d), logits.data_ptr(), n, idx.data_ptr(), w.data_ptr()), "route")
+    return w, idx
+
+
+class NativeBackend(StepBackendBase):
+    """The model's weights and the pool's caches bound to the C++ step (see the module docstring)."""
+
+    name = "native"
 
     def __init__(
-        self,
-        fw,
-        mw,
-        cache,
-        mtp_cache,
-        *,
-        threads: int | None = None,
-        par_min: int = PAR_MIN,
-        bf16: bool | None = None,
-    ):
+        self, model, pool, *, threads: int | None = None, par_min: int = PAR_MIN, bf16: bool | None = None
+    ) -> None:
+        super().__init__(model, pool)
         self.lib = library()
         self.threads = threads or torch.get_num_threads()
         self.par_min = par_min
         self._keep: list[torch.Tensor] = []  # tensors whose memory the C++ side points into
-        cfg = fw.cfg
+        cfg = model.config
         self.hidden, self.vocab = cfg.hidden_size, cfg.vocab_size
+        self.cache, self.mtp_cache = pool.cache, pool.mtp_cache
         if bf16 is None:  # see BF16_MIN_BYTES
             bf16 = 4 * cfg.parameter_counts()["total"] >= BF16_MIN_BYTES
+        emb = model.backbone.embeddings.weight
+        lm_head = emb if model.lm_head is None else model.lm_head.weight
+        eps = cfg.layer_norm_epsilon
         self.handle = self.lib.nt_new(
-            self.hidden,
-            self.vocab,
-            fw.eps,
-            self._p(fw.embed),
-            self._p(fw.norm_f),
-            self._p(fw.lm_head),
+            self.hidden, self.vocab, eps, self._p(emb), self._p(model.backbone.norm_f.weight), self._p(lm_head),
             int(bf16),
-        )
+        )  # fmt: skip
         if not self.handle:
             raise NativeUnavailable("nt_new failed")
-        self.cache, self.mtp_cache = cache, mtp_cache
-        for L in fw.layers:
-            self._add(0, L, cache)
-        if mw is not None:
+        for i, block in enumerate(model.backbone.layers):
+            self._add(0, i, block, self.cache)
+        self.has_mtp = self.mtp_cache is not None and model.mtp is not None
+        if self.has_mtp:
+            mtp = model.mtp.layers
+            first, last = mtp[0], mtp[len(cfg.mtp_pattern) - 1]
             self.lib.nt_set_mtp(
-                self.handle, mw.eps, self._p(mw.enorm), self._p(mw.hnorm), self._p(mw.eh_proj),
-                self._p(mw.final_norm),
+                self.handle, eps, self._p(first.enorm.weight), self._p(first.hnorm.weight),
+                self._p(first.eh_proj.weight), self._p(last.final_layernorm.weight),
             )  # fmt: skip
-            for L in mw.layers:
-                self._add(1, L, mtp_cache)
-        self.has_mtp = mw is not None
+            for i, block in enumerate(mtp):
+                self._add(1, i, block, self.mtp_cache)
+        mc = self.mtp_cache if self.has_mtp else None
         self.lib.nt_set_caches(
-            self.handle, cache.batch_size, cache.max_seq_len,
-            mtp_cache.batch_size if mtp_cache is not None and mw is not None else 0,
-            mtp_cache.max_seq_len if mtp_cache is not None and mw is not None else 0,
+            self.handle, self.cache.batch_size, self.cache.max_seq_len,
+            mc.batch_size if mc is not None else 0, mc.max_seq_len if mc is not None else 0,
         )  # fmt: skip
         self.weight_bytes = int(self.lib.nt_weight_bytes(self.handle))
+        self._verify_start: torch.Tensor | None = None
+
+    @classmethod
+    def unsupported_reason(cls, model, pool) -> str | None:
+        """None when the native step can run this model and pool, else why not."""
+        w = model.backbone.embeddings.weight
+        if w.device.type != "cpu":
+            return f"the model is on {w.device}; the native step is CPU only"
+        bad = {p.dtype for p in model.parameters() if p.dtype != torch.float32}
+        if bad:
+            return f"the native step needs float32 weights; this model has {sorted(map(str, bad))}"
+        caches = [pool.cache] + ([pool.mtp_cache] if pool.mtp_cache is not None else [])
+        for t in (t for c in caches for t in c.tensors()):
+            if t.is_floating_point() and t.dtype != torch.float32:
+                return f"the native step keeps its caches in float32 (ssm_dtype float32); found {t.dtype}"
+        if any(e.up_proj.bias is not None for m in _moe_mixers(model) for e in m.experts):
+            return "expert biases (mlp_bias=True) are not supported by the native step"
+        from plugins import _dispatch
+
+        if _dispatch.backend_for("mamba_state_update", "cpu") != "reference":
+            return "TRTLLM_NEMOTRON_KERNELS forces the plugin kernels, which the native step does not call"
+        try:
+            library()
+        except (NativeUnavailable, OSError) as e:
+            return str(e)
+        return None
 
     def __del__(self) -> None:
         h, self.handle = getattr(self, "handle", None), None
         if h:
             self.lib.nt_free(h)
 
-    def _p(self, t: torch.Tensor | None) -> int | None:
+    def _p(self, t: torch.Tensor | None, *, keep: bool = True) -> int | None:
         """Pointer to a float32 contiguous CPU tensor (a converted copy is kept alive when needed)."""
         if t is None:
             return None
         t = t.detach()
         if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
             t = t.to("cpu", torch.float32).contiguous()
-        self._keep.append(t)
+        if keep:
+            self._keep.append(t)
         return t.data_ptr()
 
     @staticmethod
@@ -195,71 +246,99 @@ class NativeStep:
             raise NativeUnavailable(f"cache tensor must be float32, contiguous, on CPU; got {t.dtype}")
         return t.data_ptr()
 
-    def _add(self, stack: int, L, cache) -> None:
-        m, w = L.meta, L.w
-        kind = _KIND[L.char]
-        fv = [L.eps]
-        if kind == MAMBA:
-            iv = [m["H"], m["P"], m["G"], m["N"], m["K"], m["d_inner"], m["conv_dim"], m["group"]]
-            iv.append(int(m["dt_min"] is not None))
-            fv.append(float(m["dt_min"] or 0.0))
-            names: tuple[str, ...] = ("in_proj", "in_bias", "conv_w", "conv_b", "A_log", "D", "dt_bias", "norm", "out_proj",
-                     "out_bias")  # fmt: skip
-            ptrs = [self._p(L.norm_w), *(self._p(w[n]) for n in names)]
-            ptrs += [self._state(cache.conv[L.cache_idx]), self._state(cache.ssm[L.cache_idx])]
-        elif kind == ATTN:
-            kc, vc = cache.kv[L.cache_idx]
-            iv = [m["nh"], m["nkv"], m["hd"], kc.shape[2]]
-            names = ("q_proj", "q_proj_b", "k_proj", "k_proj_b", "v_proj", "v_proj_b", "o_proj", "o_proj_b")
-            ptrs = [self._p(L.norm_w), *(self._p(w[n]) for n in names), self._state(kc), self._state(vc)]
-        elif kind == MOE:
-            E, F, X = w["up"].shape
-            sh = w["sh_up"].shape[0] if w["sh_up"] is not None else 0
-            iv = [E, F, X, m["top_k"], m["n_group"], m["topk_group"], int(m["norm_topk_prob"]), sh]
-            fv.append(float(m["scale"]))
-            names = ("gate", "bias", "up", "down", "fc1", "fc2", "sh_up", "sh_down")
-            ptrs = [self._p(L.norm_w), *(self._p(w[n]) for n in names)]
+    def _add(self, stack: int, i: int, block, cache) -> None:
+        """Describe layer i of `block`'s stack (0: backbone, 1: MTP block) to the C++ step."""
+        m, p = block.mixer, self._p
+        fn, Desc = _ADD[block.char]
+        d = Desc(norm_w=p(block.norm.weight), eps=block.norm.eps)
+        if block.char == "M":
+            for n in ("H", "P", "G", "N", "K", "d_inner", "conv_dim"):
+                setattr(d, n, getattr(m, n))
+            d.group, d.has_dt_min = m.norm.group_size, int(m.clamp_dt_min is True)
+            d.dt_min = float(m.time_step_min) if m.clamp_dt_min is True else 0.0
+            d.in_proj, d.in_bias = p(m.in_proj.weight), p(m.in_proj.bias)
+            d.conv_w, d.conv_b = p(m.conv1d.weight.reshape(m.conv_dim, m.K)), p(m.conv1d.bias)
+            d.A_log, d.D, d.dt_bias, d.norm = p(m.A_log), p(m.D), p(m.dt_bias), p(m.norm.weight)
+            d.out_proj, d.out_bias = p(m.out_proj.weight), p(m.out_proj.bias)
+            d.conv_state, d.ssm_state = self._state(cache.conv[i]), self._state(cache.ssm[i])
+        elif block.char == "*":
+            kc, vc = cache.kv[i]
+            d.nh, d.nkv, d.hd, d.cap = m.nh, m.nkv, m.hd, kc.shape[2]
+            for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                setattr(d, n, p(getattr(m, n).weight))
+                setattr(d, n + "_b", p(getattr(m, n).bias))
+            d.kc, d.vc = self._state(kc), self._state(vc)
+        elif block.char == "E":
+            g, sh = m.gate, m.shared_experts
+            up = torch.stack([e.up_proj.weight.detach() for e in m.experts])  # [E, F, X]; packed by the step
+            down = torch.stack([e.down_proj.weight.detach() for e in m.experts])  # [E, X, F]
+            d.E, d.F, d.X = up.shape
+            d.top_k, d.n_group, d.topk_group = g.top_k, g.n_group, g.topk_group
+            d.norm_topk_prob, d.scale = int(g.norm_topk_prob), float(g.routed_scaling_factor)
+            d.shared_F = sh.up_proj.weight.shape[0] if sh is not None else 0
+            d.gate, d.bias = p(g.weight), p(g.e_score_correction_bias)
+            d.up, d.down = p(up, keep=False), p(down, keep=False)
+            d.fc1 = p(m.fc1_latent_proj.weight) if m.latent else None
+            d.fc2 = p(m.fc2_latent_proj.weight) if m.latent else None
+            d.sh_up = p(sh.up_proj.weight) if sh is not None else None
+            d.sh_down = p(sh.down_proj.weight) if sh is not None else None
         else:
-            iv = [w["up"].shape[0]]
-            ptrs = [self._p(L.norm_w), *(self._p(w[n]) for n in ("up", "up_b", "down", "down_b"))]
-        ia = (ctypes.c_int64 * len(iv))(*iv)
-        fa = (ctypes.c_double * len(fv))(*fv)
-        pa = (ctypes.c_void_p * len(ptrs))(*ptrs)
-        rc = self.lib.nt_add_layer(self.handle, stack, kind, ia, fa, pa)
-        if rc != 0:
-            raise NativeUnavailable(
-                f"layer {L.char}{L.cache_idx} is outside what the native step supports ({rc})"
-            )
+            d.F = m.up_proj.weight.shape[0]
+            d.up, d.up_b = p(m.up_proj.weight), p(m.up_proj.bias)
+            d.down, d.down_b = p(m.down_proj.weight), p(m.down_proj.bias)
+        if getattr(self.lib, fn)(self.handle, stack, ctypes.byref(d)) != 0:
+            raise NativeUnavailable(f"layer {block.char}{i} is outside what the native step supports")
 
-    # ------------------------------------------------------------------ the step.py API
+    # ------------------------------------------------------------------ the calls
     def _threads(self) -> None:
         self.lib.nt_set_threads(self.threads, self.par_min)
 
     @staticmethod
-    def _i64(t: torch.Tensor) -> torch.Tensor:
-        return t.to(torch.int64).contiguous()
+    def _lengths(cache) -> int:
+        ln = cache.lengths
+        if ln.dtype != torch.int64 or not ln.is_contiguous() or ln.device.type != "cpu":
+            raise NativeUnavailable("cache lengths must be a contiguous int64 CPU tensor")
+        return ln.data_ptr()
 
-    def forward_step(self, fw, ids, rows, start, cache_kv, cache_conv, cache_ssm, n_ctx, record):
-        """= step.forward_step (the caches are the bound ones). With record=True the per-token Mamba states stay
-        inside the library; `commit_mamba` writes the accepted ones."""
-        return (*self._forward(self._i64(ids), self._i64(rows), self._i64(start), record, logits=True),
-                {"native": rows} if record else {})  # fmt: skip
+    def forward(self, ids, rows, start, *, record: bool, logits: bool, what: str = "forward step"):
+        """nt_forward at explicit positions (lengths untouched): ids [batch, T] int64 at start[b].. of rows ->
+        (final-normed hidden [batch, T, hidden], logits [batch, T, vocab] or None). record: the Mamba state
+        after every token stays inside the library for `commit`, the pool's state is not written."""
+        ids, rows, start = (t.to(torch.int64).contiguous() for t in (ids, rows, start))
+        return self._call(self.lib.nt_forward, [ids, rows, start], [int(record)], ids.shape, logits, what)
 
-    def _forward(self, ids, rows, start, record: bool, *, logits: bool, what: str = "forward step"):
-        """nt_forward -> (final-normed hidden [batch, T, hidden], logits [batch, T, vocab] or None)."""
-        batch, T = ids.shape
-        h = torch.empty(batch, T, self.hidden)
+    def _call(self, fn, ins: list[torch.Tensor], flags: list[int], shape, logits: bool, what: str):
+        """fn(handle, *ins, batch, T, *flags, out [batch, T, hidden], logits or null, argmax null) ->
+        (out, logits or None): nt_forward and nt_mtp."""
+        batch, T = shape
+        out = torch.empty(batch, T, self.hidden)
         lg = torch.empty(batch, T, self.vocab) if logits else None
         self._threads()
-        _ok(self.lib.nt_forward(
-            self.handle, ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, T, int(record),
-            h.data_ptr(), None if lg is None else lg.data_ptr(), None,
-        ), what)  # fmt: skip
-        return h, lg
+        _ok(fn(self.handle, *(t.data_ptr() for t in ins), batch, T, *flags, out.data_ptr(),
+               None if lg is None else lg.data_ptr(), None), what)  # fmt: skip
+        return out, lg
+
+    def _at_lengths(self, tokens: list[list[int]], rows: list[int], *, record: bool, logits: bool, what: str):
+        r = torch.tensor(rows)
+        start = self.cache.lengths[r].clone()
+        h, lg = self.forward(torch.tensor(tokens), r, start, record=record, logits=logits, what=what)
+        return r, start, h, lg
+
+    def prefill(self, tokens: list[int], row: int) -> torch.Tensor:
+        """A chunk that does not fit the cache is refused by the step's own checks (RuntimeStateError)."""
+        r, start, h, _ = self._at_lengths([tokens], [row], record=False, logits=False, what="prefill")
+        self.cache.lengths[r] = start + len(tokens)
+        return h
+
+    def decode(self, tokens: list[int], rows: list[int]) -> torch.Tensor:
+        r, start, _, lg = self._at_lengths(
+            [[t] for t in tokens], rows, record=False, logits=True, what="decode"
+        )
+        self.cache.lengths[r] = start + 1
+        return lg[:, 0]
 
     def decode_greedy(self, tokens: list[int], rows: list[int]) -> list[int]:
-        """The engine's greedy decode step in one call: the last token of each row (at the cache's committed
-        length), argmax only (no logits copied out); the cache lengths of `rows` advance by one. Arguments
+        """One C++ call: reads and advances the cache lengths, argmax inside (no logits copied out). Arguments
         travel as ctypes arrays (no tensors: this is the per-token hot path)."""
         n = len(rows)
         arr = ctypes.c_int64 * n
@@ -270,74 +349,47 @@ class NativeStep:
         ), "decode step")  # fmt: skip
         return list(out)
 
-    @staticmethod
-    def _lengths(cache) -> int:
-        ln = cache.lengths
-        if ln.dtype != torch.int64 or not ln.is_contiguous() or ln.device.type != "cpu":
-            raise NativeUnavailable("cache lengths must be a contiguous int64 CPU tensor")
-        return ln.data_ptr()
+    def verify(self, tokens: list[list[int]], rows: list[int]):
+        _, start, h, lg = self._at_lengths(tokens, rows, record=True, logits=True, what="verify")
+        self._verify_start = start
+        return h, lg
 
-    def prefill(self, tokens: list[int], row: int) -> torch.Tensor:
-        """One prompt chunk of one row, at the row's committed length: state written, length advanced by
-        len(tokens). -> final-normed hidden [1, T, hidden] (no logits: the caller needs the last one only).
-        A chunk that does not fit the cache is refused by the step's own checks (RuntimeStateError)."""
-        ln = self.cache.lengths
-        start = ln[row : row + 1].clone()
-        h, _ = self._forward(
-            torch.tensor([tokens]), torch.tensor([row]), start, False, logits=False, what="prefill"
-        )
-        ln[row] = start[0] + len(tokens)
-        return h
+    def commit(self, rows: list[int], keep: list[int]) -> None:
+        r, k = torch.tensor(rows), torch.tensor(keep)
+        self.commit_at(r, k - 1)
+        start, self._verify_start = self._verify_start, None
+        if start is None or start.shape != r.shape:
+            raise RuntimeStateError(f"commit for rows {rows} does not follow a verify of those rows")
+        self.cache.lengths[r] = start + k
 
-    def mtp_prefill(self, hidden: torch.Tensor, next_tokens: list[int], row: int) -> torch.Tensor:
-        """The MTP block over one row's prompt chunk (h_t, x_{t+1}) at the MTP cache's committed length;
-        length advanced by T. -> final-normed g [1, T, hidden]."""
-        ln = self.mtp_cache.lengths
-        start = ln[row : row + 1].clone()
-        g, _ = self._mtp(
-            hidden, torch.tensor([next_tokens]), torch.tensor([row]), start, logits=False, what="MTP prefill"
-        )
-        ln[row] = start[0] + len(next_tokens)
-        return g
-
-    def commit_mamba(self, records, cache_conv, cache_ssm, rows, accept) -> None:
-        rows, accept = self._i64(rows), self._i64(accept)
+    def commit_at(self, rows: torch.Tensor, accept: torch.Tensor) -> None:
+        """Write the recorded Mamba state after token accept[b] (0-based) into rows (lengths untouched)."""
+        rows, accept = rows.to(torch.int64).contiguous(), accept.to(torch.int64).contiguous()
         _ok(self.lib.nt_commit(self.handle, rows.data_ptr(), accept.data_ptr(), rows.shape[0]), "commit")
 
-    def mtp_step(self, fw, mw, hidden, next_ids, rows, start, cache_kv, n_ctx):
-        """= step.mtp_step: (final-normed g [batch, T, hidden], draft logits [batch, T, vocab])."""
-        return self._mtp(hidden, self._i64(next_ids), self._i64(rows), self._i64(start), logits=True)
+    def mtp(self, hidden, next_ids, rows, *, logits=True):
+        r = torch.tensor(rows)
+        start = self.mtp_cache.lengths[r].clone()
+        out = self.mtp_at(hidden, next_ids, r, start, logits=logits)
+        self.mtp_cache.lengths[r] = start + next_ids.shape[1]
+        return out
 
-    def _mtp(self, hidden, next_ids, rows, start, *, logits: bool, what: str = "MTP step"):
-        hidden = hidden.float().contiguous()
-        batch, T = next_ids.shape
-        g = torch.empty(batch, T, self.hidden)
-        lg = torch.empty(batch, T, self.vocab) if logits else None
-        self._threads()
-        _ok(self.lib.nt_mtp(
-            self.handle, hidden.data_ptr(), next_ids.data_ptr(), rows.data_ptr(), start.data_ptr(), batch, T,
-            g.data_ptr(), None if lg is None else lg.data_ptr(), None,
-        ), what)  # fmt: skip
-        return g, lg
+    def mtp_at(self, hidden, next_ids, rows, start, *, logits: bool = True, what: str = "MTP step"):
+        """nt_mtp at explicit MTP positions (lengths untouched) -> (g [batch, T, hidden], logits or None)."""
+        ins = [hidden.float().contiguous()] + [
+            t.to(torch.int64).contiguous() for t in (next_ids, rows, start)
+        ]
+        return self._call(self.lib.nt_mtp, ins, [], next_ids.shape, logits, what)
 
-    def spec_step_greedy(self, fw, mw, ids, rows, start, cache_kv, cache_conv, cache_ssm, mtp_kv, n_ctx):
-        """= step.spec_step_greedy: (targets [batch, K+1], accepted [batch], next drafts [batch, K]); the cache
-        lengths are the caller's to set."""
-        return self._spec(self._i64(ids), self._i64(rows), self._i64(start), committed=False)
-
-    def spec_greedy_committed(self, tokens: list[list[int]], rows: list[int]):
-        """The engine's greedy MTP iteration in one call: rows start at the cache's committed length, and both
-        caches' lengths advance past the last accepted token. tokens [batch][K+1] = [last, d_1..d_K] ->
-        (targets [batch][K+1], accepted [batch], next drafts [batch][K]) as lists."""
-        y, j, drafts = self._spec(
-            torch.tensor(tokens, dtype=torch.int64),
-            torch.tensor(rows, dtype=torch.int64),
-            None,
-            committed=True,
-        )
+    def spec_greedy(self, tokens: list[list[int]], rows: list[int]):
+        """One C++ call from the committed lengths; both caches' lengths advance past the last accepted token."""
+        y, j, drafts = self.spec_at(torch.tensor(tokens), torch.tensor(rows), None)
         return y.tolist(), j.tolist(), drafts.tolist()
 
-    def _spec(self, ids: torch.Tensor, rows: torch.Tensor, start: torch.Tensor | None, *, committed: bool):
+    def spec_at(self, ids: torch.Tensor, rows: torch.Tensor, start: torch.Tensor | None):
+        """nt_spec_greedy: from explicit positions `start` (lengths untouched) or, with None, from the committed
+        lengths (advanced). -> (targets [batch, K+1], accepted [batch], drafts [batch, K]) int64 tensors."""
+        ids, rows = ids.to(torch.int64).contiguous(), rows.to(torch.int64).contiguous()
         batch, T = ids.shape
         K = T - 1
         if K < 1 or not self.has_mtp:
@@ -345,10 +397,21 @@ class NativeStep:
         y = torch.empty(batch, T, dtype=torch.int64)
         j = torch.empty(batch, dtype=torch.int64)
         drafts = torch.empty(batch, K, dtype=torch.int64)
+        committed = start is None
         lengths = (self._lengths(self.cache), self._lengths(self.mtp_cache)) if committed else (None, None)
+        if start is not None:
+            start = start.to(torch.int64).contiguous()
         self._threads()
         _ok(self.lib.nt_spec_greedy(
             self.handle, ids.data_ptr(), rows.data_ptr(), None if start is None else start.data_ptr(), batch, K,
             y.data_ptr(), j.data_ptr(), drafts.data_ptr(), *lengths,
         ), "MTP iteration")  # fmt: skip
         return y, j, drafts
+
+
+register(NativeBackend, auto=True)
+
+
+def _moe_mixers(model) -> list:
+    mods = list(model.backbone.layers) + (list(model.mtp.layers) if model.mtp is not None else [])
+    return [b.mixer for b in mods if b.char == "E"]

@@ -4,14 +4,15 @@
 // T new tokens each, with no per-op dispatch: at the embedded model's size a step is ~4 M multiply-adds, and
 // the cost of a step built from framework ops is their dispatch and thread synchronisation, not the maths.
 //
-// The maths are those of the reference network (trtllm_nemotron/model, spec nemotron_h.md sec. 4.2-4.7) and of
-// runtime/step.py, term by term; only the order of fp32 additions differs (and exp: a ~1 ulp polynomial). Every output element is computed by
-// the same code whatever the batch, T or thread count (one dot-product routine for every row and column, work
-// split by output rows), so a request gives bit-identical results alone or in a batch, and a T = 1 + K
-// verification step gives the same logits as K + 1 single-token steps.
+// The maths are those of the reference network (trtllm_nemotron/model, spec nemotron_h.md sec. 4.2-4.7), term
+// by term; only the order of fp32 additions differs (and exp: a ~1 ulp polynomial). Every output element is
+// computed by the same code whatever the batch, T or thread count (one dot-product routine for every row and
+// column, work split by output rows), so a request gives bit-identical results alone or in a batch, and a
+// T = 1 + K verification step gives the same logits as K + 1 single-token steps.
 //
-// Layers are described once (nt_add_layer) with pointers into torch-owned weight and cache tensors, which the
-// Python side keeps alive. Cache layouts are those of model/cache.py:
+// Layers are described once (nt_add_mamba / _attn / _moe / _mlp, one struct per layer kind) with pointers into
+// torch-owned weight and cache tensors, which the Python side keeps alive. Cache layouts are those of
+// model/cache.py:
 //   kv    [rows, n_kv_heads, capacity, head_dim]   conv  [rows, conv_dim, K-1]   ssm [rows, H, P, N]
 //
 // Every entry point checks its rows, positions and token ids against the bound caches before it writes
@@ -755,6 +756,83 @@ void commit(Model& m, const int64_t* rows, const int64_t* accept, int batch) {
 
 }  // namespace
 
+// Layer descriptions, one struct per layer kind, mirrored field for field by the ctypes.Structure classes of
+// runtime/native/__init__.py (MambaDesc, AttnDesc, MoeDesc, MlpDesc). Every one starts with the block's
+// pre-norm weight and epsilon. Weight pointers: float32 tensors (null = absent bias / projection); state
+// pointers: the slot pool's cache tensors, written in place.
+struct MambaDesc {
+  const float* norm_w;
+  double eps;
+  int64_t H, P, G, N, K, d_inner, conv_dim, group, has_dt_min;
+  double dt_min;
+  const float *in_proj, *in_bias, *conv_w, *conv_b, *A_log, *D, *dt_bias, *norm, *out_proj, *out_bias;
+  float *conv_state, *ssm_state;
+};
+struct AttnDesc {
+  const float* norm_w;
+  double eps;
+  int64_t nh, nkv, hd, cap;
+  const float *q_proj, *q_proj_b, *k_proj, *k_proj_b, *v_proj, *v_proj_b, *o_proj, *o_proj_b;
+  float *kc, *vc;
+};
+struct MoeDesc {  // experts stacked: up [E, F, X], down [E, X, F] (packed into the step's own copies)
+  const float* norm_w;
+  double eps;
+  int64_t E, F, X, top_k, n_group, topk_group, norm_topk_prob, shared_F;
+  double scale;
+  const float *gate, *bias, *up, *down, *fc1, *fc2, *sh_up, *sh_down;
+};
+struct MlpDesc {
+  const float* norm_w;
+  double eps;
+  int64_t F;
+  const float *up, *up_b, *down, *down_b;
+};
+
+namespace {
+// Adds one layer: the fields every description starts with, then fill(L, mat, hidden) sets the kind's own
+// (mat: a weight matrix as the model streams it, bfloat16 copies where allowed and exact); false: refused.
+template <class Desc, class Fill>
+int add_layer(void* mp, int stack, int kind, const Desc* d, Fill fill) {
+  Model* m = static_cast<Model*>(mp);
+  Layer L{};
+  L.kind = kind;
+  L.norm_w = d->norm_w;
+  L.eps = (float)d->eps;
+  auto mat = [m](const float* w, int rows, int cols) { return make_mat(w, rows, cols, m->allow_bf16); };
+  if (!fill(L, mat, m->hidden, m->allow_bf16)) return -1;
+  m->stacks[stack].push_back(std::move(L));
+  return 0;
+}
+
+// The routing fields of a MoE layer (shared by nt_add_moe and nt_route); false: sizes past route()'s buffers.
+bool set_routing(Layer& L, const MoeDesc* d) {
+  L.E = d->E, L.F = d->F, L.X = d->X, L.top_k = d->top_k, L.n_group = d->n_group, L.topk_group = d->topk_group;
+  L.norm_topk = d->norm_topk_prob != 0, L.shF = d->shared_F, L.scale = (float)d->scale, L.bias = d->bias;
+  return L.E <= 1024 && L.n_group <= 256 && L.top_k <= L.E && L.n_group >= 1 && L.E % L.n_group == 0;
+}
+
+void pack_experts(Layer& L, const float* up, const float* down, bool bf) {
+  const long n = (long)L.E * L.F * L.X;
+  const long su = packed_size(L.F, L.X), sd = packed_size(L.X, L.F);
+  if (bf && exactly_bf16(up, n) && exactly_bf16(down, n)) {
+    L.up_packed_h.resize(L.E * su);
+    L.down_packed_h.resize(L.E * sd);
+    for (int e = 0; e < L.E; e++) {
+      pack4(up + (long)e * L.F * L.X, L.F, L.X, L.up_packed_h.data() + e * su);
+      pack4(down + (long)e * L.X * L.F, L.X, L.F, L.down_packed_h.data() + e * sd);
+    }
+  } else {
+    L.up_packed.resize(L.E * su);
+    L.down_packed.resize(L.E * sd);
+    for (int e = 0; e < L.E; e++) {
+      pack4(up + (long)e * L.F * L.X, L.F, L.X, L.up_packed.data() + e * su);
+      pack4(down + (long)e * L.X * L.F, L.X, L.F, L.down_packed.data() + e * sd);
+    }
+  }
+}
+}  // namespace
+
 extern "C" {
 
 // allow_bf16: keep an exact bfloat16 copy of every weight matrix whose values are all bfloat16 (see Mat).
@@ -804,69 +882,55 @@ void nt_set_mtp(void* mp, double eps, const float* enorm, const float* hnorm, co
   m->final_norm = final_norm;
 }
 
-// ints / floats / ptrs: the per-kind field lists written by NativeStep._add (runtime/native/__init__.py).
-int nt_add_layer(void* mp, int stack, int kind, const int64_t* iv, const double* fv, const void* const* pv) {
-  Model* m = static_cast<Model*>(mp);
+int nt_add_mamba(void* mp, int stack, const MambaDesc* d) {
+  return add_layer(mp, stack, MAMBA, d, [d](Layer& L, auto mat, int hid, bool) {
+    L.H = d->H, L.P = d->P, L.G = d->G, L.N = d->N, L.K = d->K, L.d_inner = d->d_inner;
+    L.conv_dim = d->conv_dim, L.group = d->group, L.has_dt_min = d->has_dt_min != 0, L.dt_min = (float)d->dt_min;
+    L.in_w = mat(d->in_proj, L.d_inner + L.conv_dim + L.H, hid), L.in_b = d->in_bias;
+    L.conv_w = d->conv_w, L.conv_b = d->conv_b, L.A_log = d->A_log, L.D = d->D, L.dt_bias = d->dt_bias;
+    L.gnorm_w = d->norm, L.out_w = mat(d->out_proj, hid, L.d_inner), L.out_b = d->out_bias;
+    L.conv_state = d->conv_state, L.ssm_state = d->ssm_state;
+    return true;
+  });
+}
+
+int nt_add_attn(void* mp, int stack, const AttnDesc* d) {
+  return add_layer(mp, stack, ATTN, d, [d](Layer& L, auto mat, int hid, bool) {
+    L.nh = d->nh, L.nkv = d->nkv, L.hd = d->hd, L.cap = d->cap, L.kc = d->kc, L.vc = d->vc;
+    L.q_w = mat(d->q_proj, L.nh * L.hd, hid), L.q_b = d->q_proj_b;
+    L.k_w = mat(d->k_proj, L.nkv * L.hd, hid), L.k_b = d->k_proj_b;
+    L.v_w = mat(d->v_proj, L.nkv * L.hd, hid), L.v_b = d->v_proj_b;
+    L.o_w = mat(d->o_proj, hid, L.nh * L.hd), L.o_b = d->o_proj_b;
+    return true;
+  });
+}
+
+int nt_add_moe(void* mp, int stack, const MoeDesc* d) {
+  return add_layer(mp, stack, MOE, d, [d](Layer& L, auto mat, int hid, bool bf) {
+    if (!set_routing(L, d)) return false;
+    L.gate = mat(d->gate, L.E, hid), L.fc1 = mat(d->fc1, L.X, hid), L.fc2 = mat(d->fc2, hid, L.X);
+    L.sh_up = mat(d->sh_up, L.shF, hid), L.sh_down = mat(d->sh_down, hid, L.shF);
+    pack_experts(L, d->up, d->down, bf);
+    return true;
+  });
+}
+
+int nt_add_mlp(void* mp, int stack, const MlpDesc* d) {
+  return add_layer(mp, stack, MLP, d, [d](Layer& L, auto mat, int hid, bool) {
+    L.F = d->F, L.up = mat(d->up, L.F, hid), L.up_b = d->up_b, L.down = mat(d->down, hid, L.F), L.down_b = d->down_b;
+    return true;
+  });
+}
+
+// The step's router on its own (the routing tie test pins it): logits [n, E] -> idx [n, top_k], wts [n, top_k].
+int nt_route(const MoeDesc* d, const float* logits, int n, int64_t* idx, float* wts) {
   Layer L{};
-  L.kind = kind;
-  L.norm_w = (const float*)pv[0];
-  L.eps = (float)fv[0];
-  auto P = [&](int i) { return (const float*)pv[i]; };
-  const int hid = m->hidden;
-  const bool bf = m->allow_bf16;
-  switch (kind) {
-    case MAMBA:
-      L.H = iv[0], L.P = iv[1], L.G = iv[2], L.N = iv[3], L.K = iv[4], L.d_inner = iv[5], L.conv_dim = iv[6];
-      L.group = iv[7], L.has_dt_min = iv[8] != 0, L.dt_min = (float)fv[1];
-      L.in_w = make_mat(P(1), L.d_inner + L.conv_dim + L.H, hid, bf);
-      L.in_b = P(2), L.conv_w = P(3), L.conv_b = P(4), L.A_log = P(5), L.D = P(6);
-      L.dt_bias = P(7), L.gnorm_w = P(8), L.out_w = make_mat(P(9), hid, L.d_inner, bf), L.out_b = P(10);
-      L.conv_state = (float*)pv[11], L.ssm_state = (float*)pv[12];
-      break;
-    case ATTN:
-      L.nh = iv[0], L.nkv = iv[1], L.hd = iv[2], L.cap = iv[3];
-      L.q_w = make_mat(P(1), L.nh * L.hd, hid, bf), L.q_b = P(2);
-      L.k_w = make_mat(P(3), L.nkv * L.hd, hid, bf), L.k_b = P(4);
-      L.v_w = make_mat(P(5), L.nkv * L.hd, hid, bf), L.v_b = P(6);
-      L.o_w = make_mat(P(7), hid, L.nh * L.hd, bf), L.o_b = P(8);
-      L.kc = (float*)pv[9], L.vc = (float*)pv[10];
-      break;
-    case MOE:
-      L.E = iv[0], L.F = iv[1], L.X = iv[2], L.top_k = iv[3], L.n_group = iv[4], L.topk_group = iv[5];
-      L.norm_topk = iv[6] != 0, L.shF = iv[7], L.scale = (float)fv[1];
-      if (L.E > 1024 || L.n_group > 256) return -1;
-      L.gate = make_mat(P(1), L.E, hid, bf), L.bias = P(2);
-      L.fc1 = make_mat(P(5), L.X, hid, bf), L.fc2 = make_mat(P(6), hid, L.X, bf);
-      L.sh_up = make_mat(P(7), L.shF, hid, bf), L.sh_down = make_mat(P(8), hid, L.shF, bf);
-      {
-        const float *up = P(3), *down = P(4);
-        const long n = (long)L.E * L.F * L.X;
-        if (bf && exactly_bf16(up, n) && exactly_bf16(down, n)) {
-          L.up_packed_h.resize(L.E * packed_size(L.F, L.X));
-          L.down_packed_h.resize(L.E * packed_size(L.X, L.F));
-          for (int e = 0; e < L.E; e++) {
-            pack4(up + (long)e * L.F * L.X, L.F, L.X, L.up_packed_h.data() + e * packed_size(L.F, L.X));
-            pack4(down + (long)e * L.X * L.F, L.X, L.F, L.down_packed_h.data() + e * packed_size(L.X, L.F));
-          }
-        } else {
-          L.up_packed.resize(L.E * packed_size(L.F, L.X));
-          L.down_packed.resize(L.E * packed_size(L.X, L.F));
-          for (int e = 0; e < L.E; e++) {
-            pack4(up + (long)e * L.F * L.X, L.F, L.X, L.up_packed.data() + e * packed_size(L.F, L.X));
-            pack4(down + (long)e * L.X * L.F, L.X, L.F, L.down_packed.data() + e * packed_size(L.X, L.F));
-          }
-        }
-      }
-      break;
-    case MLP:
-      L.F = iv[0];
-      L.up = make_mat(P(1), L.F, hid, bf), L.up_b = P(2);
-      L.down = make_mat(P(3), hid, L.F, bf), L.down_b = P(4);
-      break;
-    default:
-      return -2;
+  if (!set_routing(L, d)) return 4;
+  std::vector<int> ibuf(L.top_k);
+  for (int i = 0; i < n; i++) {
+    route(L, logits + (long)i * L.E, ibuf.data(), wts + (long)i * L.top_k);
+    for (int r = 0; r < L.top_k; r++) idx[(long)i * L.top_k + r] = ibuf[r];
   }
-  m->stacks[stack].push_back(std::move(L));
   return 0;
 }
 
@@ -939,7 +1003,7 @@ int nt_mtp(void* mp, const float* hidden, const int64_t* next_ids, const int64_t
   return 0;
 }
 
-// One greedy MTP iteration (runtime/step.py spec_step_greedy): ids [batch, K+1] = [last, d_1..d_K] ->
+// One greedy MTP iteration (StepBackend.spec_greedy, runtime/backend.py): ids [batch, K+1] = [last, d_1..d_K] ->
 // y [batch, K+1] target tokens, j [batch] accepted drafts, drafts [batch, K] next drafts.
 int nt_spec_greedy(void* mp, const int64_t* ids, const int64_t* rows, const int64_t* start, int batch, int K,
                    int64_t* y, int64_t* j, int64_t* drafts, int64_t* lengths, int64_t* mtp_lengths) {
