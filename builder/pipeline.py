@@ -122,12 +122,14 @@ class _Build:
     def __init__(self, model_dir: Path, out_dir: Path, target: Target, recipe: str, mtp: int, *,
                  validate: bool, progress: bool, gpus: int | None, max_seq_len: int | None,
                  max_batch_size: int | None, cache: bool = True, calib_samples: int | None = None,
-                 calib_seq_len: int | None = None, onnx: bool = False, trt: bool = False) -> None:  # fmt: skip
+                 calib_seq_len: int | None = None, onnx: bool = False, trt: bool = False,
+                 preset: str | None = None) -> None:  # fmt: skip
         self.model_dir, self.out_dir, self.target, self.recipe, self.mtp = model_dir, out_dir, target, recipe, mtp
         self.validate, self.progress = validate, progress
         self.onnx, self.trt = onnx or trt, trt
         self.gpus, self.max_seq_len, self.max_batch_size = gpus, max_seq_len, max_batch_size
         self.cache, self.calib_samples, self.calib_seq_len = cache and bc.enabled(), calib_samples, calib_seq_len
+        self.preset = preset
         self.stage_dir = staging_dir(out_dir)
         self.state: dict[str, Any] = {"params": self.params(), "done": {}}
         self.cfg: NemotronHConfig | None = None
@@ -138,6 +140,7 @@ class _Build:
             "gpus": self.gpus, "max_seq_len": self.max_seq_len, "max_batch_size": self.max_batch_size,
             "validate": self.validate, "calib_samples": self.calib_samples, "calib_seq_len": self.calib_seq_len,
             "onnx": self.onnx, "trt": self.trt,
+            "preset": self.preset,
         }  # fmt: skip
 
     # ---- state ----
@@ -286,12 +289,18 @@ class _Build:
         plan = self.plan()
         fmts, _ = recipe_formats(self.cfg, self.recipe)
         expert_fmt = next((f for n, f in fmts.items() if ".experts.0.up_proj." in n and n.startswith("backbone.")), None)
+        notes: list[str] = []
         cfg_dict = llm_api_config(self.cfg, self.target, recipe=self.recipe, mtp=self.mtp, plan=plan,
-                                  expert_format=expert_fmt)  # fmt: skip
+                                  expert_format=expert_fmt, preset=self.preset, notes=notes)  # fmt: skip
         write_llm_api_yaml(cfg_dict, self.stage_dir / "trtllm" / "llm_api.yaml")
         backend, reason = (self.target.moe_backend(expert_fmt) if "E" in self.cfg.pattern else (None, "no MoE layers"))
+        if self.preset is not None and "moe_config" in cfg_dict:  # the preset may choose another backend
+            backend, reason = cfg_dict["moe_config"]["backend"], "; ".join(notes[1:]) or reason
         detail = f"TP {plan.gpus}, batch {plan.batch}, seq {plan.max_seq_len}, moe {backend}"
-        return "done", detail, {"moe_backend": backend, "moe_backend_reason": reason}
+        if self.preset is not None:
+            detail += f", preset {self.preset}"
+        return "done", detail, {"moe_backend": backend, "moe_backend_reason": reason, "preset": self.preset,
+                                "notes": notes}  # fmt: skip
 
     def stage_onnx(self) -> tuple[str, str, dict[str, Any]]:
         if not self.onnx:
@@ -564,13 +573,16 @@ def build_engine(
     calib_seq_len: int | None = None,
     onnx: bool = False,
     trt: bool = False,
+    preset: str | None = None,
 ) -> Path:
     """Build the engine dir for `model_dir` at `out_dir` (see module docstring); returns `out_dir`.
 
     `recipe` defaults to the target's default recipe. `cache` reuses quantized checkpoints and compiled
     plugin kernels from earlier builds (`builder.cache`); `calib_samples` / `calib_seq_len` are passed to
     the quantizer (None: its defaults). `onnx` exports the network to onnx/; `trt` (implies `onnx`) builds
-    the TensorRT engine trt/ where TensorRT and a GPU of the target's SM are present (else skipped, with why). Raises BuildError (and the library's other
+    the TensorRT engine trt/ where TensorRT and a GPU of the target's SM are present (else skipped, with why).
+    `preset` (builder.presets) writes NVIDIA's published serving options for the GPU target instead of the
+    planner's defaults. Raises BuildError (and the library's other
     NemotronErrors) with what failed and how to fix it; never leaves a half-written `out_dir`.
     """
     t = get_target(target)
@@ -593,7 +605,8 @@ def build_engine(
     check_writable(out.parent, "--out")
     b = _Build(model, out, t, recipe or t.default_recipe, mtp, validate=validate, progress=progress,
                gpus=gpus, max_seq_len=max_seq_len, max_batch_size=max_batch_size, cache=cache,
-               calib_samples=calib_samples, calib_seq_len=calib_seq_len, onnx=onnx, trt=trt)  # fmt: skip
+               calib_samples=calib_samples, calib_seq_len=calib_seq_len, onnx=onnx, trt=trt,
+               preset=preset)  # fmt: skip
     try:
         with path_lock(out):  # held until the engine is in place; released by the kernel if we are killed
             return b.run(resume)

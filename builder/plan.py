@@ -54,6 +54,29 @@ WORKSPACE_BYTES_CPU = GiB // 2
 DEFAULT_MAX_NUM_TOKENS = 8192  # TorchLlmArgs.max_num_tokens default
 
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp8": 1, "float8": 1}
+# Build-time estimate (the quantize stage dominates a Super build): MB (1e6 B) of bf16 source per second.
+# CPU: `make bench-quant` median on the 2-core development machine, nvfp4-super, 8 x 128 calibration tokens, the
+# 0.64 GB checkpoint, measured while the machine was shared (load 8-15; docs/benchmarks.md) -- a pessimistic
+# figure. GPU targets: every quantize stage runs on the GPU (`quantize --device cuda`), so reading the source
+# bounds it; 2000 MB/s is an assumed local-NVMe sequential read, not a measurement.
+QUANT_MB_S_CPU = 42.0
+QUANT_MB_S_GPU_HOST = 2000.0
+
+
+def estimate_quantize_seconds(cfg: NemotronHConfig, target: Target) -> tuple[int, float, str]:
+    """(bf16 source bytes, estimated quantize seconds, basis of the rate) for `cfg` on `target`'s host."""
+    src = sum(math.prod(s.shape) * (4 if s.dtype == "float32" else 2) for s in expected_tensors(cfg).values())
+    if target.is_gpu:
+        rate, basis = QUANT_MB_S_GPU_HOST, "assumed NVMe read bound, stages on the GPU"
+    else:
+        rate, basis = QUANT_MB_S_CPU, "measured by make bench-quant on 2 CPU cores"
+    return src, src / 1e6 / rate, f"{rate:.0f} MB/s, {basis}"
+
+
+# TensorRT-LLM tensorrt_llm/_torch/models/modeling_nemotron_h.py (at 00620eb0), NemotronHForCausalLM.__init__:
+# `if not enable_attention_dp and tp_size not in [1, 2, 4, 8]: raise ValueError("TP has to be either 1, 2, 4
+# or 8")`. We write tensor_parallel_size = moe_expert_parallel_size = GPUs, so the GPU count is limited too.
+NEMOTRON_H_TP_SIZES = (1, 2, 4, 8)
 _REPLICATED = ("fc1_latent_proj", "fc2_latent_proj", "mixer.gate.")  # not TP/EP-sharded by TensorRT-LLM
 
 
@@ -209,6 +232,9 @@ class Plan:
     family: str | None = None
     weight_modes: dict[str, str] = field(default_factory=dict)
     onnx_bytes: int = 0  # the ONNX export's tensor bytes (all devices)
+    source_bytes: int = 0  # the bf16 checkpoint the build quantizes
+    quantize_seconds_est: float = 0.0
+    quantize_rate: str = ""
 
     @property
     def per_seq_bytes(self) -> int:
@@ -275,6 +301,8 @@ class Plan:
             f"snapshot, {self.prefix_block_bytes / max(1, self.kv_bytes_per_token * PREFIX_BLOCK):.0f}x the KV alone)",
             f"  cache budget             {g(self.cache_budget_bytes)}  "
             f"({self.free_fraction:.0%} of what is left after weights, activations, workspace)",
+            f"  build time (est.)        quantize {g(self.source_bytes)} bf16 in ~{_duration(self.quantize_seconds_est)}"
+            f" ({self.quantize_rate})",
         ]
         if not self.weights_fit:
             lines.append(
@@ -308,6 +336,14 @@ class Plan:
         return self
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _host_memory_bytes() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -333,6 +369,12 @@ def plan_memory(
     cfg = config
     if gpus < 1 or (not t.is_gpu and gpus != 1):
         raise BuildError(f"gpus must be >= 1 (and 1 for the cpu target), got {gpus} for {t.name}")
+    if t.is_gpu and gpus not in NEMOTRON_H_TP_SIZES:
+        raise BuildError(
+            f"--gpus {gpus}: TensorRT-LLM's NemotronH runs with tensor-parallel size 1, 2, 4 or 8 only "
+            "(NemotronHForCausalLM.__init__ raises 'TP has to be either 1, 2, 4 or 8'); choose one of "
+            f"{list(NEMOTRON_H_TP_SIZES)}"
+        )
     if max_seq_len < 1 or batch < 1 or mtp < 0:
         raise BuildError(f"need max_seq_len >= 1, batch >= 1, mtp >= 0; got {max_seq_len}, {batch}, {mtp}")
     if mtp and not cfg.num_nextn_predict_layers:
@@ -373,6 +415,7 @@ def plan_memory(
     activation = tokens * model_b * (4 * cfg.hidden_size + 2 * math.ceil(widest / tp) + 2 * math.ceil(routed / tp))
 
     capacity = (t.memory_bytes if t.is_gpu else None) or _host_memory_bytes()
+    src_bytes, quant_s, quant_rate = estimate_quantize_seconds(cfg, t)
     return Plan(
         target=t.name,
         recipe=recipe,
@@ -400,6 +443,9 @@ def plan_memory(
         family=model_family(cfg),
         weight_modes=modes,
         onnx_bytes=onnx_bytes(cfg, recipe),
+        source_bytes=src_bytes,
+        quantize_seconds_est=round(quant_s, 1),
+        quantize_rate=quant_rate,
     )
 
 

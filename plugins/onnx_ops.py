@@ -139,7 +139,7 @@ def register_ort_ops() -> str:
 
     def op(cls: type[OpRun], inputs: list[int], outputs: list[int], a: dict[str, int]) -> None:
         def fn(*args: Any, **kw: Any) -> Any:
-            out = cls._run(None, *args, **kw)  # _run uses no instance state
+            out = cls._run(None, *args, **kw)  # type: ignore[arg-type]  # _run uses no instance state
             return out if len(out) > 1 else out[0]
 
         _ORT_REGISTERED.append(onnx_op(op_type=cls.__name__, inputs=inputs, outputs=outputs, attrs=a)(fn))

@@ -312,3 +312,28 @@ def test_resume_refuses_changed_inputs(tiny_ckpt, tmp_path, monkeypatch):
     with pytest.raises(BuildError, match="changed since the partial build"):
         _cpu_build(src, out, resume=True)
     assert not out.exists()
+
+
+def test_cli_build_with_a_preset_and_refused_gpu_counts(tiny_ckpt, tmp_path):
+    from trtllm_nemotron.cli import main
+
+    out = tmp_path / "e"
+    r = CliRunner().invoke(main, ["build", "--model", str(tiny_ckpt), "--target", "h200", "--recipe", "nvfp4-super",
+                                  "--preset", "latency", "--out", str(out), "--no-progress",
+                                  "--calib-samples", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert verify_engine_dir(out) == []
+    cfg = yaml.safe_load((out / "trtllm" / "llm_api.yaml").read_text())
+    assert unknown_keys(cfg) == []
+    assert cfg["max_batch_size"] == 16 and cfg["stream_interval"] == 1 and cfg["enable_attention_dp"] is False
+    assert cfg["speculative_config"]["num_nextn_predict_layers"] == 3
+    assert cfg["moe_config"] == {"backend": "MARLIN"} and cfg["nvfp4_gemm_config"] == {"allowed_backends": ["marlin"]}
+    m = read_manifest(out)
+    assert m["trtllm"]["preset"] == "latency" and m["trtllm"]["moe_backend"] == "MARLIN"
+    assert any("FP8 is the recommended recipe on H100/H200" in n for n in m["trtllm"]["notes"])
+    assert "note: FP8 is the recommended recipe on H100/H200" in r.output  # told on the command line too
+    assert m["mtp"]["max_draft_len"] == 3
+    r = CliRunner().invoke(main, ["build", "--model", str(tiny_ckpt), "--target", "b200", "--gpus", "3",
+                                  "--out", str(tmp_path / "e3"), "--no-progress"])  # fmt: skip
+    assert r.exit_code != 0 and "tensor-parallel size 1, 2, 4 or 8" in r.output
+    assert not (tmp_path / "e3").exists()

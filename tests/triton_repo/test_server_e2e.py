@@ -307,19 +307,21 @@ def test_client_that_disconnects_mid_stream_frees_its_slot(served, protocol):
 
 def test_stop_request_by_id_cancels(served):
     _wait_idle(served)
-    s = clients.TextStream("for i in range(10):", url=served.grpc, protocol="grpc", max_tokens=MAX_SEQ_LEN - 16,
-                           ignore_eos=True, request_id="cancel-me")
-    next(s)
     msg = _raw_grpc(served, [("stop", np.array([True]), "BOOL")])  # no id: refused
     assert "request id" in msg
     import tritonclient.grpc as grpcclient
 
+    # the stop stream is open before the request starts, so the stop follows its first token within a round trip
+    # (a long generation on a fast host otherwise ends before a late stop arrives)
     c = grpcclient.InferenceServerClient(served.grpc)
     try:
         x = grpcclient.InferInput("stop", [1], "BOOL")
         x.set_data_from_numpy(np.array([True]))
         errors = []
         c.start_stream(callback=lambda result, error: errors.append(error))
+        s = clients.TextStream("for i in range(10):", url=served.grpc, protocol="grpc", max_tokens=MAX_SEQ_LEN - 16,
+                               ignore_eos=True, request_id="cancel-me")
+        next(s)
         c.async_stream_infer("nemotron", [x], request_id="cancel-me")
         with pytest.raises(clients.RequestRejected, match="cancelled"):
             list(s)

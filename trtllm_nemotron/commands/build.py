@@ -10,6 +10,7 @@ import click
 from trtllm_nemotron.commands import user_errors
 
 _TARGETS = ("b200", "h200", "h100", "cpu")
+_PRESETS = ("latency", "throughput", "balanced")  # builder.presets.PRESETS (no import: --help stays light)
 
 
 @click.command("build")
@@ -33,10 +34,13 @@ _TARGETS = ("b200", "h200", "h100", "cpu")
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 @click.option("--no-cache", is_flag=True, help="Do not reuse quantized checkpoints / plugin kernels of earlier builds.")
 @click.option("--calib-samples", type=int, default=None, help="Calibration samples (default: the quantizer's).")
+@click.option("--preset", type=click.Choice(_PRESETS), default=None,
+              help="NVIDIA's published serving config (builder/presets.py): sets batch, MTP and parallelism.")
 @user_errors
 def build(model: Path | None, target: str, recipe: str | None, mtp: int, out: Path, gpus: int | None,
           max_seq_len: int | None, max_batch_size: int | None, resume: bool, onnx: bool, trt: bool,
-          validate: bool, no_progress: bool, no_cache: bool, calib_samples: int | None) -> None:  # fmt: skip
+          validate: bool, no_progress: bool, no_cache: bool, calib_samples: int | None,
+          preset: str | None) -> None:  # fmt: skip
     """Build an engine dir for a target: quantize, compile plugin kernels, write the TensorRT-LLM config,
     export the network as ONNX (--onnx) and build its TensorRT engine (--trt).
 
@@ -47,8 +51,23 @@ def build(model: Path | None, target: str, recipe: str | None, mtp: int, out: Pa
     from builder.defaults import default_model_dir
     from builder.pipeline import build_engine
 
+    if preset is not None:
+        from builder.presets import get_preset
+
+        if target == "cpu":
+            raise click.UsageError("--preset is a TensorRT-LLM serving config: use it with a GPU --target")
+        p = get_preset(preset)
+        mtp = p.mtp  # the preset's draft length (the build plans memory for it)
+        if max_batch_size is None:
+            max_batch_size = p.options.get("max_batch_size")
+
     path = build_engine(model or default_model_dir(), out, target=target, recipe=recipe, mtp=mtp, resume=resume,
                         validate=validate, progress=not no_progress, gpus=gpus, max_seq_len=max_seq_len,
                         max_batch_size=max_batch_size, cache=not no_cache, calib_samples=calib_samples,
-                        onnx=onnx, trt=trt)  # fmt: skip
+                        onnx=onnx, trt=trt, preset=preset)  # fmt: skip
+    if preset is not None:
+        from builder.manifest import read_manifest
+
+        for note in (read_manifest(path).get("trtllm") or {}).get("notes") or []:
+            click.echo(f"note: {note}", err=True)
     click.echo(f"engine dir: {path}")
