@@ -26,7 +26,7 @@ from triton_repo.server import _shm_regions, free_ports, port_free
 
 pytestmark = pytest.mark.slow  # a real tritonserver (make test runs it; -m "not slow" skips it in a quick loop)
 
-MAX_SEQ_LEN = 256
+MAX_SEQ_LEN = 2048  # long enough that a full-length generation outlasts the cancel tests on a fast host
 MAX_TOKENS = 8
 PROMPTS = [
     "def fibonacci(n):", "The capital of France is", "import numpy as np", "Once upon a time",
