@@ -22,9 +22,10 @@ continuous-batching `Scheduler` both call it):
      drafts the next K tokens. All-greedy batches take `step.spec_greedy` (one call on the native backend).
 3. every new token goes through EOS / stop-string / max_tokens checks and the UTF-8-safe detokenizer.
 
-Public API for drivers (generate, the scheduler, servers): `new_request`, `try_admit`, `iterate`, `finish`,
-`stats`, `num_free_slots`. Each takes the engine's lock, so callers never lock anything themselves; a
-request's slot is freed when it finishes inside `iterate` or is ended with `finish`.
+Public API for drivers (generate, stream, the scheduler, servers): `new_request`, `try_admit`, `iterate`,
+`finish`, `stats`, `num_free_slots`. Each takes the engine's lock, so callers never lock anything themselves; a
+request's slot is freed when it finishes inside `iterate` or is ended with `finish`. `stream` runs one request
+on the caller's thread (the CLI); the scheduler steps many on its own thread (servers).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,18 +196,31 @@ class Engine:
 
     def generate(self, prompt: str | list[int], params: SamplingParams | None = None) -> Completion:
         """Blocking, single request."""
-        params = params or SamplingParams()
-        req = self.new_request(prompt, params)
-        pieces: list[str] = []
+        req = self.new_request(prompt, params or SamplingParams())
+        text = "".join(ev.text for ev in self._run(req))
+        return Completion(text, list(req.out_ids), req.finish_reason, self.stats(req))
+
+    def stream(
+        self, prompt: str | list[int], params: SamplingParams | None = None, *, request_id: str | None = None
+    ) -> Iterator[StreamEvent]:
+        """One request stepped on the caller's thread, its `StreamEvent`s yielded as each iteration produces
+        them: no stepping thread, no queue, no wake-up per token (what a single local consumer such as the
+        CLI wants; the scheduler is for many concurrent requests). Options and the prompt are checked here, at
+        the call; the engine is held from the first event to the last. Closing the iterator early (`break`,
+        KeyboardInterrupt) ends the request as "cancelled" and frees its slot. Consume it on one thread."""
+        return self._run(self.new_request(prompt, params or SamplingParams(), request_id))
+
+    def _run(self, req: Request) -> Iterator[StreamEvent]:
         with self._lock:
             self.admit(req)
             try:
                 while req.finish_reason is None:
                     for _, ev in self.iterate([req]):
-                        pieces.append(ev.text)
+                        yield ev
             finally:
+                if req.finish_reason is None:  # the consumer stopped early
+                    self.finish(req, "cancelled")
                 self.release(req)
-        return Completion("".join(pieces), list(req.out_ids), req.finish_reason, self.stats(req))
 
     def generate_batch(
         self, prompts: list[str | list[int]], params: SamplingParams | None = None
