@@ -58,7 +58,9 @@ def default_engine(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(default_engine, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("served")
-    repo = package(default_engine, tmp / "repo", PackageConfig(max_batch_size=8, max_seq_len=MAX_SEQ_LEN, device="cpu"))
+    # stream_interval 2: streamed responses carry merged deltas (first token, then every 2nd iteration, last)
+    repo = package(default_engine, tmp / "repo", PackageConfig(max_batch_size=8, max_seq_len=MAX_SEQ_LEN, device="cpu",
+                                                               stream_interval=2))
     h, g, m = free_ports(3)
     log = tmp / "serve.log"
     shm_before = _shm_regions()
@@ -215,6 +217,22 @@ def test_eight_concurrent_streams_all_complete_correctly(served, reference):
     assert [r.text for r in results] == [x.text for x in refs]
     assert all(r.finish_reason == x.finish_reason for r, x in zip(results, refs, strict=True))
     assert peak[0] >= 4, f"at most {peak[0]} requests were in flight together"
+    assert _wait_idle(served) < 60
+
+
+def test_thirty_two_concurrent_streams_over_grpc_and_http_complete_correctly(served, reference):
+    """More streams than engine slots (8): the rest queue in the scheduler; every text equals the request run
+    alone (greedy results do not depend on the batch), one sender thread answers them all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [p + " " * (i // len(PROMPTS)) for i, p in enumerate(PROMPTS * 4)]
+    with ThreadPoolExecutor(2) as pool:  # 16 gRPC and 16 HTTP streams in flight together
+        futs = [pool.submit(clients.generate_batch, part, url=url, protocol=proto, concurrency=16, stream=True,
+                            max_tokens=MAX_TOKENS)
+                for part, url, proto in ((prompts[:16], served.grpc, "grpc"), (prompts[16:], served.http, "http"))]
+        grpc, http = (f.result() for f in futs)
+    assert [r.text for r in grpc + http] == [reference(p).text for p in prompts]
+    assert all(r.finish_reason == reference(p).finish_reason for r, p in zip(grpc + http, prompts, strict=True))
     assert _wait_idle(served) < 60
 
 
