@@ -27,7 +27,8 @@ def bench_serve(url: str | None, engine: Path, protocol: str, model: str, concur
     """Throughput, TTFT and inter-token latency percentiles under concurrent streaming load.
 
     With --url, load that server. Without, build nothing: package --engine, start a real tritonserver and
-    compare it with the in-process runtime at each concurrency (serving overhead in %).
+    compare it, the CLI and the in-process scheduler with the engine's own speed (`Engine.generate`,
+    `generate_batch`) at each concurrency, ratios printed (`make bench-serve` runs interleaved rounds).
     """
     if url is not None:
         from clients.bench import run_load
@@ -48,9 +49,9 @@ def bench_serve(url: str | None, engine: Path, protocol: str, model: str, concur
 
     if not (engine / "build.json").is_file():
         raise PackageError(f"{engine} is not an engine dir; build it first (`make build-engine`) or pass --url")
-    per_client = max(1, (requests or 3 * max(concurrency)) // max(concurrency))
+    per_client = max(1, (requests or max(concurrency)) // max(concurrency))
     result = compare(engine, BenchConfig(concurrencies=concurrency, requests_per_client=per_client,
-                                         max_tokens=max_tokens, protocol=protocol),
+                                         max_tokens=max_tokens, protocols=(protocol,), rounds=1),
                      echo=(lambda m: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(result, indent=2))
