@@ -68,7 +68,7 @@ bench-plugins: $(VENV)/.installed  ## plugin kernels vs torch references (GPU wh
 bench-quant: $(VENV)/.installed  ## quantization throughput and peak RSS on synthetic checkpoints
 	$(PY) -m benchmarks.bench_quant
 
-bench-serve: $(VENV)/.installed  ## Triton serving vs in-process runtime
+bench-serve: $(VENV)/.installed  ## every serving path (CLI, scheduler, Triton gRPC/HTTP) vs the engine's own speed, one run
 	$(PY) -m benchmarks.bench_serve
 
 clean:

@@ -298,9 +298,6 @@ def test_client_that_disconnects_mid_stream_frees_its_slot(served, protocol):
 
 def test_stop_request_by_id_cancels(served):
     _wait_idle(served)
-    s = clients.TextStream("for i in range(10):", url=served.grpc, protocol="grpc", max_tokens=MAX_SEQ_LEN - 16,
-                           ignore_eos=True, request_id="cancel-me")
-    next(s)
     msg = _raw_grpc(served, [("stop", np.array([True]), "BOOL")])  # no id: refused
     assert "request id" in msg
     import tritonclient.grpc as grpcclient
@@ -310,7 +307,12 @@ def test_stop_request_by_id_cancels(served):
         x = grpcclient.InferInput("stop", [1], "BOOL")
         x.set_data_from_numpy(np.array([True]))
         errors = []
+        # the stop stream is ready before the request starts: the engine decodes its 240 tokens in ~0.1-0.3 s,
+        # so the stop goes out right after the first token
         c.start_stream(callback=lambda result, error: errors.append(error))
+        s = clients.TextStream("for i in range(10):", url=served.grpc, protocol="grpc", max_tokens=MAX_SEQ_LEN - 16,
+                               ignore_eos=True, request_id="cancel-me")
+        next(s)
         c.async_stream_infer("nemotron", [x], request_id="cancel-me")
         with pytest.raises(clients.RequestRejected, match="cancelled"):
             list(s)
