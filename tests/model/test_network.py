@@ -1,4 +1,4 @@
-"""Network structure, the HybridCache (per-row lengths, rows, rollback, snapshots), MTP (§4.7) by hand,
+"""Network structure, the HybridCache (per-row lengths, rows, verify and commit), MTP (§4.7) by hand,
 training (backward), bf16, and load_model on our own, HF-saved and engine-dir checkpoints."""
 
 from __future__ import annotations
@@ -112,29 +112,6 @@ def test_rows_at_different_lengths_decode_together(tiny):
         got = torch.stack(outs[i])
         assert (got - full[i][len(s) :]).abs().max().item() < 1e-4
     assert cache.lengths.tolist() == [16, 0, 9, 21]
-
-
-@torch.no_grad()
-def test_speculative_rollback_with_snapshot(tiny):
-    ids = _ids(1, 20, seed=3)
-    cache = tiny.allocate_cache(1, 32)
-    tiny(ids[:, :12], cache)
-    snap = cache.snapshot([0])
-    draft = tiny(ids[:, 12:16], cache)  # verify 4 tokens at once (chunked path from the carried state)
-    assert cache.lengths.tolist() == [16]
-    # accept 2 of them: roll attention back, restore Mamba, re-run the accepted tokens
-    cache.restore([0], snap)
-    assert cache.lengths.tolist() == [12]
-    again = tiny(ids[:, 12:14], cache)
-    assert torch.allclose(again, draft[:, :2], atol=1e-5)
-    nxt = tiny(ids[:, 14:15], cache)
-    full = tiny(ids[:, :15])
-    assert (nxt[0, 0] - full[0, 14]).abs().max().item() < 1e-4
-    # set_lengths alone rolls attention back (KV beyond the length is masked)
-    cache2 = tiny.allocate_cache(1, 32)
-    tiny(ids[:, :12], cache2)
-    cache2.set_lengths([0], [10])
-    assert cache2.lengths.tolist() == [10]
 
 
 def test_cache_accounting_reset_and_errors(tiny):

@@ -1,4 +1,5 @@
-"""The engine on a CUDA device (plugin kernels in prefill, the runtime step on the GPU) matches the CPU."""
+"""The engine on a CUDA device (the eager backend: the reference network with the plugin kernels on the GPU)
+matches the CPU."""
 
 from __future__ import annotations
 

@@ -11,12 +11,12 @@ slots; each row has its own length, so rows at different positions decode togeth
 The network writes new KV at `lengths[row]..`, updates Mamba states, then advances `lengths` for the rows it
 ran (and remembers them: `last_rows`, `last_start`).
 
-Speculative verification appends T>1 tokens and then keeps only a prefix per row. Two ways:
-- `keep_steps = True` before the verify forward: the Mamba layers run the recurrent step
-  (`ops.mamba_decode_step(keep_steps=True)`, the plugin's multi-token mode) and keep the state after
-  every step in `steps[i]`; then `commit(n_keep)` sets each row to its state after `n_keep[b]` tokens
-  (attention: just the length; stale KV beyond it is masked). Set `keep_steps = False` afterwards.
-- or `snapshot(rows)` before, `restore(rows, snap)` after, and re-run the accepted tokens.
+Speculative verification appends T>1 tokens and then keeps only a prefix per row, one way (the runtime's
+eager step backend uses it; the native step keeps the same record inside its library):
+`keep_steps = True` before the verify forward: the Mamba layers run the recurrent step
+(`ops.mamba_decode_step(keep_steps=True)`, the plugin's multi-token mode) and keep the state after every step
+in `steps[i]`; then `commit(n_keep)` sets each row to its state after `n_keep[b]` tokens (attention: just the
+length; stale KV beyond it is masked). Set `keep_steps = False` afterwards.
 """
 
 from __future__ import annotations
@@ -187,11 +187,6 @@ class HybridCache:
         self.lengths[rows] = self.last_start + n
         self.steps.clear()
 
-    def set_lengths(self, rows, lengths) -> None:
-        """Roll attention back (or forward over already-written KV): lengths[rows] = lengths."""
-        r = self.rows(rows)
-        self.lengths[r] = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
-
     def reset(self, rows=None) -> None:
         """Zero the state of `rows` (None = all): a fresh sequence. KV need not be cleared (masked by length)."""
         r = self.rows(rows)
@@ -199,22 +194,3 @@ class HybridCache:
         self.steps.clear()
         for t in list(self.conv.values()) + list(self.ssm.values()):
             t[r] = 0
-
-    def snapshot(self, rows=None) -> dict:
-        """Copy of the Mamba conv/SSM states and lengths of `rows` (in the given row order)."""
-        r = self.rows(rows)
-        return {
-            "lengths": self.lengths[r].clone(),
-            "conv": {i: t[r].clone() for i, t in self.conv.items()},
-            "ssm": {i: t[r].clone() for i, t in self.ssm.items()},
-        }
-
-    def restore(self, rows, snap: dict, *, lengths: bool = True) -> None:
-        """Put a `snapshot(rows)` back into `rows` (the same number of rows, possibly different slots)."""
-        r = self.rows(rows)
-        for i, t in self.conv.items():
-            t[r] = snap["conv"][i]
-        for i, t in self.ssm.items():
-            t[r] = snap["ssm"][i]
-        if lengths:
-            self.lengths[r] = snap["lengths"]

@@ -101,6 +101,13 @@ class StepBackendBase:
     def _rows(self, rows: list[int]) -> torch.Tensor:
         return torch.tensor(rows, device=self.device)
 
+    @classmethod
+    def unsupported_reason(cls, model, pool: SlotPool) -> str | None:
+        raise NotImplementedError
+
+    def prefill(self, tokens: list[int], row: int) -> torch.Tensor:
+        raise NotImplementedError
+
     def decode(self, tokens: list[int], rows: list[int]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -127,11 +134,16 @@ class StepBackendBase:
         targets = y.tolist()
         return targets, acc, self.draft_after_verify(h, targets, rows, start, keep)
 
+    def _mtp_lengths(self) -> torch.Tensor:
+        if self.pool.mtp_cache is None:
+            raise RuntimeStateError("drafting needs MTP (an engine loaded with mtp > 0)")
+        return self.pool.mtp_cache.lengths
+
     def draft_after_verify(self, h, targets, rows, start, keep) -> list[list[int]]:
         """The MTP block over the K+1 verified pairs (h_t, y_t) at MTP positions start..; the entry of the last
         kept position drafts d'_1, then `draft_after_prefill` the rest. MTP lengths end at start + keep."""
         r = self._rows(rows)
-        mlen = self.pool.mtp_cache.lengths
+        mlen = self._mtp_lengths()
         mlen[r] = start
         g, dl = self.mtp(h, torch.tensor(targets, device=self.device), rows)
         b = torch.arange(len(rows), device=self.device)
@@ -143,7 +155,7 @@ class StepBackendBase:
         """Greedy drafts: d_1 = argmax(logits [batch, vocab]), then K-1 recursive MTP applications on g
         [batch, 1, hidden] at the committed MTP lengths (provisional KV; the committed lengths are restored)."""
         r = self._rows(rows)
-        mlen = self.pool.mtp_cache.lengths
+        mlen = self._mtp_lengths()
         committed = mlen[r].clone()
         d = logits.argmax(-1)  # [batch]
         out = [d]
@@ -155,11 +167,11 @@ class StepBackendBase:
         return torch.stack(out, dim=1).tolist()
 
 
-BACKENDS: dict[str, type] = {}
+BACKENDS: dict[str, type[StepBackendBase]] = {}
 AUTO_ORDER: list[str] = []  # names `backend="auto"` tries, in order
 
 
-def register(cls: type, *, auto: bool = False) -> type:
+def register(cls: type[StepBackendBase], *, auto: bool = False) -> type[StepBackendBase]:
     """Make `cls` available as `backend=cls.name` (and, with auto=True, a candidate of "auto")."""
     BACKENDS[cls.name] = cls
     if auto and cls.name not in AUTO_ORDER:
@@ -167,17 +179,13 @@ def register(cls: type, *, auto: bool = False) -> type:
     return cls
 
 
-def _load_registry() -> None:
-    # the built-in backends register themselves on import (native first: the CPU default)
-    from trtllm_nemotron.runtime import native, torch_backend  # noqa: F401
-
-
 def backend_names() -> tuple[str, ...]:
-    _load_registry()
+    """The name "auto" and the registered names (the package's __init__ imports the built-in backends, so they are
+    registered before anything in runtime/ runs)."""
     return ("auto", *BACKENDS)
 
 
-def select(name: str, model, pool: SlotPool) -> type:
+def select(name: str, model, pool: SlotPool) -> type[StepBackendBase]:
     """The backend class for `backend=name`: "auto" -> the first of AUTO_ORDER that can run, else the
     fallback ("eager"); a named one -> that one, or RuntimeStateError saying why it cannot run here."""
     import logging

@@ -103,7 +103,7 @@ class Engine:
         self._lock = threading.RLock()
         self._ids = itertools.count()
         cls = backends.select(backend, model, self.pool)
-        self.step: backends.StepBackend = cls(model, self.pool)
+        self.step: backends.StepBackendBase = cls(model, self.pool)
         self.backend: str = cls.name
 
     @classmethod
@@ -137,7 +137,7 @@ class Engine:
             max_batch_size=max_batch_size,
             max_seq_len=max_seq_len,
             mtp=ld.mtp,
-            ssm_dtype=loading.parse_dtype(ssm_dtype),
+            ssm_dtype=loading.parse_dtype(ssm_dtype) or torch.float32,
             prefill_chunk=prefill_chunk,
             eos_token_ids=ld.eos_token_ids,
             source=str(path),

@@ -7,6 +7,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 @dataclass
 class Loaded:
-    model: object  # NemotronHForCausalLM
+    model: Any  # NemotronHForCausalLM
     tokenizer: Tokenizer
     eos_token_ids: list[int]
     mtp: int  # draft tokens: the caller's, else the engine's build.json, else 3 with MTP layers, else 0
@@ -73,8 +74,8 @@ def load(path: str | Path, *, device: str, dtype: torch.dtype | str | None, mtp:
     gen_cfg = ckpt / "generation_config.json"
     if gen_cfg.is_file():
         try:
-            e = json.loads(gen_cfg.read_text()).get("eos_token_id")
-            eos.update([e] if isinstance(e, int) else list(e or []))
+            ids = json.loads(gen_cfg.read_text()).get("eos_token_id")
+            eos.update([ids] if isinstance(ids, int) else list(ids or []))
         except (json.JSONDecodeError, TypeError):
             log.warning("ignoring unreadable %s", gen_cfg)
     return Loaded(model, tok, sorted(eos), mtp)

@@ -48,7 +48,7 @@ class Request:
     t_submit: float = field(default_factory=time.perf_counter)
     slot: int = -1
     prefilled: int = 0  # prompt tokens already in the cache
-    pending: int | None = None  # last sampled token, not yet in the cache
+    pending: int = -1  # last sampled token, not yet in the cache (-1 until the prefill samples one)
     drafts: list[int] = field(default_factory=list)
     out_ids: list[int] = field(default_factory=list)
     n_generated: int = 0  # tokens produced, EOS included
