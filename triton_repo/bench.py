@@ -212,9 +212,12 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
 def summarize_rounds(rounds: list[dict], cfg: BenchConfig, *, echo=print) -> dict:
     """Per-path medians over the rounds and the ratios to the engine (per round, then the median)."""
     ratios: dict[str, float | None] = {}
+    ranges: dict[str, list[float]] = {}
 
     def ratio(name: str, num, den) -> None:
-        ratios[name] = _median([num(r) / den(r) if num(r) and den(r) else None for r in rounds])
+        per_round = [num(r) / den(r) for r in rounds if num(r) and den(r)]
+        ratios[name] = _median(per_round)
+        ranges[name] = [min(per_round), max(per_round)] if per_round else []
 
     gen = lambda r: r["generate"]["decode_tokens_per_s"]  # noqa: E731
     gb = lambda r: r["generate_batch"]["tokens_per_s"]  # noqa: E731
@@ -241,11 +244,12 @@ def summarize_rounds(rounds: list[dict], cfg: BenchConfig, *, echo=print) -> dic
                   f"generate_batch({cfg.max_batch_size}) tok/s": _median([gb(r) for r in rounds])}
     if cfg.cli:
         engine_med["cli decode tok/s"] = _median([r["cli"]["decode_tokens_per_s"] for r in rounds])
-    echo(render(engine_med, med, ratios, len(rounds)))
-    return {"config": {**asdict(cfg)}, "rounds": rounds, "engine": engine_med, "paths": med, "ratios": ratios}
+    echo(render(engine_med, med, ratios, ranges, len(rounds)))
+    return {"config": {**asdict(cfg)}, "rounds": rounds, "engine": engine_med, "paths": med, "ratios": ratios,
+            "ratio_ranges": ranges}
 
 
-def render(engine_med: dict, med: dict, ratios: dict, n_rounds: int) -> str:
+def render(engine_med: dict, med: dict, ratios: dict, ranges: dict, n_rounds: int) -> str:
     def ms(v):
         return "-" if v is None else f"{v * 1e3:.1f}"
 
@@ -259,6 +263,9 @@ def render(engine_med: dict, med: dict, ratios: dict, n_rounds: int) -> str:
         lines.append(f"| {k} | {v['tokens_per_s']:.1f} | {dec} | {ms(v['ttft_p50_s'])} / {ms(v['ttft_p90_s'])} / "
                      f"{ms(v['ttft_p99_s'])} | {ms(v['itl_p50_s'])} / {ms(v['itl_p90_s'])} / {ms(v['itl_p99_s'])} "
                      f"| {cpu} | {v['errors']} |")
-    lines += ["", "ratios (median of per-round ratios):"]
-    lines += [f"  {k}: {'n/a' if v is None else f'{v:.2f}x'}" for k, v in ratios.items()]
+    lines += ["", "ratios (median of per-round ratios [lowest, highest round]):"]
+    for k, v in ratios.items():
+        rng = ranges.get(k) or []
+        span = f" [{rng[0]:.2f}, {rng[1]:.2f}]" if rng else ""
+        lines.append(f"  {k}: {'n/a' if v is None else f'{v:.2f}x'}{span}")
     return "\n".join(lines)
