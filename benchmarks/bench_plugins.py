@@ -1,7 +1,7 @@
 """Plugin kernels vs their torch references (`make bench-plugins` / `python -m benchmarks.bench_plugins`).
 
 On CUDA: Nemotron 3 Super shapes at batch 1, 64 and 256 (Mamba decode step with an fp32 SSM pool; routing
-with E=512, k=22). Each row gives the kernel and reference times, the bytes the op must move (its
+with E=512, k=22; routed experts X=1024, F=2688 with BF16 and NVFP4 weights, tokens = batch). Each row gives the kernel and reference times, the bytes the op must move (its
 compulsory traffic: states read + written, inputs, outputs), the kernel's achieved bandwidth, and that as a
 fraction of the device's measured copy bandwidth (a 1 GiB device-to-device copy, read + write).
 On CPU (no GPU): says so, and times the torch references and the Triton interpreter at small sizes (the
@@ -62,6 +62,48 @@ def _mamba_bytes(inp: dict[str, torch.Tensor]) -> int:
     return states + nb(inp["xbc"]) + nb(inp["dt"]) + y + params
 
 
+def _experts_inputs(cfg: Any, T: int, device: str) -> dict[str, torch.Tensor]:
+    """Super's expert shapes: x [T, X] bf16, routing of random logits, all E experts' stacked BF16 weights."""
+    E, k, X, F = cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.expert_dim, cfg.moe_intermediate_size
+    g = torch.Generator(device=device).manual_seed(T)
+    logits = torch.randn(T, E, generator=g, device=device)
+    w, _, counts, perm = latent_moe_routing_ref(logits, torch.zeros(E, device=device), k, 1, 1, True, 5.0)
+    kw = dict(
+        x=torch.randn(T, X, generator=g, device=device).to(torch.bfloat16),
+        weights=w,
+        counts=counts,
+        perm=perm,
+    )
+    up = torch.randn(E, F, X, generator=g, device=device) / X**0.5
+    down = torch.randn(E, X, F, generator=g, device=device) / F**0.5
+    return dict(kw, up=up.to(torch.bfloat16), down=down.to(torch.bfloat16))
+
+
+def _experts_nvfp4_inputs(cfg: Any, T: int, device: str) -> dict[str, torch.Tensor]:
+    from trtllm_nemotron.quant import nvfp4
+
+    kw = _experts_inputs(cfg, T, device)
+    out = {n: kw[n] for n in ("x", "weights", "counts", "perm")}
+    for name in ("up", "down"):
+        q = [nvfp4.quantize(m.float()) for m in kw[name]]
+        out[name] = torch.stack([a for a, _, _ in q])
+        out[f"{name}_scale"] = torch.stack([b for _, b, _ in q])
+        out[f"{name}_scale_2"] = torch.stack([c for _, _, c in q])
+    return out
+
+
+def _experts_bytes(inp: dict[str, torch.Tensor]) -> int:
+    """Compulsory traffic: the weights of every expert that received a token, x, routing inputs, out."""
+    E = inp["counts"].numel()
+    active = int((inp["counts"] > 0).sum())
+    per_expert = sum(
+        inp[n].numel() * inp[n].element_size() for n in ("up", "down", "up_scale", "down_scale") if n in inp
+    )
+    T, X = inp["x"].shape
+    k = inp["weights"].shape[1]
+    return per_expert // E * active + inp["x"].numel() * 2 + T * k * (4 + 4) + T * k * X * 4
+
+
 def _routing_bytes(T: int, E: int, k: int) -> int:
     return T * E * 4 + E * 4 + T * k * (4 + 4) + E * 4 + T * k * 4
 
@@ -91,7 +133,8 @@ def copy_bandwidth(device: str) -> float:
 
 
 def bench_cuda(repeats: int) -> dict[str, Any]:
-    import plugins
+    from plugins.latent_moe_routing import latent_moe_routing
+    from plugins.mamba_state_update import mamba_state_update
 
     cfg = preset("super-120b")
     bw = copy_bandwidth("cuda")
@@ -100,7 +143,7 @@ def bench_cuda(repeats: int) -> dict[str, Any]:
         inp = _mamba_inputs(cfg, batch, "cuda")
         kw = dict(n_groups=cfg.n_groups)
         ref_in = dict(inp)
-        t_k = _time_cuda(partial(plugins.mamba_state_update, **inp, **kw), repeats)
+        t_k = _time_cuda(partial(mamba_state_update, **inp, **kw), repeats)
         t_r = _time_cuda(partial(mamba_state_update_ref, **ref_in, **kw), repeats)
         rows.append(
             dict(op="mamba_state_update", batch=batch, bytes=_mamba_bytes(inp), kernel_s=t_k, ref_s=t_r)
@@ -110,11 +153,36 @@ def bench_cuda(repeats: int) -> dict[str, Any]:
         logits = torch.randn(T, E, device="cuda")
         bias = torch.randn(E, device="cuda") * 0.05
         rk = dict(top_k=k, routed_scaling_factor=cfg.routed_scaling_factor)
-        t_k = _time_cuda(partial(plugins.latent_moe_routing, logits, bias, **rk), repeats)
+        t_k = _time_cuda(partial(latent_moe_routing, logits, bias, **rk), repeats)
         t_r = _time_cuda(partial(latent_moe_routing_ref, logits, bias, k, 1, 1, True, 5.0), repeats)
         rows.append(
             dict(op="latent_moe_routing", batch=T, bytes=_routing_bytes(T, E, k), kernel_s=t_k, ref_s=t_r)
         )
+    from plugins.latent_moe_experts import latent_moe_experts
+    from plugins.latent_moe_experts.reference import latent_moe_experts_ref
+
+    names = (
+        "x",
+        "weights",
+        "counts",
+        "perm",
+        "up",
+        "down",
+        "up_scale",
+        "up_scale_2",
+        "down_scale",
+        "down_scale_2",
+    )
+    for quant in (False, True):
+        for T in (1, 64, 256):
+            inp = _experts_nvfp4_inputs(cfg, T, "cuda") if quant else _experts_inputs(cfg, T, "cuda")
+            ref_args = [inp.get(n) for n in names]
+            t_k = _time_cuda(partial(latent_moe_experts, **inp), repeats)
+            t_r = _time_cuda(partial(latent_moe_experts_ref, *ref_args), max(1, repeats // 5))
+            op = "experts_nvfp4" if quant else "experts_bf16"
+            rows.append(dict(op=op, batch=T, bytes=_experts_bytes(inp), kernel_s=t_k, ref_s=t_r))
+            del inp, ref_args
+            torch.cuda.empty_cache()
     for r in rows:
         r["kernel_GBps"] = r["bytes"] / r["kernel_s"] / 1e9
         r["of_copy_bw"] = r["bytes"] / r["kernel_s"] / bw
@@ -122,7 +190,8 @@ def bench_cuda(repeats: int) -> dict[str, Any]:
 
 
 def bench_cpu(repeats: int) -> dict[str, Any]:
-    import plugins
+    from plugins.latent_moe_routing import latent_moe_routing
+    from plugins.mamba_state_update import mamba_state_update
 
     cfg = preset("tiny")
     rows = []
@@ -131,7 +200,7 @@ def bench_cpu(repeats: int) -> dict[str, Any]:
         kw = dict(n_groups=cfg.n_groups)
         t_r = _time_cpu(partial(mamba_state_update_ref, **inp, **kw), repeats)
         os.environ["TRTLLM_NEMOTRON_KERNELS"] = "interpret"
-        t_i = _time_cpu(partial(plugins.mamba_state_update, **inp, **kw), 1)
+        t_i = _time_cpu(partial(mamba_state_update, **inp, **kw), 1)
         os.environ.pop("TRTLLM_NEMOTRON_KERNELS")
         rows.append(dict(op="mamba_state_update", config="tiny", batch=batch, ref_s=t_r, interpret_s=t_i))
     for name, E, k, ng, tg in (("tiny", 16, 4, 4, 2), ("super", 512, 22, 1, 1)):
@@ -140,9 +209,19 @@ def bench_cpu(repeats: int) -> dict[str, Any]:
         rk = dict(top_k=k, n_group=ng, topk_group=tg, routed_scaling_factor=2.5)
         t_r = _time_cpu(partial(latent_moe_routing_ref, logits, bias, k, ng, tg, True, 2.5), repeats)
         os.environ["TRTLLM_NEMOTRON_KERNELS"] = "interpret"
-        t_i = _time_cpu(partial(plugins.latent_moe_routing, logits, bias, **rk), 1)
+        t_i = _time_cpu(partial(latent_moe_routing, logits, bias, **rk), 1)
         os.environ.pop("TRTLLM_NEMOTRON_KERNELS")
         rows.append(dict(op="latent_moe_routing", config=name, batch=T, ref_s=t_r, interpret_s=t_i))
+    from plugins.latent_moe_experts import latent_moe_experts
+    from plugins.latent_moe_experts.reference import latent_moe_experts_ref
+
+    for T in (1, 8):
+        inp = _experts_inputs(cfg, T, "cpu")
+        t_r = _time_cpu(partial(latent_moe_experts_ref, *inp.values()), repeats)
+        os.environ["TRTLLM_NEMOTRON_KERNELS"] = "interpret"
+        t_i = _time_cpu(partial(latent_moe_experts, **inp), 1)
+        os.environ.pop("TRTLLM_NEMOTRON_KERNELS")
+        rows.append(dict(op="latent_moe_experts", config="tiny", batch=T, ref_s=t_r, interpret_s=t_i))
     return dict(device="cpu (no CUDA GPU)", rows=rows)
 
 

@@ -8,25 +8,16 @@ returns that; `make_tiny` writes atomically, so a crash never leaves a half-writ
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import trtllm_nemotron
+from trtllm_nemotron.fileio import cache_dir
 
 EMBEDDED_MODEL_DIR = Path(trtllm_nemotron.__file__).parent / "assets" / "nemotron-tiny"
 DEFAULT_TARGET = "b200"
 DEFAULT_RECIPE = "nvfp4-super"
 DEFAULT_MTP = 3
 DEFAULT_OUT = Path("build/engine")
-
-
-def cache_dir() -> Path:
-    """`$TRTLLM_NEMOTRON_CACHE`, else `$XDG_CACHE_HOME/trtllm-nemotron`, else `~/.cache/trtllm-nemotron`."""
-    env = os.environ.get("TRTLLM_NEMOTRON_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "trtllm-nemotron"
 
 
 def default_model_dir() -> Path:

@@ -26,7 +26,6 @@ import platform
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
@@ -40,6 +39,7 @@ from builder.targets import Target, get_target
 from builder.trtllm_config import TRTLLM_SOURCE, llm_api_config, write_llm_api_yaml
 from trtllm_nemotron.config import NemotronHConfig
 from trtllm_nemotron.errors import BuildError, NemotronError
+from trtllm_nemotron.fileio import atomic_write_text, replace_dir
 
 STAGES = ("inspect", "quantize", "checkpoint", "plugins", "trtllm_config", "validate", "manifest")
 STATE_FILE = ".state.json"
@@ -144,9 +144,7 @@ class _Build:
         self.save_state()
 
     def save_state(self) -> None:
-        tmp = self.stage_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1, default=str))
-        tmp.replace(self.stage_dir / STATE_FILE)
+        atomic_write_text(self.stage_dir / STATE_FILE, json.dumps(self.state, indent=1, default=str))
 
     def data(self, stage: str) -> dict[str, Any]:
         return self.state["done"][stage]["data"]
@@ -201,10 +199,8 @@ class _Build:
 
         src_bytes = sum(p.stat().st_size for p in self.model_dir.iterdir() if p.is_file())
         if self.cache and src_bytes <= bc.MAX_CACHED_BYTES:
-            pkg = Path(__file__).parents[1] / "trtllm_nemotron"
-            key = bc.make_key(inputs=self.data("inspect")["inputs"], recipe=self.recipe, calib=calib,
-                              src=bc.source_hash(pkg / "quant", pkg / "checkpoint", pkg / "model", pkg / "config.py"))
-            summary, hit = bc.cached_dir("quantized", key, out, produce)  # fmt: skip
+            key = bc.quantize_key(self.data("inspect")["inputs"], self.recipe, calib)
+            summary, hit = bc.cached_dir("quantized", key, out, produce)
         else:
             summary, hit = json.loads(json.dumps(produce(out), default=str)), False
         return "done", f"recipe {self.recipe}" + (" (cached)" if hit else ""), {"summary": summary}
@@ -240,23 +236,23 @@ class _Build:
             return "skipped", "cpu target: no plugin kernels (the embedded runtime uses torch references)", {}
         from plugins.aot import compile_all
 
-        assert self.cfg is not None
+        sm, sm_name = self.target.sm, self.target.sm_name
+        assert self.cfg is not None and sm is not None and sm_name is not None  # a GPU target, after inspect
 
         def produce(dest: Path) -> Any:
-            return compile_all(dest, sms=(self.target.sm,), config=self.cfg)
+            return compile_all(dest, sms=(sm,), config=self.cfg)
 
         dest = self.stage_dir / "plugins"
         if dest.exists():  # left by an interrupted attempt of this stage
             shutil.rmtree(dest)
         if self.cache:
-            key = bc.make_key(sm=self.target.sm, config=self.cfg.to_dict(), triton=tool_versions()["triton"],
-                              src=bc.source_hash(Path(__file__).parents[1] / "plugins"))  # fmt: skip
+            key = bc.plugins_key(sm, self.cfg.to_dict())
             summary, hit = bc.cached_dir("plugins", key, dest, produce)
         else:
             summary, hit = json.loads(json.dumps(produce(dest), default=str)), False
-        sm_dir = self.stage_dir / "plugins" / self.target.sm_name
+        sm_dir = self.stage_dir / "plugins" / sm_name
         if not sm_dir.is_dir():
-            raise BuildError(f"plugins.aot.compile_all did not write {sm_dir}; expected plugins/{self.target.sm_name}/")
+            raise BuildError(f"plugins.aot.compile_all did not write {sm_dir}; expected plugins/{sm_name}/")
         n = sum(1 for p in sm_dir.rglob("*") if p.is_file())
         detail = f"{n} files in plugins/{self.target.sm_name}" + (" (cached)" if hit else "")
         return "done", detail, {"summary": summary}
@@ -355,6 +351,7 @@ class _Build:
 
     def plan(self) -> Plan:
         d = self.data("inspect")["plan"]
+        assert self.cfg is not None  # set by the checkpoint stage
         return plan_memory(self.cfg, self.target, recipe=self.recipe, gpus=d["gpus"], max_seq_len=d["max_seq_len"],
                            batch=d["batch"], mtp=self.mtp, max_num_tokens=d["max_num_tokens"])  # fmt: skip
 
@@ -403,20 +400,7 @@ class _Build:
     def finalize(self) -> Path:
         """Rename the finished staging dir to the output path (moving a previous engine dir aside)."""
         (self.stage_dir / STATE_FILE).unlink(missing_ok=True)
-        out = self.out_dir
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.replace(old)
-        try:
-            self.stage_dir.replace(out)
-        except BaseException:
-            if old is not None:
-                old.replace(out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return out
+        return replace_dir(self.stage_dir, self.out_dir)
 
 
 def build_engine(

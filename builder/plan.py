@@ -342,7 +342,7 @@ def plan_memory(
     routed = cfg.num_experts_per_tok * max(cfg.expert_dim, cfg.moe_intermediate_size) if "E" in cfg.pattern else 0
     activation = tokens * model_b * (4 * cfg.hidden_size + 2 * math.ceil(widest / tp) + 2 * math.ceil(routed / tp))
 
-    capacity = t.memory_bytes if t.is_gpu else _host_memory_bytes()
+    capacity = (t.memory_bytes if t.is_gpu else None) or _host_memory_bytes()
     return Plan(
         target=t.name,
         recipe=recipe,

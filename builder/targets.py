@@ -104,6 +104,20 @@ class Target:
         }
 
 
+def _hopper(name: str, description: str, *, memory_gb: int) -> Target:
+    """An sm_90 part: FP8 native (NVFP4 runs as W4A16), CUTLASS MoE (no TRTLLM-gen MoE kernels)."""
+    return Target(
+        name=name,
+        description=description,
+        sm=90,
+        memory_gb=memory_gb,
+        native_formats=("fp8",),
+        default_recipe="fp8",
+        modes=_MODES_SM90,
+        moe_backend_default="CUTLASS",
+    )
+
+
 TARGETS: dict[str, Target] = {
     "b200": Target(
         name="b200",
@@ -117,26 +131,8 @@ TARGETS: dict[str, Target] = {
         moe_backend_default="CUTLASS",
         mamba_ssm_cache_dtype="float16",  # NVIDIA's Super MTP recipe: fp16 + stochastic rounding
     ),
-    "h200": Target(
-        name="h200",
-        description="NVIDIA H200 (Hopper, sm_90, 141 GB HBM3e)",
-        sm=90,
-        memory_gb=141,
-        native_formats=("fp8",),
-        default_recipe="fp8",
-        modes=_MODES_SM90,
-        moe_backend_default="CUTLASS",
-    ),
-    "h100": Target(
-        name="h100",
-        description="NVIDIA H100 (Hopper, sm_90, 80 GB HBM3)",
-        sm=90,
-        memory_gb=80,
-        native_formats=("fp8",),
-        default_recipe="fp8",
-        modes=_MODES_SM90,
-        moe_backend_default="CUTLASS",
-    ),
+    "h200": _hopper("h200", "NVIDIA H200 (Hopper, sm_90, 141 GB HBM3e)", memory_gb=141),
+    "h100": _hopper("h100", "NVIDIA H100 (Hopper, sm_90, 80 GB HBM3)", memory_gb=80),
     "cpu": Target(
         name="cpu",
         description="any machine: checkpoint only, run by the embedded runtime",

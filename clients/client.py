@@ -5,7 +5,8 @@ One request path, two transports. `_request_tensors` turns the options into the 
 a transport yields the responses as dicts `{output name: value}`; `_Collector` turns them into text deltas
 and timings. It works unchanged against our `nemotron` model and TensorRT-LLM's `tensorrt_llm` model:
 - `text_output` is cumulative (TensorRT-LLM's semantics); the delta is `new[len(previous):]`.
-- we always send `sampling_param_exclude_input_from_output: true` (llmapi echoes the prompt otherwise),
+- we always send `sampling_param_exclude_input_from_output: true` (the default of both models -- TensorRT-LLM's
+  `SamplingParams` and ours -- sent anyway so a server configured otherwise cannot echo the prompt),
   `return_finish_reason: true` and `sampling_param_return_perf_metrics: true`.
 - a decoupled model is called with the streaming APIs (gRPC bidirectional stream; HTTP `generate_stream`),
   a non-decoupled one with gRPC `infer` / HTTP `generate`; the model config is read once per (url, model).
@@ -26,7 +27,7 @@ import json
 import queue
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -362,7 +363,7 @@ class TextStream:
         self._request_id = request_id or uuid.uuid4().hex
         self._gen = self._run()
 
-    def _run(self) -> Iterator[str]:
+    def _run(self) -> Generator[str, None, None]:
         try:
             self._transport.decoupled(self._model)  # connection and model check before the clock starts
             col = _Collector(self.result, time.perf_counter())
@@ -421,7 +422,8 @@ def server_ready(url: str, protocol: str = "http", timeout: float = 5.0) -> bool
     try:
         hostport = parse_url(url, protocol)
         if protocol == "http":
-            conn = http.client.HTTPConnection(*hostport.rsplit(":", 1), timeout=timeout)
+            host, port = hostport.rsplit(":", 1)
+            conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
             try:
                 conn.request("GET", "/v2/health/ready")
                 return conn.getresponse().status == 200

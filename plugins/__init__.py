@@ -1,17 +1,25 @@
 """Custom ops for Nemotron-H: one folder per op (reference.py, kernel.py, launch.py, op.py, trt.py).
 
-Public entry points (lazy: importing `plugins` imports neither torch nor triton; the first call registers
-`torch.ops.trtllm_nemotron.<op>` and dispatches through it):
+Public entry points, one per op subpackage (lazy: importing them imports neither torch nor triton; the first
+call registers `torch.ops.trtllm_nemotron.<op>` and dispatches through it):
 
-    mamba_state_update(xbc, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A, D, slot_idx,
-                       *, n_groups, keep_steps=False) -> (y [batch, T, H*P] fp32, ssm_steps, conv_steps)
-    latent_moe_routing(logits, bias, *, top_k, n_group=1, topk_group=1, norm_topk_prob=True,
-                       routed_scaling_factor=1.0) -> (weights [T,k] fp32, idx [T,k] int32, counts [E] int32,
-                                                      perm [T*k] int32)
+    from plugins.mamba_state_update import mamba_state_update
+        (xbc, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A, D, slot_idx, *, n_groups,
+         keep_steps=False) -> (y [batch, T, H*P] fp32, ssm_steps, conv_steps)
+    from plugins.latent_moe_routing import latent_moe_routing
+        (logits, bias, *, top_k, n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=1.0)
+        -> (weights [T,k] fp32, idx [T,k] int32, counts [E] int32, perm [T*k] int32)
+    from plugins.latent_moe_experts import latent_moe_experts
+        (x, weights, counts, perm, up, down, *, up_scale=None, up_scale_2=None, down_scale=None,
+         down_scale_2=None) -> out [T, k, X] fp32
 
 Backend per call: Triton-lang kernel on CUDA, torch reference on CPU; TRTLLM_NEMOTRON_KERNELS=reference |
 interpret forces one for the process (plugins/_dispatch.py). `plugins.aot.compile_all` compiles every
 kernel for an SM without a GPU; `plugins.trt` registers the TensorRT plugins (needs tensorrt).
+
+`plugins.mamba_state_update(...)` / `plugins.latent_moe_routing(...)` (package-level functions sharing their
+subpackages' names) remain only for `trtllm_nemotron/runtime/step.py`, which is being removed; new code uses
+the subpackage functions above. Delete the two functions and the two imports below with step.py.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from plugins import mamba_state_update as _mamba_state_update_pkg  # noqa: F401
 if TYPE_CHECKING:
     import torch
 
-OPS = ("mamba_state_update", "latent_moe_routing")
+OPS = ("mamba_state_update", "latent_moe_routing", "latent_moe_experts")
 
 
 def mamba_state_update(
@@ -47,7 +55,7 @@ def mamba_state_update(
     n_groups: int,
     keep_steps: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One fused Mamba-2 decode step; see `plugins.mamba_state_update.op.mamba_state_update` for the contract."""
+    """Compatibility for runtime/step.py only: `plugins.mamba_state_update.mamba_state_update`."""
     from plugins.mamba_state_update.op import mamba_state_update as _impl
 
     return _impl(
@@ -66,7 +74,7 @@ def latent_moe_routing(
     norm_topk_prob: bool = True,
     routed_scaling_factor: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MoE routing; see `plugins.latent_moe_routing.op.latent_moe_routing` for the contract."""
+    """Compatibility for runtime/step.py only: `plugins.latent_moe_routing.latent_moe_routing`."""
     from plugins.latent_moe_routing.op import latent_moe_routing as _impl
 
     return _impl(

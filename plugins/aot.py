@@ -21,16 +21,15 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trtllm_nemotron.errors import PluginError
+from trtllm_nemotron.fileio import atomic_dir
 
 FORMAT_VERSION = 1
 SUPPORTED_SMS = (80, 86, 89, 90, 100, 103, 120)
@@ -52,6 +51,7 @@ def _kernel(module: str, name: str) -> Any:
 
 def _jobs(cfg: Any) -> list[dict[str, Any]]:
     """Every (variant, kernel, LaunchSpec) to compile for the config, with their index metadata."""
+    from plugins.latent_moe_experts import launch as xl
     from plugins.latent_moe_routing import launch as rl
     from plugins.mamba_state_update import launch as ml
 
@@ -73,6 +73,14 @@ def _jobs(cfg: Any) -> list[dict[str, Any]]:
                 inputs=rl.ROUTE_INPUTS if route else rl.PERM_INPUTS,
                 scalars=rl.ROUTE_SCALARS if route else rl.PERM_SCALARS,
                 outputs=rl.ROUTE_OUTPUTS if route else rl.PERM_OUTPUTS,
+            )
+        )  # fmt: skip
+    for name, spec in xl.aot_variants(cfg):
+        jobs.append(
+            dict(
+                name=name, op="latent_moe_experts", module="plugins.latent_moe_experts.kernel", spec=spec,
+                grid=xl.GRID_RULE, inputs=xl.INPUTS_NVFP4 if spec.kernel == xl.KERNEL_NVFP4 else xl.INPUTS,
+                scalars=xl.SCALARS, outputs=xl.OUTPUTS,
             )
         )  # fmt: skip
     return jobs
@@ -116,13 +124,63 @@ class AotLaunch:
     extra_args: tuple[Any, ...]
 
 
-def aot_launch(module: str, spec: Any, sm: int | None = None) -> AotLaunch:
-    """Compile `spec.kernel` from `module` for `sm` (default: the current GPU) and return its AOT launch."""
-    if sm is None:
+SM_ENV = "TRTLLM_NEMOTRON_PLUGIN_SM"
+
+
+def target_sm() -> int:
+    """The SM the TensorRT plugins compile for: $TRTLLM_NEMOTRON_PLUGIN_SM (e.g. 100 to build a B200 engine's
+    kernels elsewhere), else the current GPU's."""
+    raw = os.environ.get(SM_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) not in SUPPORTED_SMS:
+            raise PluginError(
+                f"{SM_ENV}={raw!r} is not a supported SM; expected one of {list(SUPPORTED_SMS)}"
+            )
+        return int(raw)
+    try:
         from triton.runtime import driver
 
-        sm = int(driver.active.get_current_target().arch)
+        return int(driver.active.get_current_target().arch)
+    except Exception as e:
+        raise PluginError(
+            f"no GPU to compile the plugin kernels for ({type(e).__name__}: {e}); set {SM_ENV}=100 (or 90)"
+        ) from e
+
+
+def check_aot_abi(ck: Any, spec: Any) -> None:
+    """What a TensorRT AOT launch needs from a compiled kernel, asserted: TensorRT passes the input pointers,
+    the int32 extra arguments, then the output pointers, and nothing else. So the PTX entry must take exactly
+    the spec's non-constexpr parameters in that order (pointers `.u64`, int32 scalars `.u32`/`.s32`) plus at
+    most Triton's two trailing hidden scratch pointers, which must then never be used: global and profile
+    scratch sizes 0 (TensorRT leaves those parameters unset)."""
+    entry = ck.metadata.name
+    m = re.search(r"\.entry\s+" + re.escape(entry) + r"\s*\((.*?)\)", ck.asm["ptx"], re.DOTALL)
+    if not m:
+        raise PluginError(f"{spec.kernel}: no .entry {entry} in its PTX")
+    params = re.findall(r"\.param\s+(\.\w+)", m.group(1))
+    kinds = [k for k in spec.signature.values() if k != "constexpr"]
+    want = [".u64" if k.startswith("*") else ".u32" for k in kinds]
+    got = [".u32" if p == ".s32" else p for p in params]
+    if got[: len(want)] != want or len(got) - len(want) not in (0, 2) or set(got[len(want) :]) - {".u64"}:
+        raise PluginError(
+            f"{spec.kernel}: PTX parameters {params} do not match the AOT order inputs -> int32 scalars -> "
+            f"outputs {want} (+ at most 2 hidden scratch pointers); a parameter was specialised or reordered"
+        )
+    for what in ("global_scratch_size", "profile_scratch_size"):
+        size = int(getattr(ck.metadata, what, 0) or 0)
+        if size:
+            raise PluginError(
+                f"{spec.kernel}: Triton gave it {what}={size}, but TensorRT's AOT launcher passes no scratch "
+                "buffer; remove the feature that needs it (device-side TMA descriptors, printf, profiling)"
+            )
+
+
+def aot_launch(module: str, spec: Any, sm: int | None = None) -> AotLaunch:
+    """Compile `spec.kernel` from `module` for `sm` (default `target_sm()`) and return its AOT launch."""
+    if sm is None:
+        sm = target_sm()
     ck = compile_spec(_kernel(module, spec.kernel), spec, sm)
+    check_aot_abi(ck, spec)
     return AotLaunch(
         kernel_name=ck.metadata.name.encode(),
         ptx=ck.asm["ptx"].encode(),
@@ -173,6 +231,7 @@ def _config_summary(cfg: Any) -> dict[str, Any]:
     keys = (
         "mamba_num_heads", "mamba_head_dim", "ssm_state_size", "n_groups", "conv_kernel", "n_routed_experts",
         "num_experts_per_tok", "n_group", "topk_group", "norm_topk_prob", "routed_scaling_factor",
+        "moe_intermediate_size", "moe_latent_size",
     )  # fmt: skip
     return {k: getattr(cfg, k) for k in keys}
 
@@ -185,6 +244,7 @@ def _compile_sm(jobs: list[dict[str, Any]], sm: int, cfg: Any, dest: Path, bar: 
         spec = job["spec"]
         t0 = time.perf_counter()
         ck = compile_spec(_kernel(job["module"], spec.kernel), spec, sm)
+        check_aot_abi(ck, spec)
         ptx, cubin = ck.asm["ptx"], ck.asm["cubin"]
         target = ptx_target(ptx)
         if target not in (f"sm_{sm}", f"sm_{sm}a"):
@@ -255,21 +315,9 @@ def compile_all(
     result: dict[str, Any] = {}
     with tqdm(total=len(jobs) * len(sms), desc="compile plugins", unit="kernel", file=sys.stderr) as bar:
         for sm in sms:
-            final = out / f"sm_{sm}"
-            tmp = Path(tempfile.mkdtemp(prefix=f".sm_{sm}.", dir=out))
-            try:
+            with atomic_dir(out / f"sm_{sm}") as tmp:
                 index = _compile_sm(jobs, sm, cfg, tmp, bar)
                 (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-                if final.exists():
-                    old = Path(tempfile.mkdtemp(prefix=f".old_sm_{sm}.", dir=out))
-                    final.rename(old / final.name)
-                    tmp.rename(final)
-                    shutil.rmtree(old)
-                else:
-                    tmp.rename(final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             result[f"sm_{sm}"] = index
     return result
 

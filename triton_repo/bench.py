@@ -177,13 +177,15 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
         scfg = ServerConfig(repo, http_port=h, grpc_port=g, metrics_port=m)
         urls = {"grpc": scfg.grpc_url, "http": scfg.http_url}
         with TritonServer(scfg, log_path=Path(tmp) / "server.log") as server:
+            assert server.proc is not None  # started by __enter__
+            pid = server.proc.pid
             engine = Engine.load(engine_dir, device="cpu", max_batch_size=cfg.max_batch_size, mtp=cfg.mtp)
 
             def triton(proto: str, c: int, n: int, tokens: int) -> LoadReport:
-                cpu0 = group_cpu_s(server.proc.pid)
+                cpu0 = group_cpu_s(pid)
                 rep = run_load(list(PROMPTS), url=urls[proto], protocol=proto, concurrency=c, requests=n,
                                max_tokens=tokens, label=f"triton {proto}", progress=False)
-                return replace(rep, cpu_s=group_cpu_s(server.proc.pid) - cpu0)
+                return replace(rep, cpu_s=group_cpu_s(pid) - cpu0)
 
             def one_round() -> dict:
                 r: dict = _engine_runs(engine, cfg)

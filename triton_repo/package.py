@@ -21,9 +21,7 @@ Every config.pbtxt is generated from `ModelConfigSpec` and validated by a parse 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from pathlib import Path
 from triton_repo.model_config import InstanceGroup, ModelConfigSpec, write_config
 from triton_repo.protocol import LLMAPI_INPUTS, LLMAPI_OUTPUTS, NEMOTRON_INPUTS, NEMOTRON_OUTPUTS
 from trtllm_nemotron.errors import PackageError
-from trtllm_nemotron.fileio import publish_permissions
+from trtllm_nemotron.fileio import atomic_dir
 
 GPU_TARGETS = ("b200", "h200", "h100")
 NEMOTRON_MODEL = "nemotron"
@@ -165,9 +163,7 @@ def package(engine_dir: Path | str, out: Path | str, cfg: PackageConfig | None =
                            f"pass --force to replace it")
     include_trtllm = cfg.include_trtllm if cfg.include_trtllm is not None else target in GPU_TARGETS
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         models: dict[str, dict] = {}
         # nemotron: our runtime
         ndir = tmp / NEMOTRON_MODEL
@@ -208,17 +204,6 @@ def package(engine_dir: Path | str, out: Path | str, cfg: PackageConfig | None =
                     "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                     "created_unix": int(time.time())}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        publish_permissions(tmp)  # mkdtemp made it 0700
-        if out.exists():
-            trash = out.parent / f".{out.name}.old.{os.getpid()}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -37,9 +37,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from triton_repo.package import TRTLLM_FILES, TRTLLM_MODEL, repo_models
 from trtllm_nemotron.errors import PackageError
+from trtllm_nemotron.fileio import CACHE_ENV, atomic_dir, cache_dir
 
 GPU_TRITON_HOME = Path("/opt/tritonserver")
 _SHM_GLOB = "triton_python_backend_shm_region_*"
@@ -57,11 +59,15 @@ class ServerConfig:
     log_verbose: int = 0
     startup_timeout_s: float = 300.0
     extra_args: tuple[str, ...] = ()
+    openai_port: int | None = None  # the OpenAI front (triton_repo.openai_front) beside the server; None: off
 
     def __post_init__(self) -> None:
         ports = (self.http_port, self.grpc_port, self.metrics_port)
         if len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports):
             raise PackageError(f"HTTP, gRPC and metrics ports must be 3 distinct ports in 1..65535, got {ports}")
+        if self.openai_port is not None and (self.openai_port in ports or not 0 < self.openai_port < 65536):
+            raise PackageError(f"--openai-port must be a port in 1..65535 distinct from {ports}, "
+                               f"got {self.openai_port}")
 
     @property
     def http_url(self) -> str:
@@ -104,24 +110,22 @@ def _pytriton_backend_dir(dist: Path) -> Path:
     if not stub.is_file():
         raise PackageError(f"nvidia-pytriton has no Python-backend stub for Python {pyver} ({stub}); "
                            f"use Python 3.8-3.13")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trtllm-nemotron"
-    backends = cache / f"triton-backends-py{pyver}"
+    backends = cache_dir() / f"triton-backends-py{pyver}"
     files = [dist / "backends" / "python" / "libtriton_python.so",
              dist / "backends" / "python" / "triton_python_backend_utils.py", stub]
     target = backends / "python"
     if all((target / f.name).is_file() and (target / f.name).stat().st_size == f.stat().st_size for f in files):
         return backends
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".backends.", dir=cache))
-    (tmp / "python").mkdir()
-    for f in files:
-        shutil.copy2(f, tmp / "python" / f.name)
-    if backends.exists():
-        shutil.rmtree(backends, ignore_errors=True)
     try:
-        tmp.rename(backends)
-    except OSError:  # another process won the race: theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(backends, replace=backends.exists()) as tmp:  # an outdated copy is replaced
+            (tmp / "python").mkdir()
+            for f in files:
+                shutil.copy2(f, tmp / "python" / f.name)
+    except OSError as e:
+        if (target / stub.name).is_file():  # another process wrote it first: theirs is identical
+            return backends
+        raise PackageError(f"cannot write tritonserver's backend dir {backends} ({e}); set "
+                           f"${CACHE_ENV} to a writable directory") from e
     return backends
 
 
@@ -254,7 +258,7 @@ class TritonServer:
         self.loaded, self.skipped = plan_models(Path(cfg.repo), self.install, cfg.models)
         self._shm_before: set[Path] = set()
         self._envs_before: set[Path] = set()
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     def command(self) -> list[str]:
         c, inst = self.cfg, self.install
@@ -378,15 +382,31 @@ def serve(cfg: ServerConfig, *, echo=print) -> int:
                 os.killpg(server.proc.pid, signal.SIGTERM)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    front = None
     try:
+        if cfg.openai_port is not None and not port_free(cfg.host, cfg.openai_port):
+            raise PackageError(f"--openai-port {cfg.openai_port} on {cfg.host} is in use; pick another port")
         server.start()
         echo(f"ready: HTTP {cfg.http_url}  gRPC {cfg.grpc_url}  metrics {cfg.metrics_url}")
         echo(f"try:   trtllm-nemotron generate --url {cfg.grpc_url} --stream \"def fibonacci(n):\"")
-        while server.proc is not None and server.proc.poll() is None:
+        if cfg.openai_port is not None and not stop_requested:
+            from triton_repo.openai_front.launch import OpenAIFront, repo_engine_dir
+
+            front = OpenAIFront(grpc_url=cfg.grpc_url, engine_dir=repo_engine_dir(cfg.repo), host=cfg.host,
+                                port=cfg.openai_port).start()
+            echo(f"ready: OpenAI API {front.url}/v1 (models: nemotron)")
+        while server.proc is not None and server.proc.poll() is None and not stop_requested:
+            if front is not None and front.proc is not None and front.proc.poll() is not None:
+                echo(f"the OpenAI front exited with status {front.proc.returncode}; stopping tritonserver")
+                break
             time.sleep(0.2)
+        if front is not None:
+            front.stop()
         rc = server.stop()
         return 0 if stop_requested else (rc or 0)
     finally:
+        if front is not None:
+            front.stop()
         server.stop()
         for s, h in old.items():
             signal.signal(s, h)

@@ -450,7 +450,7 @@ def expected_tensors(cfg: NemotronHConfig) -> dict[str, TensorSpec]:
 _SUPER_PATTERN = "MEMEMEM*EMEMEMEM*EMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEM*EMEMEMEME"
 _NANO_PATTERN = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"
 
-_COMMON = dict(
+_COMMON: dict[str, Any] = dict(
     vocab_size=131072,
     num_attention_heads=32,
     num_key_value_heads=2,

@@ -4,12 +4,14 @@ Pure Python (no triton, no tensorrt), so it is tested anywhere. Sizes may be int
 shape expressions: only `*` and the `cdiv` passed in are applied to them.
 
 Kernel argument order is the TensorRT quickly-deployable-plugin convention: inputs, scalars, outputs.
-    inputs : xbc, dt, conv_weight, conv_bias, dt_bias, A, D, slot_idx, conv_state_in, ssm_state_in
+    inputs : xbc, dt, conv_weight, conv_bias, dt_bias, A, D, slot_idx, conv_state_in, ssm_state_in,
+             conv_window (= conv_state_in[slot_idx], [batch, conv_dim, K-1]: what the conv reads)
     scalars: T, H, P, N, G, conv_dim                                  (int32)
     outputs: y, conv_state_out, ssm_state_out, ssm_steps, conv_steps  (state outs alias the ins)
-Grid: one program per (sequence, B/C group): (batch, G, 1). A program loops over the group's H/G heads
-and T tokens. A group owns its B/C conv channels, so the in-place conv-state write needs no cross-program
-ordering (every reader of a channel is the program that writes it).
+Grid: (batch, H, cdiv(P, BLOCK_P)), mamba_ssm's selective_state_update layout (heads x head-dim blocks):
+for Super at batch 1, 128 heads x 4 blocks = 512 programs. BLOCK_P keeps the fp32 state tile
+[BLOCK_P, N] at <= 2048 elements. Reads of the conv window go to `conv_window`, a snapshot gathered before
+the launch, so the in-place writes of the pool need no ordering between programs.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ INPUTS = (
     "slot_idx",
     "conv_state_in",
     "ssm_state_in",
+    "conv_window",
 )
 SCALARS = ("T", "H", "P", "N", "G", "conv_dim")
 OUTPUTS = ("y", "conv_state_out", "ssm_state_out", "ssm_steps", "conv_steps")
-GRID_RULE = "(batch, n_groups, 1)"
+GRID_RULE = "(batch, H, cdiv(P, BLOCK_P))"
 
 # torch dtype name -> triton signature type
 TRITON_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int32": "i32"}
@@ -76,10 +79,11 @@ def launch_spec(
 
     `batch` and `T` may be symbolic; H, P, N, G, K are ints (fixed by the model config).
     """
-    del cdiv  # the grid has no division; kept so every op's launch_spec has the same interface
+    del cdiv  # H and P are ints (the config's): the grid needs no symbolic division
     conv_dim = H * P + 2 * G * N
-    block_p, block_n = next_pow2(P), next_pow2(N)
-    num_warps = 8 if block_p * block_n >= 4096 else 4
+    block_n = next_pow2(N)
+    block_p = max(1, min(next_pow2(P), 2048 // block_n))
+    num_warps = 4
     constexprs: dict[str, int | bool] = {
         "K": K,
         "BLOCK_K": next_pow2(K),
@@ -90,7 +94,7 @@ def launch_spec(
     a, w, s = TRITON_TYPES[act_dtype], TRITON_TYPES[weight_dtype or act_dtype], TRITON_TYPES[state_dtype]
     ptr = {
         "xbc": a, "dt": a, "conv_weight": w, "conv_bias": w, "dt_bias": "fp32", "A": "fp32", "D": "fp32",
-        "slot_idx": "i32", "conv_state_in": a, "ssm_state_in": s,
+        "slot_idx": "i32", "conv_state_in": a, "ssm_state_in": s, "conv_window": a,
         "y": "fp32", "conv_state_out": a, "ssm_state_out": s, "ssm_steps": s, "conv_steps": a,
     }  # fmt: skip
     signature = {n: "*" + ptr[n] for n in INPUTS}
@@ -99,7 +103,7 @@ def launch_spec(
     signature.update({n: "constexpr" for n in constexprs})
     return LaunchSpec(
         kernel=KERNEL_NAME,
-        grid=(batch, G, 1),
+        grid=(batch, H, _cdiv(P, block_p)),
         scalars=(T, H, P, N, G, conv_dim),
         constexprs=constexprs,
         num_warps=num_warps,

@@ -11,13 +11,13 @@ import pytest
 @pytest.fixture(scope="session")
 def build_cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("build-cache")
-    old = os.environ.get("TRTLLM_NEMOTRON_CACHE")
-    os.environ["TRTLLM_NEMOTRON_CACHE"] = str(path)
+    old = os.environ.get("TRTLLM_NEMOTRON_CACHE_DIR")
+    os.environ["TRTLLM_NEMOTRON_CACHE_DIR"] = str(path)
     yield path
     if old is None:
-        os.environ.pop("TRTLLM_NEMOTRON_CACHE", None)
+        os.environ.pop("TRTLLM_NEMOTRON_CACHE_DIR", None)
     else:
-        os.environ["TRTLLM_NEMOTRON_CACHE"] = old
+        os.environ["TRTLLM_NEMOTRON_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

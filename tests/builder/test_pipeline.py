@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import yaml
@@ -174,21 +175,27 @@ def test_validate_reports_why_it_was_skipped(tiny_ckpt, tmp_path):
     assert v["status"] == "skipped" and "cpu target" in v["reason"]
 
 
+def test_validate_on_a_gpu_target_without_tensorrt_llm_says_why(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # `import tensorrt_llm` fails, as on a host without it
+    out = build_engine(tiny_ckpt, tmp_path / "e", target="h100", recipe="bf16", mtp=3, validate=True, **FAST)
+    v = read_manifest(out)["validation"]
+    assert v["status"] == "skipped" and "tensorrt_llm does not import" in v["reason"] and v["output"] is None
+    assert verify_engine_dir(out) == []  # a skipped validation still leaves a complete engine dir
+
+
 @pytest.mark.gpu
-def test_validate_on_gpu(tiny_ckpt, tmp_path):
+@pytest.mark.trt
+def test_validate_on_gpu_runs_tensorrt_llm(tiny_ckpt, tmp_path):
+    """On a B200 / H100-class host with TensorRT-LLM: `--validate` generates with tensorrt_llm.LLM."""
+    import tensorrt_llm  # noqa: F401  (a trt-tier host must have it: an ImportError fails the test)
     import torch
 
-    sm = {100: "b200", 90: "h100"}.get(torch.cuda.get_device_capability()[0] * 10)
-    if sm is None:
-        pytest.fail(f"GPU sm_{torch.cuda.get_device_capability()} is not a build target")
-    out = build_engine(tiny_ckpt, tmp_path / "e", target=sm, recipe="bf16", mtp=3, validate=True, **FAST)
+    major, minor = torch.cuda.get_device_capability()
+    target = {(10, 0): "b200", (9, 0): "h100"}.get((major, minor))
+    assert target, f"this GPU is sm_{major}{minor}; --validate needs an sm_100 or sm_90 build target"
+    out = build_engine(tiny_ckpt, tmp_path / "e", target=target, recipe="bf16", mtp=3, validate=True, **FAST)
     v = read_manifest(out)["validation"]
-    try:
-        import tensorrt_llm  # noqa: F401
-    except Exception:
-        assert v["status"] == "skipped" and "tensorrt_llm" in v["reason"]
-    else:
-        assert v["status"] == "passed" and v["output"]
+    assert v["status"] == "passed" and v["reason"] == "tensorrt_llm.LLM" and v["output"], v
 
 
 def test_cli_build_and_plan(tiny_ckpt, tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from trtllm_nemotron.checkpoint.tiny import tokenizer_corpus
-from trtllm_nemotron.errors import ConfigError
+from trtllm_nemotron.errors import CheckpointError, ConfigError
 from trtllm_nemotron.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_bpe_tokenizer
 
 TEXT = 'def fibonacci(n):\n    """Return the n-th number."""\n    return n if n < 2 else fibonacci(n - 1)  # héllo 日本'
@@ -26,7 +26,7 @@ def test_files_and_special_ids(tok_dir):
     assert t.vocab_size == 600
     ids = {s: t.token_to_id(s) for s in ("<unk>", "<s>", "</s>", "<|im_end|>", "<think>")}
     assert ids == {"<unk>": 0, "<s>": 1, "</s>": 2, "<|im_end|>": 11, "<think>": 12}  # spec nemotron_h.md §8
-    assert t.eos_token_ids == [11, 2] and t.bos_token_id == 1
+    assert t.eos_token_ids() == [11, 2] and t.bos_token_id == 1
     assert t.encode("<|im_start|>user")[0] == t.token_to_id("<|im_start|>")
 
 
@@ -68,5 +68,22 @@ def test_deterministic_and_small_vocab_error(tmp_path, tok_dir):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(ConfigError, match="no tokenizer.json"):
+    with pytest.raises(CheckpointError, match="no tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_generation_config_eos_ids_join_and_a_broken_one_is_a_clear_error(tmp_path, tok_dir):
+    import shutil
+
+    from trtllm_nemotron.tokenizer import Tokenizer
+
+    d = tmp_path / "tok"
+    shutil.copytree(tok_dir, d)
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 11, 7]}))
+    assert Tokenizer.from_dir(d).eos_token_ids() == [11, 2, 7]
+    (d / "generation_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="generation_config.json is not valid JSON"):
+        Tokenizer.from_dir(d)
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": "</s>"}))
+    with pytest.raises(CheckpointError, match="eos_token_id must be an int"):
+        Tokenizer.from_dir(d)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch
 
 from trtllm_nemotron.config import NemotronHConfig
 from trtllm_nemotron.model.loader import load_model
-from trtllm_nemotron.tokenizer import SPECIAL_TOKENS, load_tokenizer
+from trtllm_nemotron.tokenizer import CHATML_TEMPLATE, SPECIAL_TOKENS, load_tokenizer
 from trtllm_nemotron.train.data import DataRecipe, encode_documents, load_corpus, unigram_logprobs
 from trtllm_nemotron.train.train import DEFAULT_OUT, linear_in_dims_not_multiple
 
@@ -82,8 +81,10 @@ def test_tokenizer_special_tokens_and_chat_template():
     for s in ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"):
         assert tok.token_to_id(s) is not None
     assert 2000 <= tok.vocab_size <= 8192
+    assert tok.chat_template == CHATML_TEMPLATE  # the package's one template
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
-    assert text.startswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    # Nemotron 3's shape: a system turn always (empty here), the generation prompt opens the reasoning
+    assert text == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"
     code = "def f(x):\n    return x + 1\n"
     assert tok.decode(tok.encode(code)) == code
     gen = json.loads((ASSET / "generation_config.json").read_text())
@@ -123,8 +124,3 @@ def test_mtp_head_predicts_t_plus_2_better_than_unigram(model, sample):
     nll = -logp.gather(-1, ids[:, 2:, None]).mean().item()
     uni = float(-unigram_logprobs(train, model.config.vocab_size)[windows[:, 2:]].mean())
     assert math.exp(nll) < 0.5 * math.exp(uni)
-
-
-def test_asset_is_package_data():
-    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    assert '"trtllm_nemotron" = ["assets/**/*"]' in pyproject

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import types
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from trtllm_nemotron.errors import ConfigError
 from trtllm_nemotron.model.loader import load_model, model_from_config
 from trtllm_nemotron.model.moe import MoE
 from trtllm_nemotron.train.data import DataRecipe
-from trtllm_nemotron.train.fast import routed_experts_sorted, use_fast_paths
+from trtllm_nemotron.train.fast import routed_experts_sorted
 from trtllm_nemotron.train.train import (
     RouterLoads,
     TrainConfig,
@@ -46,12 +45,13 @@ def test_lr_schedule():
 
 def test_fast_routed_experts_equal_reference():
     torch.manual_seed(0)
-    model = model_from_config(preset("tiny"), seed=1)
+    ref_model = model_from_config(preset("tiny"), seed=1)
+    model = model_from_config(preset("tiny"), seed=1, moe_routed=routed_experts_sorted)
+    ref_moe = next(m for m in ref_model.modules() if isinstance(m, MoE))
     moe = next(m for m in model.modules() if isinstance(m, MoE))
     x = torch.randn(3, 37, preset("tiny").hidden_size, requires_grad=True)
-    ref = moe(x)
-    g_ref = torch.autograd.grad(ref.square().sum(), [x, *moe.parameters()], allow_unused=True)
-    moe.routed_experts = types.MethodType(routed_experts_sorted, moe)
+    ref = ref_moe(x)
+    g_ref = torch.autograd.grad(ref.square().sum(), [x, *ref_moe.parameters()], allow_unused=True)
     out = moe(x)
     g = torch.autograd.grad(out.square().sum(), [x, *moe.parameters()], allow_unused=True)
     print("max |out - ref|", (out - ref).abs().max().item())
@@ -61,7 +61,10 @@ def test_fast_routed_experts_equal_reference():
             assert a is None and b is None
             continue
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert use_fast_paths(model) == preset("tiny").pattern.count("E") + 1  # + the MTP block's E
+    moes = [m for m in model.modules() if isinstance(m, MoE)]
+    assert len(moes) == preset("tiny").pattern.count("E") + 1  # + the MTP block's E
+    assert all(m.routed is routed_experts_sorted for m in moes)
+    assert all(m.routed is not routed_experts_sorted for m in ref_model.modules() if isinstance(m, MoE))
 
 
 def test_bias_update_moves_toward_balance():

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from plugins.aot import aot_launch, compile_all, disassemble, ptx_target, sass_arch
+from plugins.latent_moe_experts import launch as xl
 from plugins.latent_moe_routing import launch as rl
 from plugins.mamba_state_update import launch as ml
 from trtllm_nemotron.config import preset
@@ -32,6 +33,8 @@ def test_compile_all_writes_index_ptx_cubin(compiled):
             "latent_moe_routing",
             "moe_expert_permutation",
             "mamba_state_update_bf16_statef32_steps",
+            "latent_moe_experts",
+            "latent_moe_experts_nvfp4",
         } <= names
         for k in ix["kernels"]:
             ptx = (out / f"sm_{sm}" / k["ptx"]).read_text()
@@ -68,7 +71,7 @@ def test_recompile_replaces_atomically(compiled):
         ["compile-plugins", "--sm", "90", "--out", str(out), "--config", "tiny"],
     )
     assert r.exit_code == 0, r.output
-    assert "sm_90: 6 kernels (sm_90a" in r.output
+    assert "sm_90: 8 kernels (sm_90a" in r.output
     assert sorted(p.name for p in out.iterdir()) == ["sm_100", "sm_90"]
 
 
@@ -95,12 +98,16 @@ class Sym:
 def test_launch_rules_accept_symbolic_sizes():
     batch, T = Sym("batch"), Sym("T")
     spec = ml.launch_spec(batch=batch, T=T, H=128, P=64, N=128, G=8, K=4, keep_steps=False)
-    assert spec.grid == (batch, 8, 1)
+    assert spec.grid == (batch, 128, 4)  # heads x head-dim blocks of 16 (N = 128)
     assert spec.scalars == (T, 128, 64, 128, 8, 128 * 64 + 2 * 8 * 128)
     assert list(spec.signature)[: len(ml.INPUTS)] == list(ml.INPUTS)
     rs = rl.route_spec(T=T, E=512, top_k=22, cdiv=lambda a, b: f"cdiv({a},{b})")
     assert rs.grid == ("cdiv(T,4)", 1, 1) and rs.scalars == (T, 512)
     assert rl.perm_spec(T=T, E=512, top_k=22).scalars[0].name == "(T*22)"
+    xs = xl.launch_spec(T=T, E=512, X=1024, F=2688, k=22, nvfp4=True, weight_dtype="int8",
+                        cdiv=lambda a, b: f"cdiv({a},{b})")  # fmt: skip
+    assert xs.grid == (512, "cdiv(T,16)", 4) and xs.scalars == (22, 512, 1024, 2688)
+    assert list(xs.signature)[: len(xl.INPUTS_NVFP4)] == list(xl.INPUTS_NVFP4)
 
 
 def test_aot_launch_is_what_aot_impl_returns():
@@ -109,6 +116,6 @@ def test_aot_launch_is_what_aot_impl_returns():
     launch = aot_launch("plugins.mamba_state_update.kernel", spec, sm=90)
     assert launch.kernel_name == b"_mamba_state_update_kernel"
     assert b".target sm_90a" in launch.ptx and b".entry _mamba_state_update_kernel(" in launch.ptx
-    assert launch.grid == (3, 2, 1)
+    assert launch.grid == (3, 4, 1)
     assert launch.block == (spec.num_warps * 32, 1, 1)
     assert launch.extra_args == (2, 4, 6, 5, 2, 4 * 6 + 2 * 2 * 5)

@@ -44,8 +44,9 @@ def test_references_and_ops_import_without_triton():
     code = """
 import sys
 sys.modules['triton'] = None  # any `import triton` now fails
-import torch, plugins
-w, idx, counts, perm = plugins.latent_moe_routing(torch.zeros(2, 8), torch.zeros(8), top_k=2)
+import torch
+from plugins.latent_moe_routing import latent_moe_routing
+w, idx, counts, perm = latent_moe_routing(torch.zeros(2, 8), torch.zeros(8), top_k=2)
 assert idx.tolist() == [[0, 1], [0, 1]], idx
 import plugins.mamba_state_update.reference, plugins.latent_moe_routing.op
 print('ok')
@@ -60,10 +61,10 @@ import torch, triton
 from triton.runtime.jit import JITFunction
 from plugins.latent_moe_routing import kernel as k
 assert isinstance(k._latent_moe_routing_kernel, JITFunction)
-import plugins
+from plugins.latent_moe_routing import latent_moe_routing
 from plugins.latent_moe_routing.reference import latent_moe_routing_ref
 logits, bias = torch.randn(5, 16), torch.randn(16) * 0.1
-got = plugins.latent_moe_routing(logits, bias, top_k=4, n_group=4, topk_group=2)
+got = latent_moe_routing(logits, bias, top_k=4, n_group=4, topk_group=2)
 want = latent_moe_routing_ref(logits, bias, 4, 4, 2)
 assert all(torch.equal(a, b) for a, b in zip(got[1:], want[1:]))
 assert isinstance(k._latent_moe_routing_kernel, JITFunction)  # the compiled instance is untouched

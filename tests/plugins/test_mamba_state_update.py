@@ -84,17 +84,20 @@ CASES = [
     ("bf16_batch1", dict(H=2, P=5, N=3, G=1), torch.bfloat16, torch.float32, [1], 1, False),
     ("multitoken_steps", dict(H=4, P=3, N=6, G=2), torch.float32, torch.float32, [-1, 2], 3, True),
     ("fp16_state_bf16_steps", dict(H=2, P=4, N=3, G=2), torch.bfloat16, torch.float16, [0, 4], 2, True),
+    # several head-dim blocks per head (BLOCK_P = 16 at N = 128) and two heads per group: the B/C conv
+    # channels are read by 6 programs and shifted in place by one of them
+    ("pblocks_shared_bc", dict(H=4, P=40, N=128, G=2), torch.float32, torch.float32, [2, -1, 0], 2, True),
 ]
 
 
 @pytest.mark.parametrize("name,dims,act,state,slots,T,keep", CASES, ids=[c[0] for c in CASES])
 def test_interpreter_matches_reference(monkeypatch, name, dims, act, state, slots, T, keep):
-    import plugins
+    from plugins.mamba_state_update import mamba_state_update
 
     monkeypatch.setenv("TRTLLM_NEMOTRON_KERNELS", "interpret")
     case = make_case(batch=len(slots), T=T, pool=5, act=act, state=state, **dims)
     slot = torch.tensor(slots, dtype=torch.int32)
-    got, got_st = run(plugins.mamba_state_update, case, slot, n_groups=dims["G"], keep_steps=keep)
+    got, got_st = run(mamba_state_update, case, slot, n_groups=dims["G"], keep_steps=keep)
     want, want_st = run(call_ref, case, slot, n_groups=dims["G"], keep_steps=keep)
     tol = _TOL[state]
     torch.testing.assert_close(got[0], want[0], rtol=tol, atol=tol)
@@ -113,14 +116,14 @@ def test_interpreter_matches_reference(monkeypatch, name, dims, act, state, slot
 
 
 def test_validation_errors():
-    import plugins
+    from plugins.mamba_state_update import mamba_state_update
 
     case = make_case(batch=1, T=1, H=2, P=2, N=2, G=1)
     with pytest.raises(PluginError, match="conv_dim"):
-        plugins.mamba_state_update(**case, slot_idx=torch.tensor([0]), n_groups=2)
+        mamba_state_update(**case, slot_idx=torch.tensor([0]), n_groups=2)
     bad = dict(case, ssm_state=case["ssm_state"].to(torch.bfloat16))
     with pytest.raises(PluginError, match="ssm_state dtype"):
-        plugins.mamba_state_update(**bad, slot_idx=torch.tensor([0]), n_groups=1)
+        mamba_state_update(**bad, slot_idx=torch.tensor([0]), n_groups=1)
 
 
 def test_custom_op_registered_with_fake(monkeypatch):
@@ -142,23 +145,26 @@ def test_custom_op_registered_with_fake(monkeypatch):
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("keep", [False, True])
 def test_cuda_kernel_matches_reference_super_shapes(batch, keep):
-    import plugins
+    from plugins.mamba_state_update import mamba_state_update
 
     T = 4 if keep else 1
     case = make_case(batch, T, H=128, P=64, N=128, G=8, pool=batch + 8, act=torch.bfloat16, device="cuda")
     slot = torch.randperm(batch + 8, device="cuda")[:batch].to(torch.int32)
     slot[0] = -1
-    got, got_st = run(plugins.mamba_state_update, case, slot, n_groups=8, keep_steps=keep)
+    got, got_st = run(mamba_state_update, case, slot, n_groups=8, keep_steps=keep)
     want, want_st = run(call_ref, case, slot, n_groups=8, keep_steps=keep)
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got_st["ssm_state"], want_st["ssm_state"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got_st["conv_state"], want_st["conv_state"], rtol=0, atol=0)
 
 
-def test_matches_model_ops_mamba_decode_step():
-    """The model's pure-torch contract (`trtllm_nemotron.model.ops.mamba_decode_step`) and this op agree."""
+def test_matches_model_ops_mamba_decode_step(monkeypatch):
+    """The model's entry point (`trtllm_nemotron.model.ops.mamba_decode_step`), running the Triton kernel
+    under the interpreter, equals the reference (it goes through the dispatch, so a wrong argument order or
+    a kernel bug shows here; with the CPU default it would be the reference compared with itself)."""
     from trtllm_nemotron.model.ops import mamba_decode_step
 
+    monkeypatch.setenv("TRTLLM_NEMOTRON_KERNELS", "interpret")
     case = make_case(batch=3, T=2, H=4, P=3, N=4, G=2, state=torch.float16)
     slot = torch.tensor([4, -1, 1])
     got, got_st = run(call_ref, case, slot, n_groups=2, keep_steps=True)
@@ -166,6 +172,6 @@ def test_matches_model_ops_mamba_decode_step():
     xbc = c.pop("xbc")
     want = mamba_decode_step(xbc, **c, slot_idx=slot, n_groups=2, keep_steps=True)
     for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(got_st["ssm_state"], c["ssm_state"], rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)  # fp16 pool: one rounding apart at most
+    torch.testing.assert_close(got_st["ssm_state"], c["ssm_state"], rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(got_st["conv_state"], c["conv_state"], rtol=0, atol=0)

@@ -90,10 +90,11 @@ def test_nvfp4_super_export_layout(tiny_src, quantized):
 def test_quantize_load_logits_within_kl_bound(recipe, tiny_src, quantized):
     from trtllm_nemotron import load_model
     from trtllm_nemotron.quant.calib import tokenize
+    from trtllm_nemotron.quant.loading import load_model_as_deployed
 
     out = quantized(recipe)
     ref = load_model(tiny_src, dtype=torch.float32, progress=False)
-    test = load_model(out, dtype=torch.float32, progress=False, simulate_activation_quant=True)
+    test = load_model_as_deployed(out, dtype=torch.float32, progress=False)
     ids = torch.tensor([tokenize(SHORT_TEXT, tiny_src, ref.config.vocab_size)[:32]])
     rep = compare_models(ref, test, [ids])
     assert rep["kl_mean"] <= KL_BOUND[recipe], rep

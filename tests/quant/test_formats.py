@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trtllm_nemotron.checkpoint.formats import (
+    E2M1_VALUES,
+    F8E4M3_MAX,
+    dequantize_fp8,
+    dequantize_nvfp4,
+    unpack_e2m1,
+)
 from trtllm_nemotron.errors import QuantError
 from trtllm_nemotron.quant import fp8, nvfp4
-from trtllm_nemotron.quant.formats import E2M1_VALUES, F8E4M3_MAX
 
 NVFP4QTensor = pytest.importorskip("modelopt.torch.quantization.qtensor.nvfp4_tensor").NVFP4QTensor
 quant_utils = pytest.importorskip("modelopt.torch.export.quant_utils")
@@ -49,7 +55,7 @@ def test_nvfp4_quantize_matches_modelopt(shape, dtype):
     assert torch.equal(_bytes(scale), _bytes(ref_s))
     assert torch.equal(s2, ref_s2)
     ref_d = ref_q.dequantize(dtype=torch.float32, scale=ref_s, double_scale=ref_s2, block_sizes={-1: 16})
-    assert torch.equal(nvfp4.dequantize(packed, scale, s2), ref_d)
+    assert torch.equal(dequantize_nvfp4(packed, scale, s2), ref_d)
 
 
 def test_nvfp4_rounding_ties_and_saturation_match_modelopt():
@@ -62,7 +68,7 @@ def test_nvfp4_rounding_ties_and_saturation_match_modelopt():
     packed, scale, _ = nvfp4.quantize(w, weight_scale_2=s2)
     assert torch.equal(packed, ref_q._quantized_data)
     assert torch.equal(_bytes(scale), _bytes(ref_s))
-    codes = nvfp4.unpack(packed)[0, :16].tolist()
+    codes = unpack_e2m1(packed)[0, :16].tolist()
     # ties go to the even code: .25->0, .75->1.0, 1.25->1.0, 1.75->2.0, 2.5->2.0, 3.5->4.0, 5->4.0
     assert [E2M1_VALUES[c] for c in codes[:7]] == [0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0]
     # element 2k in the low nibble
@@ -89,7 +95,7 @@ def test_nvfp4_rejects_bad_input_dim():
 def test_nvfp4_all_zero_tensor_is_finite():
     packed, scale, s2 = nvfp4.quantize(torch.zeros(2, 32))
     assert float(s2) == pytest.approx(1 / 448) and torch.all(packed == 0)
-    assert torch.equal(nvfp4.dequantize(packed, scale, s2), torch.zeros(2, 32))
+    assert torch.equal(dequantize_nvfp4(packed, scale, s2), torch.zeros(2, 32))
 
 
 @pytest.mark.parametrize("shape,dtype", [c for c in CASES if len(c[0]) == 2] + [((9, 33), torch.bfloat16)])
@@ -103,7 +109,7 @@ def test_fp8_quantize_matches_modelopt_export(shape, dtype):
     assert q.dtype == torch.float8_e4m3fn and s.shape == () and s.dtype == torch.float32
     assert torch.equal(s, ref_s)
     assert torch.equal(_bytes(q), _bytes(ref_q))
-    back = fp8.dequantize(q, s)
+    back = dequantize_fp8(q, s)
     assert torch.allclose(back, w.float(), rtol=2**-3, atol=float(s) * 2**-6)
 
 

@@ -42,7 +42,7 @@ def test_build_is_cached_and_failures_are_clear(tmp_path, monkeypatch):
     assert so.is_file() and str(so).startswith(str(tmp_path / "cache"))
     mtime = so.stat().st_mtime_ns
     assert native.build() == so and so.stat().st_mtime_ns == mtime  # reused, not rebuilt
-    assert not [p for p in so.parent.iterdir() if p.name.startswith(".build-")]  # no temp dir left
+    assert [p.name for p in so.parent.parent.iterdir()] == [so.parent.name]  # no temp dir left
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -53,8 +53,15 @@ def test_stop_strings_are_cut_and_held_back():
 
 
 def test_chat_template_chatml_default_and_checkpoint_template(tiny_dir):
+    """Without a template of its own a checkpoint gets Nemotron 3's shape: the generation prompt opens the
+    reasoning block unless `enable_thinking=False` (the template trained tokenizers carry)."""
     tok = _byte_tok()
     s = tok.apply_chat_template([{"role": "user", "content": "hi"}])
-    assert s == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    empty_system = "<|im_start|>system\n<|im_end|>\n"  # Nemotron 3 always opens with a system turn
+    assert s == empty_system + "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    no_think = tok.apply_chat_template([{"role": "user", "content": "hi"}], enable_thinking=False)
+    assert no_think == empty_system + "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think></think>"
+    trained = Tokenizer.from_dir(tiny_dir)  # make_tiny trains a tokenizer: its template renders the same
+    assert trained.chat_template and trained.apply_chat_template([{"role": "user", "content": "hi"}]) == s
     tok.chat_template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
     assert tok.apply_chat_template([{"role": "user", "content": "x"}]) == "[user]x"

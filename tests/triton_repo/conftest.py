@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,3 +46,46 @@ def cpu_engine(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def b200_engine(tiny_model_dir, tmp_path_factory) -> Path:
     return assemble_engine(tiny_model_dir, tmp_path_factory.mktemp("eng") / "b200_engine", "b200")
+
+
+@dataclass
+class Served:
+    engine_dir: Path
+    repo: Path
+    proc: subprocess.Popen
+    log: Path
+    http: str
+    grpc: str
+    metrics: str
+    shm_before: set
+    openai: str | None = None  # base URL of the OpenAI front (http://host:port/v1) when started with one
+
+
+def serve_repo(engine_dir: Path, repo: Path, tmp: Path, *, openai: bool = False):
+    """Run `trtllm-nemotron serve REPO` (with `--openai-port` when `openai`) until ready; a generator that
+    yields the `Served` and stops the server (SIGINT) afterwards unless a test already did."""
+    import clients
+    from triton_repo.server import _shm_regions, free_ports
+
+    h, g, m, o = free_ports(4)
+    log = tmp / "serve.log"
+    shm_before = _shm_regions()
+    cmd = [sys.executable, "-m", "trtllm_nemotron", "serve", str(repo), "--http-port", str(h), "--grpc-port", str(g),
+           "--metrics-port", str(m)] + (["--openai-port", str(o)] if openai else [])
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    s = Served(engine_dir, repo, proc, log, f"127.0.0.1:{h}", f"127.0.0.1:{g}", f"http://127.0.0.1:{m}/metrics",
+               shm_before, f"http://127.0.0.1:{o}/v1" if openai else None)
+    deadline = time.monotonic() + 300
+    while not clients.server_ready(s.http, "http", timeout=2) or (openai and "ready: OpenAI API" not in log.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"serve did not become ready (rc={proc.poll()}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    yield s
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -13,7 +13,13 @@ from triton_repo.model_config import (
     validate_pbtxt,
 )
 from triton_repo.package import nemotron_spec, trtllm_spec
-from triton_repo.protocol import LLMAPI_INPUTS, LLMAPI_OUTPUTS, NEMOTRON_INPUTS, NEMOTRON_OUTPUTS
+from triton_repo.protocol import (
+    INFLIGHT_ALIASES,
+    LLMAPI_INPUTS,
+    LLMAPI_OUTPUTS,
+    NEMOTRON_INPUTS,
+    NEMOTRON_OUTPUTS,
+)
 from trtllm_nemotron.errors import PackageError
 
 
@@ -82,10 +88,12 @@ def test_nemotron_protocol_is_the_llmapi_protocol_plus_optional_extensions():
     llm_in = {t.name: t for t in LLMAPI_INPUTS}
     llm_out = {t.name: t for t in LLMAPI_OUTPUTS}
     extra_in = [t for t in NEMOTRON_INPUTS if t.name not in llm_in]
-    assert [t.name for t in extra_in] == ["sampling_param_ignore_eos"] and extra_in[0].optional
+    assert [t.name for t in extra_in] == ["sampling_param_ignore_eos", *INFLIGHT_ALIASES, "return_num_input_tokens",
+                                          "return_num_output_tokens"]
+    assert all(t.optional for t in extra_in)
     assert all(t == llm_in[t.name] for t in NEMOTRON_INPUTS if t.name in llm_in)
     assert all(t == llm_out[t.name] for t in NEMOTRON_OUTPUTS if t.name in llm_out)
-    assert [t.name for t in NEMOTRON_OUTPUTS if t.name not in llm_out] == ["num_output_tokens"]
+    assert [t.name for t in NEMOTRON_OUTPUTS if t.name not in llm_out] == ["num_output_tokens", "num_input_tokens"]
     for name in ("text_input", "streaming", "sampling_param_max_tokens", "sampling_param_stop", "text_output",
                  "finish_reason", "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens",
                  "first_token_time_ns"):

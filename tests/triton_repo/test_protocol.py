@@ -28,7 +28,8 @@ def test_parse_full_request():
 
 def test_defaults_follow_llmapi():
     req = parse_request(_get({"text_input": np.array(["hi"], dtype=object)}))
-    assert req.sampling == {} and not req.streaming and not req.exclude_input and not req.stop_request
+    # TensorRT-LLM: SamplingParams.exclude_input_from_output defaults to true (the prompt is not echoed)
+    assert req.sampling == {} and not req.streaming and req.exclude_input and not req.stop_request
 
 
 @pytest.mark.parametrize("tensors, match", [
@@ -47,9 +48,14 @@ def test_stop_request_needs_no_prompt():
 
 def test_response_honours_return_flags():
     req = parse_request(_get({"text_input": np.array([b"Q:"], dtype=object)}))
-    a = response_arrays(req, text=" A", num_tokens=2, finish_reason="stop", stop_reason=None, stats=None, times_ns={})
-    assert a["text_output"][0] == b"Q: A"  # llmapi default: the prompt is echoed
+    a = response_arrays(req, text=" A", num_tokens=2, finish_reason="stop", stop_reason=None, stats=None, times_ns={},
+                        num_input_tokens=3)
+    assert a["text_output"][0] == b" A"  # TensorRT-LLM's default: the generated text only
     assert set(a) == {"text_output", "num_output_tokens"}
+    echo = parse_request(_get({"text_input": np.array([b"Q:"], dtype=object),
+                               "sampling_param_exclude_input_from_output": np.array([False])}))
+    a = response_arrays(echo, text=" A", num_tokens=2, finish_reason="stop", stop_reason=None, stats=None, times_ns={})
+    assert a["text_output"][0] == b"Q: A"
     req = parse_request(_get({"text_input": np.array([b"Q:"], dtype=object), "return_finish_reason": np.array([True]),
                               "sampling_param_exclude_input_from_output": np.array([True]),
                               "sampling_param_return_perf_metrics": np.array([True])}))
@@ -59,3 +65,41 @@ def test_response_honours_return_flags():
     assert a["text_output"][0] == b" A" and a["finish_reason"][0] == b"length"
     assert a["acceptance_rate"].dtype == np.float32 and a["total_draft_tokens"][0] == 6
     assert a["arrival_time_ns"].dtype == np.int64 and a["num_output_tokens"][0] == 2
+
+
+def test_inflight_batcher_aliases():
+    """The names Triton's OpenAI frontend and GenAI-Perf's kserve/tensorrtllm mode send."""
+    req = parse_request(_get({
+        "text_input": np.array([b"hi"], dtype=object), "stream": np.array([True]),
+        "max_tokens": np.array([5], np.int32), "temperature": np.array([0.25], np.float32),
+        "top_p": np.array([0.5], np.float32), "top_k": np.array([4], np.int32), "seed": np.array([9], np.uint64),
+        "stop_words": np.array([b"END"], dtype=object), "exclude_input_in_output": np.array([False]),
+        "return_num_input_tokens": np.array([True]), "return_num_output_tokens": np.array([True]),
+        "frequency_penalty": np.array([0.0], np.float32), "beam_width": np.array([1], np.int32),
+    }))
+    assert req.streaming and not req.exclude_input and req.return_num_input_tokens
+    assert req.sampling == {"max_tokens": 5, "temperature": pytest.approx(0.25), "top_p": pytest.approx(0.5),
+                            "top_k": 4, "seed": 9, "stop": ("END",)}
+    a = response_arrays(req, text="x", num_tokens=1, finish_reason=None, stop_reason=None, stats=None, times_ns={},
+                        num_input_tokens=3)
+    assert a["num_input_tokens"].dtype == np.int32 and a["num_input_tokens"][0] == 3
+    assert a["text_output"][0] == b"hix"
+
+
+@pytest.mark.parametrize("tensors, match", [
+    ({"max_tokens": np.array([5], np.int32), "sampling_param_max_tokens": np.array([6], np.int32)},
+     "'max_tokens' and 'sampling_param_max_tokens'"),
+    ({"presence_penalty": np.array([0.5], np.float32)}, "sampling_param_presence_penalty.*not supported"),
+    ({"sampling_param_frequency_penalty": np.array([1.0], np.float32)}, "frequency_penalty.*not supported"),
+    ({"repetition_penalty": np.array([1.2], np.float32)}, "repetition_penalty.*send 1"),
+    ({"beam_width": np.array([4], np.int32)}, "beam_width.*not supported"),
+])
+def test_aliases_refuse_conflicts_and_unsupported_options(tensors, match):
+    with pytest.raises(RequestError, match=match):
+        parse_request(_get({"text_input": np.array([b"hi"], dtype=object), **tensors}))
+
+
+def test_same_value_under_both_names_is_fine():
+    req = parse_request(_get({"text_input": np.array([b"hi"], dtype=object), "max_tokens": np.array([5], np.int32),
+                              "sampling_param_max_tokens": np.array([5], np.int32)}))
+    assert req.sampling["max_tokens"] == 5

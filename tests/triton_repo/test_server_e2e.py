@@ -14,15 +14,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import clients
+from tests.triton_repo.conftest import Served, serve_repo
 from triton_repo.package import PackageConfig, package
 from triton_repo.server import _shm_regions, free_ports, port_free
+
+pytestmark = pytest.mark.slow  # a real tritonserver (make test runs it; -m "not slow" skips it in a quick loop)
 
 MAX_SEQ_LEN = 256
 MAX_TOKENS = 8
@@ -30,18 +32,6 @@ PROMPTS = [
     "def fibonacci(n):", "The capital of France is", "import numpy as np", "Once upon a time",
     "class Stack:", "SELECT * FROM", "Mamba is a state space model", "for i in range(10):",
 ]
-
-
-@dataclass
-class Served:
-    engine_dir: Path
-    repo: Path
-    proc: subprocess.Popen
-    log: Path
-    http: str
-    grpc: str
-    metrics: str
-    shm_before: set
 
 
 @pytest.fixture(scope="module")
@@ -61,28 +51,7 @@ def served(default_engine, tmp_path_factory):
     # stream_interval 2: streamed responses carry merged deltas (first token, then every 2nd iteration, last)
     repo = package(default_engine, tmp / "repo", PackageConfig(max_batch_size=8, max_seq_len=MAX_SEQ_LEN, device="cpu",
                                                                stream_interval=2))
-    h, g, m = free_ports(3)
-    log = tmp / "serve.log"
-    shm_before = _shm_regions()
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trtllm_nemotron", "serve", str(repo), "--http-port", str(h), "--grpc-port", str(g),
-             "--metrics-port", str(m)], stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    s = Served(default_engine, repo, proc, log, f"127.0.0.1:{h}", f"127.0.0.1:{g}", f"http://127.0.0.1:{m}/metrics",
-               shm_before)
-    deadline = time.monotonic() + 300
-    while not clients.server_ready(s.http, "http", timeout=2):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"serve did not become ready (rc={proc.poll()}):\n{log.read_text()[-4000:]}")
-        time.sleep(0.5)
-    yield s
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    yield from serve_repo(default_engine, repo, tmp)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +77,7 @@ def reference(default_engine):
             sched.shutdown()
 
     complete.batch = complete_batch
+    complete.engine = engine
     return complete
 
 
@@ -236,14 +206,16 @@ def test_thirty_two_concurrent_streams_over_grpc_and_http_complete_correctly(ser
     assert _wait_idle(served) < 60
 
 
-def _raw_grpc(served: Served, tensors: list[tuple[str, np.ndarray, str]]) -> str:
-    """Send one raw request over a gRPC stream; return the error message (fails if it succeeded)."""
+def _raw_grpc_stream(served: Served, tensors: list[tuple[str, np.ndarray, str]]) -> list:
+    """Send one raw request over a gRPC stream; the responses up to the final one, each an error message (str)
+    or a dict {output name: first value}."""
     import queue
 
     import tritonclient.grpc as grpcclient
 
     c = grpcclient.InferenceServerClient(served.grpc)
     q: queue.Queue = queue.Queue()
+    out: list = []
     try:
         c.start_stream(callback=lambda result, error: q.put((result, error)))
         inputs = []
@@ -252,12 +224,67 @@ def _raw_grpc(served: Served, tensors: list[tuple[str, np.ndarray, str]]) -> str
             x.set_data_from_numpy(arr)
             inputs.append(x)
         c.async_stream_infer("nemotron", inputs, enable_empty_final_response=True)
-        result, error = q.get(timeout=60)
-        assert error is not None, "expected an error response"
-        return error.message()
+        while True:
+            result, error = q.get(timeout=120)
+            if error is not None:
+                out.append(error.message())
+                return out
+            resp = result.get_response()
+            values = {o.name: clients.client._scalar(result.as_numpy(o.name)) for o in resp.outputs}
+            if values:
+                out.append(values)
+            if resp.parameters["triton_final_response"].bool_param:
+                return out
     finally:
         c.stop_stream()
         c.close()
+
+
+def _raw_grpc(served: Served, tensors: list[tuple[str, np.ndarray, str]]) -> str:
+    """Send one raw request over a gRPC stream; return the error message (fails if it succeeded)."""
+    out = _raw_grpc_stream(served, tensors)
+    assert out and isinstance(out[-1], str), f"expected an error response, got {out}"
+    return out[-1]
+
+
+def _prompt(text: str) -> tuple[str, np.ndarray, str]:
+    return ("text_input", np.array([text.encode()], dtype=np.object_), "BYTES")
+
+
+def test_text_input_only_gets_generated_text_without_the_prompt(served, reference):
+    """As from TensorRT-LLM's llmapi model: exclude_input_from_output defaults to true (runtime defaults apply)."""
+    from trtllm_nemotron.runtime import SamplingParams
+
+    prompt = PROMPTS[3]
+    out = _raw_grpc_stream(served, [_prompt(prompt)])
+    assert len(out) == 1 and isinstance(out[0], dict), out  # not streaming: one response
+    ref = reference.engine.generate(prompt, SamplingParams())
+    assert out[0]["text_output"] == ref.text and not out[0]["text_output"].startswith(prompt)
+    assert out[0]["num_output_tokens"] == len(ref.token_ids)
+    echoed = _raw_grpc_stream(served, [_prompt(prompt), ("sampling_param_max_tokens", np.array([2], np.int32), "INT32"),
+                                       ("sampling_param_exclude_input_from_output", np.array([False]), "BOOL")])
+    assert echoed[-1]["text_output"].startswith(prompt)
+
+
+def test_inflight_batcher_names_over_grpc(served, reference):
+    """The request GenAI-Perf's `kserve --backend tensorrtllm --streaming` mode sends, plus Triton's OpenAI
+    frontend's `return_num_*` flags."""
+    prompt = PROMPTS[0]
+    ref = reference(prompt)
+    out = _raw_grpc_stream(served, [
+        _prompt(prompt), ("max_tokens", np.array([MAX_TOKENS], np.int32), "INT32"),
+        ("exclude_input_in_output", np.array([True]), "BOOL"), ("stream", np.array([True]), "BOOL"),
+        ("temperature", np.array([0.0], np.float32), "FP32"), ("top_p", np.array([1.0], np.float32), "FP32"),
+        ("return_num_input_tokens", np.array([True]), "BOOL"), ("return_num_output_tokens", np.array([True]), "BOOL"),
+    ])
+    assert all(isinstance(o, dict) for o in out) and len(out) >= 2  # streamed
+    assert out[-1]["text_output"] == ref.text and out[-1]["num_output_tokens"] == len(ref.token_ids)
+    assert out[-1]["num_input_tokens"] == ref.stats["prompt_tokens"]
+    msg = _raw_grpc(served, [_prompt(prompt), ("presence_penalty", np.array([0.5], np.float32), "FP32")])
+    assert "presence_penalty" in msg and "not supported" in msg
+    msg = _raw_grpc(served, [_prompt(prompt), ("max_tokens", np.array([3], np.int32), "INT32"),
+                             ("sampling_param_max_tokens", np.array([4], np.int32), "INT32")])
+    assert "different values" in msg
 
 
 def test_bad_requests_get_error_responses_and_server_stays_healthy(served):

@@ -22,12 +22,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from trtllm_nemotron.checkpoint.formats import SCALE_SUFFIXES
 from trtllm_nemotron.checkpoint.reader import ST_DTYPES as _ST_NAMES
 from trtllm_nemotron.checkpoint.reader import CheckpointReader, open_checkpoint, read_config
 from trtllm_nemotron.checkpoint.validate import format_problems, quant_info, validate
 from trtllm_nemotron.config import LAYER_CHARS, NemotronHConfig, expected_tensors
 
-AUX_SUFFIXES = (".weight_scale", ".weight_scale_2", ".input_scale", ".k_scale", ".v_scale")
+AUX_SUFFIXES = tuple(f".{s}" for s in SCALE_SUFFIXES)
 
 
 def architecture(cfg: NemotronHConfig) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
+from trtllm_nemotron.checkpoint.formats import NVFP4_BLOCK
 from trtllm_nemotron.checkpoint.reader import ST_DTYPES as _ST_NAMES
 from trtllm_nemotron.checkpoint.reader import CheckpointReader
 from trtllm_nemotron.config import TensorSpec, expected_tensors
@@ -29,7 +30,6 @@ from trtllm_nemotron.errors import CheckpointError
 
 FLOAT_DTYPES = ("BF16", "F16", "F32")
 SCALAR: tuple[int, ...] = ()
-NVFP4_GROUP = 16
 # ModelOpt 0.47 name-sentinel defect (deployment.md §5.6): strip these suffixes from quantized-layer keys
 _SENTINELS = (".\x00backbone.pt_name_sentinel", ".\x00modelopt_name_sentinel")
 
@@ -124,7 +124,7 @@ def expected_checkpoint_tensors(
         module = name.removesuffix(".weight")
         if algo == "NVFP4":
             out[name] = ((rows, cols // 2), ("U8",))
-            out[f"{module}.weight_scale"] = ((rows, cols // NVFP4_GROUP), ("F8_E4M3",))
+            out[f"{module}.weight_scale"] = ((rows, cols // NVFP4_BLOCK), ("F8_E4M3",))
             out[f"{module}.weight_scale_2"] = (SCALAR, ("F32",))
             out[f"{module}.input_scale"] = (SCALAR, ("F32",))
         elif algo == "FP8":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from trtllm_nemotron.checkpoint.reader import INDEX_FILE
 from trtllm_nemotron.errors import CheckpointError
-from trtllm_nemotron.fileio import publish_permissions
+from trtllm_nemotron.fileio import atomic_dir
 
 if TYPE_CHECKING:
     import torch
@@ -201,11 +200,9 @@ def save_checkpoint(
             f"{out_dir} is a non-empty directory that is not a checkpoint (no config.json); refusing to replace "
             "it. Choose a new output path or empty it"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
+    with atomic_dir(out_dir) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes, metadata=metadata)
         bar = tqdm(
             total=total_bytes, unit="B", unit_scale=True, desc=f"writing {out_dir.name}", disable=not progress
@@ -232,21 +229,5 @@ def save_checkpoint(
         for fname, content in (extra_files or {}).items():
             p = tmp / fname
             p.write_bytes(content) if isinstance(content, bytes) else p.write_text(content)
-        publish_permissions(tmp)
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-        try:
-            os.replace(tmp, out_dir)
-        except BaseException:
-            if old is not None:
-                os.replace(old, out_dir)  # put the previous checkpoint back
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return out_dir
 

@@ -169,9 +169,11 @@ def _local(prompt, model, stream, as_json, chat, *, device, max_seq_len, mtp, ba
             out.write(ev.text)
             out.flush()
         last = ev
-    if last.finish_reason == "error":
-        from trtllm_nemotron.errors import RuntimeStateError
+    from trtllm_nemotron.errors import RuntimeStateError
 
+    if last is None:
+        raise RuntimeStateError("generation ended without any event; rerun, and report it if it repeats")
+    if last.finish_reason == "error":
         raise RuntimeStateError(f"generation failed: {last.error}")
     st = dict(last.stats or {})
     st["finish_reason"] = last.finish_reason

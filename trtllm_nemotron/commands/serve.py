@@ -19,18 +19,23 @@ from trtllm_nemotron.commands import user_errors
 @click.option("--model", "models", multiple=True, help="Load only these models (default: all this host can run).")
 @click.option("--log-verbose", type=int, default=0, show_default=True, help="tritonserver --log-verbose level.")
 @click.option("--startup-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for readiness.")
+@click.option("--openai-port", type=click.IntRange(1, 65535), default=None,
+              help="Also serve the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models) on this port, "
+                   "as a client of the server's gRPC endpoint. Default: off (`make serve` uses 9000).")
 @user_errors
 def serve(repo: Path, http_port: int, grpc_port: int, metrics_port: int, host: str, models: tuple[str, ...],
-          log_verbose: int, startup_timeout: float) -> None:
+          log_verbose: int, startup_timeout: float, openai_port: int | None) -> None:
     """Start tritonserver on REPO (explicit model control; loopback; Triton's default ports) until Ctrl-C.
 
     CPU hosts run the server shipped in the nvidia-pytriton wheel; GPU hosts NVIDIA's /opt/tritonserver.
-    Models this host cannot run are skipped, with the reason. SIGINT/SIGTERM stop it cleanly.
+    Models this host cannot run are skipped, with the reason. With --openai-port the OpenAI front starts
+    beside it once it is ready. SIGINT/SIGTERM stop both cleanly.
     """
     from triton_repo.server import ServerConfig
     from triton_repo.server import serve as run_server
 
     cfg = ServerConfig(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
-                       models=models or None, log_verbose=log_verbose, startup_timeout_s=startup_timeout)
+                       models=models or None, log_verbose=log_verbose, startup_timeout_s=startup_timeout,
+                       openai_port=openai_port)
     rc = run_server(cfg, echo=lambda m: click.echo(m, err=True))
     sys.exit(rc)

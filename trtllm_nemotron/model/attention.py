@@ -48,6 +48,7 @@ class Attention(nn.Module):
                 q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=gqa
             )
         else:
+            assert rows is not None, "with a cache, pass the batch's cache rows"
             kc, vc = cache.kv[layer_idx]  # [rows_total, nkv, max_len, hd]
             start = cache.lengths[rows]  # [batch]
             pos = start[:, None] + torch.arange(T, device=h.device)  # [batch, T]

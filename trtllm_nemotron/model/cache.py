@@ -173,7 +173,7 @@ class HybridCache:
     def commit(self, n_keep) -> None:
         """After a `keep_steps` forward of T tokens over `last_rows`: keep the first n_keep[b] (1..T) tokens
         of each row b (Mamba state after that step, length = start + n_keep)."""
-        if self.last_rows is None or (self.conv and not self.steps):
+        if self.last_rows is None or self.last_start is None or (self.conv and not self.steps):
             raise RuntimeStateError("commit() needs a preceding forward with cache.keep_steps = True")
         rows = self.last_rows
         n = torch.as_tensor(n_keep, dtype=torch.long, device=self.device).reshape(-1)

@@ -18,27 +18,34 @@ from torch import nn
 from trtllm_nemotron.config import NemotronHConfig
 from trtllm_nemotron.model.attention import Attention
 from trtllm_nemotron.model.mamba import ClampMode, Mamba2Mixer
-from trtllm_nemotron.model.moe import MLP, MoE
+from trtllm_nemotron.model.moe import MLP, MoE, RoutedExperts
 from trtllm_nemotron.model.norms import RMSNorm
 
 if TYPE_CHECKING:
     from trtllm_nemotron.model.cache import HybridCache
 
 LAYER_TYPES: dict[str, Callable[..., nn.Module]] = {
-    "M": lambda cfg, clamp_dt_min=False: Mamba2Mixer(cfg, clamp_dt_min=clamp_dt_min),
-    "*": lambda cfg, clamp_dt_min=False: Attention(cfg),
-    "E": lambda cfg, clamp_dt_min=False: MoE(cfg),
-    "-": lambda cfg, clamp_dt_min=False: MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias),
+    "M": lambda cfg, clamp_dt_min=False, moe_routed=None: Mamba2Mixer(cfg, clamp_dt_min=clamp_dt_min),
+    "*": lambda cfg, clamp_dt_min=False, moe_routed=None: Attention(cfg),
+    "E": lambda cfg, clamp_dt_min=False, moe_routed=None: MoE(cfg, routed=moe_routed),
+    "-": lambda cfg, clamp_dt_min=False, moe_routed=None: MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias),
 }
 STATEFUL = {"M": "mamba", "*": "attention"}  # chars whose mixer reads/writes the HybridCache
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: NemotronHConfig, char: str, *, clamp_dt_min: ClampMode = False) -> None:
+    def __init__(
+        self,
+        cfg: NemotronHConfig,
+        char: str,
+        *,
+        clamp_dt_min: ClampMode = False,
+        moe_routed: RoutedExperts | None = None,
+    ) -> None:
         super().__init__()
         self.char = char
         self.norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
-        self.mixer = LAYER_TYPES[char](cfg, clamp_dt_min=clamp_dt_min)
+        self.mixer = LAYER_TYPES[char](cfg, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed)
 
     def forward(
         self,
@@ -53,7 +60,10 @@ class Block(nn.Module):
         return h + self.mixer(x)
 
 
-def build_layer(cfg: NemotronHConfig, char: str, *, clamp_dt_min: ClampMode = False) -> Block:
+def build_layer(
+    cfg: NemotronHConfig, char: str, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
+) -> Block:
+    """The block for pattern char `char`. `moe_routed`: the MoE routed-experts sum (None: the reference)."""
     if char not in LAYER_TYPES:
         raise ValueError(f"unknown layer char {char!r}; expected one of {''.join(LAYER_TYPES)}")
-    return Block(cfg, char, clamp_dt_min=clamp_dt_min)
+    return Block(cfg, char, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed)

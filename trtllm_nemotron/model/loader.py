@@ -3,8 +3,9 @@
 - `load_model(path, ...)`: a HF-format checkpoint dir (ours, HF `save_pretrained`'s, or an engine dir with a
   `checkpoint/` subdir), BF16 / FP8 / NVFP4. Tensors come from `trtllm_nemotron.checkpoint.open_checkpoint`
   (canonical names; fused 3-D experts already split), or for a quantized checkpoint from
-  `trtllm_nemotron.quant.loading.dequantized_tensors`. The model is built on the meta device and then
-  materialised on `device`, so weights are held once.
+  `trtllm_nemotron.checkpoint.dequant.dequantized_tensors` (the weights decoded to `dtype`). The model is built
+  on the meta device and then materialised on `device`, so weights are held once. (To also simulate the
+  deployed engine's activation quantization: `trtllm_nemotron.quant.loading.load_model_as_deployed`.)
 - `model_from_config(cfg, seed)`: random init, identical to what `make-tiny` writes for the same seed.
 - `build_model_skeleton(cfg)`: on the meta device, for layer-streaming users.
 """
@@ -22,15 +23,20 @@ from torch import nn
 from trtllm_nemotron.config import NemotronHConfig
 from trtllm_nemotron.errors import CheckpointError
 from trtllm_nemotron.model.mamba import ClampMode
+from trtllm_nemotron.model.moe import RoutedExperts
 from trtllm_nemotron.model.network import NemotronHForCausalLM
 
 
 def build_model_skeleton(
-    cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, dtype: torch.dtype | None = None
+    cfg: NemotronHConfig,
+    *,
+    clamp_dt_min: ClampMode = False,
+    dtype: torch.dtype | None = None,
+    moe_routed: RoutedExperts | None = None,
 ) -> NemotronHForCausalLM:
     """The network with every parameter on the meta device (no memory)."""
     with torch.device("meta"):
-        model = NemotronHForCausalLM(cfg, clamp_dt_min=clamp_dt_min)
+        model = NemotronHForCausalLM(cfg, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed)
     if dtype is not None:
         model.to(dtype)
     return model.eval()
@@ -43,23 +49,25 @@ def model_from_config(
     clamp_dt_min: ClampMode = False,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    moe_routed: RoutedExperts | None = None,
 ) -> NemotronHForCausalLM:
     """A randomly initialised network, tensor for tensor what `make_tiny(out, seed=seed, config=cfg)` writes
     (`checkpoint.tiny.random_tensors`: normal(0, initializer_range) matrices, ones for norms and D, A_log =
     log U(1, 16), dt_bias = softplus^-1 of log-uniform dt, uniform conv, small fp32 correction bias; the
-    values are bf16-rounded like the checkpoint). seed None draws a random seed."""
+    values are bf16-rounded like the checkpoint). seed None draws a random seed. `moe_routed`: the MoE
+    routed-experts sum (None: the reference; training passes `train.fast.routed_experts_sorted`)."""
     from trtllm_nemotron.checkpoint.tiny import random_tensors
 
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    model = build_model_skeleton(cfg, clamp_dt_min=clamp_dt_min, dtype=dtype)
+    model = build_model_skeleton(cfg, clamp_dt_min=clamp_dt_min, dtype=dtype, moe_routed=moe_routed)
     model.to_empty(device=device)
     _copy_in(model, random_tensors(cfg, seed), strict=True, where=f"random init of {cfg.pattern}")
     return model.train(False)
 
 
 def _targets(model: nn.Module) -> dict[str, torch.Tensor]:
-    t = dict(model.named_parameters())
+    t: dict[str, torch.Tensor] = dict(model.named_parameters())
     t.update(model.named_buffers())
     return t
 
@@ -107,7 +115,8 @@ def _copy_in(
     return missing
 
 
-def _resolve(path: Any) -> Path:
+def resolve_checkpoint_dir(path: Any) -> Path:
+    """`path`, or its `checkpoint/` subdir when `path` is an engine dir."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(
@@ -126,30 +135,26 @@ def load_model(
     clamp_dt_min: ClampMode = False,
     strict: bool = True,
     progress: bool | None = None,
-    **kw: Any,
 ) -> NemotronHForCausalLM:
     """Load a NemotronH checkpoint as the reference network.
 
     dtype None: float32 on CPU, bfloat16 elsewhere (e_score_correction_bias stays float32). strict: the
-    checkpoint is validated (`check_checkpoint`) and every parameter must be loaded. kw
-    `simulate_activation_quant=True` (quantized checkpoints): fake-quantize linear inputs like the deployed engine.
+    checkpoint is validated (`check_checkpoint`) and every parameter must be loaded. A quantized checkpoint's
+    weights are dequantized.
     """
     from trtllm_nemotron.checkpoint import check_checkpoint, open_checkpoint
 
-    simulate = bool(kw.pop("simulate_activation_quant", False))
-    if kw:
-        raise TypeError(f"load_model got unexpected keyword arguments {sorted(kw)}")
     device = torch.device(device)
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    with open_checkpoint(_resolve(path)) as reader:
+    with open_checkpoint(resolve_checkpoint_dir(path)) as reader:
         cfg = reader.config
         if strict:
             check_checkpoint(reader)
         model = build_model_skeleton(cfg, clamp_dt_min=clamp_dt_min, dtype=dtype)
         model.to_empty(device=device)
         if reader.quantization is not None:
-            from trtllm_nemotron.quant.loading import dequantized_tensors
+            from trtllm_nemotron.checkpoint.dequant import dequantized_tensors
 
             items: Iterable[tuple[str, torch.Tensor]] = dequantized_tensors(reader, dtype)
             total = None
@@ -167,8 +172,4 @@ def load_model(
             with torch.no_grad():
                 for n in missing:
                     targets[n].copy_(fresh[n])
-        if simulate and reader.quantization is not None:
-            from trtllm_nemotron.quant.loading import apply_activation_quant
-
-            apply_activation_quant(model, reader)
     return model.eval()

@@ -140,6 +140,7 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = self.in_proj(h).split([self.d_inner, self.conv_dim, self.H], dim=-1)
         A = -torch.exp(self.A_log.float())
         if cache is not None and (T == 1 or cache.keep_steps):
+            assert rows is not None, "with a cache, pass the batch's cache rows"
             y, ssm_steps, conv_steps = mamba_decode_step(
                 xBC,
                 dt,

@@ -8,9 +8,15 @@ CPU efficiency: tokens are sorted by expert and each expert that received tokens
 its tokens (a gather, no dense [T, E] loop); the weighted sum is accumulated in fp32 (as HF / remote code).
 Parameter names are the checkpoint's: `gate.weight`, `gate.e_score_correction_bias` (an fp32 buffer kept
 fp32 whatever the model dtype), `experts.{e}.up_proj.weight`, `shared_experts.*`, `fc{1,2}_latent_proj`.
+
+The routed-experts sum is `routed_experts_index_add` unless the network is built with another
+`RoutedExperts` (`model_from_config(..., moe_routed=...)`; training passes `train.fast.routed_experts_sorted`,
+the same maths with a cheaper backward).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +43,8 @@ class MLP(nn.Module):
 
 
 class Router(nn.Module):
+    e_score_correction_bias: torch.Tensor  # an fp32 buffer
+
     def __init__(self, cfg: NemotronHConfig) -> None:
         super().__init__()
         E = cfg.n_routed_experts
@@ -68,8 +76,9 @@ class Router(nn.Module):
 
 
 class MoE(nn.Module):
-    def __init__(self, cfg: NemotronHConfig) -> None:
+    def __init__(self, cfg: NemotronHConfig, *, routed: RoutedExperts | None = None) -> None:
         super().__init__()
+        self.routed: RoutedExperts = routed or routed_experts_index_add
         X = cfg.expert_dim
         self.gate = Router(cfg)
         self.experts = nn.ModuleList(
@@ -78,10 +87,11 @@ class MoE(nn.Module):
         self.shared_experts = (
             MLP(cfg.hidden_size, cfg.shared_expert_size, cfg.mlp_bias) if cfg.n_shared_experts else None
         )
-        self.latent = cfg.moe_latent_size is not None and cfg.moe_latent_size > 0
+        latent = cfg.moe_latent_size or 0
+        self.latent = latent > 0
         if self.latent:
-            self.fc1_latent_proj = nn.Linear(cfg.hidden_size, cfg.moe_latent_size, bias=cfg.mlp_bias)
-            self.fc2_latent_proj = nn.Linear(cfg.moe_latent_size, cfg.hidden_size, bias=cfg.mlp_bias)
+            self.fc1_latent_proj = nn.Linear(cfg.hidden_size, latent, bias=cfg.mlp_bias)
+            self.fc2_latent_proj = nn.Linear(latent, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h [batch, T, hidden] -> [batch, T, hidden]."""
@@ -89,7 +99,7 @@ class MoE(nn.Module):
         x = h.reshape(-1, shape[-1])  # [tokens, hidden]
         w, idx = self.gate(x)  # [tokens, k]
         r = self.fc1_latent_proj(x) if self.latent else x  # [tokens, X]
-        routed = self.routed_experts(r, w, idx).to(h.dtype)
+        routed = self.routed(self, r, w, idx).to(h.dtype)
         if self.latent:
             routed = self.fc2_latent_proj(routed)
         out = routed.view(shape)
@@ -97,21 +107,27 @@ class MoE(nn.Module):
             out = out + self.shared_experts(h)
         return out
 
-    def routed_experts(self, r: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Σ_j w[:, j]·Expert_{idx[:, j]}(r), accumulated in fp32. r [tokens, X] -> [tokens, X] fp32."""
-        k = idx.shape[1]
-        flat = idx.reshape(-1)  # [tokens*k]
-        order = torch.argsort(flat, stable=True)
-        token_of = order // k  # token of each sorted assignment
-        counts = torch.bincount(flat, minlength=len(self.experts)).tolist()
-        w_sorted = w.reshape(-1)[order]
-        acc = torch.zeros(r.shape, dtype=torch.float32, device=r.device)
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            tok = token_of[start : start + n]
-            y = self.experts[e](r[tok])  # [n, X]
-            acc.index_add_(0, tok, y.float() * w_sorted[start : start + n, None])
-            start += n
-        return acc
+
+
+# (moe, r [tokens, X], w [tokens, k] fp32, idx [tokens, k]) -> Σ_j w[:, j]·Expert_{idx[:, j]}(r), [tokens, X] fp32
+RoutedExperts = Callable[[MoE, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def routed_experts_index_add(moe: MoE, r: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Σ_j w[:, j]·Expert_{idx[:, j]}(r), accumulated in fp32. r [tokens, X] -> [tokens, X] fp32."""
+    k = idx.shape[1]
+    flat = idx.reshape(-1)  # [tokens*k]
+    order = torch.argsort(flat, stable=True)
+    token_of = order // k  # token of each sorted assignment
+    counts = torch.bincount(flat, minlength=len(moe.experts)).tolist()
+    w_sorted = w.reshape(-1)[order]
+    acc = torch.zeros(r.shape, dtype=torch.float32, device=r.device)
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        tok = token_of[start : start + n]
+        y = moe.experts[e](r[tok])  # [n, X]
+        acc.index_add_(0, tok, y.float() * w_sorted[start : start + n, None])
+        start += n
+    return acc

@@ -18,6 +18,8 @@ next hidden for recursive drafting.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -25,14 +27,19 @@ from trtllm_nemotron.config import NemotronHConfig
 from trtllm_nemotron.model.cache import HybridCache
 from trtllm_nemotron.model.layers import STATEFUL, build_layer
 from trtllm_nemotron.model.mamba import ClampMode
+from trtllm_nemotron.model.moe import RoutedExperts
 from trtllm_nemotron.model.norms import RMSNorm
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False) -> None:
+    def __init__(
+        self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
+    ) -> None:
         super().__init__()
         self.embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(build_layer(cfg, ch, clamp_dt_min=clamp_dt_min) for ch in cfg.pattern)
+        self.layers = nn.ModuleList(
+            build_layer(cfg, ch, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed) for ch in cfg.pattern
+        )
         self.norm_f = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
 
 
@@ -41,7 +48,14 @@ class MTPSublayer(nn.Module):
     sublayer of a depth and the final norm on its last."""
 
     def __init__(
-        self, cfg: NemotronHConfig, char: str, *, first: bool, last: bool, clamp_dt_min: ClampMode = False
+        self,
+        cfg: NemotronHConfig,
+        char: str,
+        *,
+        first: bool,
+        last: bool,
+        clamp_dt_min: ClampMode = False,
+        moe_routed: RoutedExperts | None = None,
     ) -> None:
         super().__init__()
         D, eps = cfg.hidden_size, cfg.layer_norm_epsilon
@@ -50,7 +64,7 @@ class MTPSublayer(nn.Module):
             self.enorm = RMSNorm(D, eps)
             self.hnorm = RMSNorm(D, eps)
             self.eh_proj = nn.Linear(2 * D, D, bias=False)
-        block = build_layer(cfg, char, clamp_dt_min=clamp_dt_min)
+        block = build_layer(cfg, char, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed)
         self.norm, self.mixer = block.norm, block.mixer
         if last:
             self.final_layernorm = RMSNorm(D, eps)
@@ -63,13 +77,17 @@ class MTPSublayer(nn.Module):
 
 
 class MTPBlock(nn.Module):
-    def __init__(self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False) -> None:
+    def __init__(
+        self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
+    ) -> None:
         super().__init__()
         p = cfg.mtp_pattern
         n = len(p)
         self.depth_len = n
         self.layers = nn.ModuleList(
-            MTPSublayer(cfg, ch, first=j % n == 0, last=j % n == n - 1, clamp_dt_min=clamp_dt_min)
+            MTPSublayer(
+                cfg, ch, first=j % n == 0, last=j % n == n - 1, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed
+            )
             for j, ch in enumerate(p * cfg.num_nextn_predict_layers)
         )
 
@@ -83,23 +101,28 @@ class MTPBlock(nn.Module):
     ) -> torch.Tensor:
         """emb (embedding of the next token) and hidden (final-normed) [batch, T, hidden] -> final-normed g."""
         j0 = depth * self.depth_len
-        first = self.layers[j0]
+        first = cast(MTPSublayer, self.layers[j0])
         u = first.eh_proj(torch.cat([first.enorm(emb), first.hnorm(hidden)], dim=-1))
         for j in range(j0, j0 + self.depth_len):
             u = self.layers[j](u, cache, j, rows)
-        return self.layers[j0 + self.depth_len - 1].final_layernorm(u)
+        return cast(MTPSublayer, self.layers[j0 + self.depth_len - 1]).final_layernorm(u)
 
 
 class NemotronHForCausalLM(nn.Module):
-    def __init__(self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False) -> None:
+    def __init__(
+        self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
+    ) -> None:
+        """`moe_routed`: how every MoE sums its routed experts (None: `moe.routed_experts_index_add`)."""
         super().__init__()
         self.config = cfg
         self.clamp_dt_min = clamp_dt_min
-        self.backbone = Backbone(cfg, clamp_dt_min=clamp_dt_min)
+        self.backbone = Backbone(cfg, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed)
         self.lm_head = (
             None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         )
-        self.mtp = MTPBlock(cfg, clamp_dt_min=clamp_dt_min) if cfg.num_nextn_predict_layers else None
+        self.mtp = (
+            MTPBlock(cfg, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed) if cfg.num_nextn_predict_layers else None
+        )
 
     # convenient aliases (the runtime and quantizer use the backbone's modules directly)
     @property
@@ -156,7 +179,7 @@ class NemotronHForCausalLM(nn.Module):
         h = self.backbone.embeddings(input_ids)
         for i, layer in enumerate(self.backbone.layers):
             h = layer(h, cache, i, r)
-        if cache is not None:
+        if cache is not None and r is not None:
             cache.advance(r, T)
         return self.backbone.norm_f(h)
 
@@ -194,6 +217,6 @@ class NemotronHForCausalLM(nn.Module):
             mtp_cache.check_room(r, T)
             mtp_cache.steps.clear()
         g = mtp(self.backbone.embeddings(next_ids), hidden, mtp_cache, r, depth)
-        if mtp_cache is not None:
+        if mtp_cache is not None and r is not None:
             mtp_cache.advance(r, T)
         return self.logits(g), g

@@ -19,7 +19,8 @@ import math
 
 import torch
 
-import plugins
+from plugins.latent_moe_routing import latent_moe_routing
+from plugins.mamba_state_update import mamba_state_update
 
 
 def route(
@@ -37,7 +38,7 @@ def route(
     The plugin op has no autograd formula; when gradients are needed (training) the plugin still chooses
     the experts and the weights are recomputed differentiably from the same formula.
     """
-    w, idx, _, _ = plugins.latent_moe_routing(
+    w, idx, _, _ = latent_moe_routing(
         logits_fp32.float(),
         e_score_correction_bias,
         top_k=top_k,
@@ -93,7 +94,7 @@ def mamba_decode_step(
     if dt_min is not None:
         floor = _softplus_inverse(dt_min) - dt_bias.float()  # [H]
         dt = torch.maximum(dt.float(), floor)  # the plugin upcasts dt to fp32 anyway
-    return plugins.mamba_state_update(
+    return mamba_state_update(
         xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A, D, slot_idx,
         n_groups=n_groups, keep_steps=keep_steps,
     )  # fmt: skip

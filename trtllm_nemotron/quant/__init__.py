@@ -1,10 +1,11 @@
 """Quantization: FP8 / NVFP4 formats byte-exact with ModelOpt, recipes as data, streaming calibration and
 export in ModelOpt's HF layout, loading quantized checkpoints back, and the accuracy report.
 
-Modules: `formats` (constants), `fp8`, `nvfp4` (quantize / dequantize / fake_quantize), `recipes`
-(`RECIPES`, `get_recipe`), `calib` (layer-by-layer max calibration), `modelopt_config` (the JSON files),
-`export` (`quantize_checkpoint`), `loading` (`dequantized_tensors`, `apply_activation_quant`), `accuracy`
-(`accuracy_report`). This package imports no torch until a function needs it, so `recipes` stays light.
+Modules: `fp8`, `nvfp4` (quantize / fake_quantize; the formats' constants and decoders are
+`trtllm_nemotron.checkpoint.formats`), `recipes` (`RECIPES`, `get_recipe`), `calib` (layer-by-layer max
+calibration), `modelopt_config` (the JSON files), `export` (`quantize_checkpoint`), `loading`
+(`apply_activation_quant`, `load_model_as_deployed`), `accuracy` (`accuracy_report`). This package imports no
+torch until a function needs it, so `recipes` stays light.
 """
 
 from __future__ import annotations

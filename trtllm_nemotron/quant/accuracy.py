@@ -1,7 +1,7 @@
 """Accuracy of a quantized checkpoint against its source, on held-out text (CPU, float32).
 
 Both checkpoints are loaded as the reference network (`load_model`; the quantized one dequantized, with
-simulated activation quantization: FP8 / NVFP4 linear inputs and the FP8 KV cache rounded as the engine
+simulated activation quantization, `quant.loading.load_model_as_deployed`: FP8 / NVFP4 linear inputs and the FP8 KV cache rounded as the engine
 rounds them). On the same token windows:
     kl_mean / kl_max   KL(P_source || P_quant) of the next-token distributions, mean and max over positions
     top1_agreement     fraction of positions where both argmax tokens agree
@@ -82,10 +82,11 @@ def accuracy_report(
 ) -> dict[str, Any]:
     """Compare `quant_dir` with `source_dir`; write `quant_dir/accuracy.json`; return the report."""
     from trtllm_nemotron import load_model
+    from trtllm_nemotron.quant.loading import load_model_as_deployed
 
     quant_dir, source_dir = Path(quant_dir), Path(source_dir)
     ref = load_model(source_dir, dtype=torch.float32, progress=False)
-    test = load_model(quant_dir, dtype=torch.float32, progress=False, simulate_activation_quant=True)
+    test = load_model_as_deployed(quant_dir, dtype=torch.float32, progress=False)
     if ref.config.vocab_size != test.config.vocab_size or ref.config.pattern != test.config.pattern:
         raise QuantError(
             f"{quant_dir} and {source_dir} are different models (pattern {test.config.pattern!r} vs "

@@ -32,13 +32,7 @@ from typing import Any
 import torch
 
 from trtllm_nemotron.checkpoint import check_checkpoint, open_checkpoint
-from trtllm_nemotron.checkpoint.reader import CheckpointReader
-from trtllm_nemotron.checkpoint.writer import TOKENIZER_FILES, save_checkpoint
-from trtllm_nemotron.config import expected_tensors
-from trtllm_nemotron.errors import NemotronError, QuantError
-from trtllm_nemotron.quant import fp8, nvfp4
-from trtllm_nemotron.quant.calib import LayerCalibrator, calibration_ids, load_calib_text, tokenize
-from trtllm_nemotron.quant.formats import (
+from trtllm_nemotron.checkpoint.formats import (
     FP8,
     INPUT_SCALE,
     K_SCALE,
@@ -48,6 +42,12 @@ from trtllm_nemotron.quant.formats import (
     WEIGHT_SCALE,
     WEIGHT_SCALE_2,
 )
+from trtllm_nemotron.checkpoint.reader import CheckpointReader
+from trtllm_nemotron.checkpoint.writer import TOKENIZER_FILES, save_checkpoint
+from trtllm_nemotron.config import expected_tensors
+from trtllm_nemotron.errors import NemotronError, QuantError
+from trtllm_nemotron.quant import fp8, nvfp4
+from trtllm_nemotron.quant.calib import LayerCalibrator, calibration_ids, load_calib_text, tokenize
 from trtllm_nemotron.quant.modelopt_config import hf_quant_config, quantization_config, quantized_modules
 from trtllm_nemotron.quant.recipes import get_recipe
 
@@ -78,7 +78,10 @@ class TensorSource:
         start, end = header[key]["data_offsets"]
         stored = tuple(header[key]["shape"])
         if stored != shape:  # one expert of a fused [E, ...] tensor: a contiguous slice
-            e = int(_EXPERT_IDX.search(name)[1])
+            m = _EXPERT_IDX.search(name)
+            if m is None:
+                raise QuantError(f"{name}: shape {shape}, its stored tensor {key}: {stored} (not an expert)")
+            e = int(m[1])
             per = (end - start) // stored[0]
             start, end = start + e * per, start + (e + 1) * per
         buf = bytearray(end - start)
@@ -177,7 +180,9 @@ def quantize_checkpoint(
         if hfq is not None:
             raw["quantization_config"] = quantization_config(hfq)
         out_cfg = cfg.replace(raw=raw)
-        extra = {"hf_quant_config.json": json.dumps(hfq, indent=4)} if hfq is not None else {}
+        extra: dict[str, str | bytes] = {}
+        if hfq is not None:
+            extra["hf_quant_config.json"] = json.dumps(hfq, indent=4)
         tokenizer_dir = src if any((src / f).is_file() for f in TOKENIZER_FILES) else None
         ids = None
         if need_calib:  # text problems surface before anything is written

@@ -12,14 +12,15 @@ ModelOpt's export writes (`_sanitize_export_amax` replaces a zero amax by maxbou
 
 Consumers: TRT-LLM `FP8QDQLinearMethod` on Hopper/Blackwell (per-tensor FP8 GEMM with
 `alpha = input_scale * weight_scale`); FP8 KV cache uses the same scalar form (`k_scale`, `v_scale`).
+This module encodes; decoding a stored tensor (`dequantize_fp8`) is `checkpoint/formats.py`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from trtllm_nemotron.checkpoint.formats import F8E4M3_MAX
 from trtllm_nemotron.errors import QuantError
-from trtllm_nemotron.quant.formats import F8E4M3_MAX
 
 
 def scale_from_amax(amax: torch.Tensor | float) -> torch.Tensor:
@@ -46,15 +47,6 @@ def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise QuantError("FP8 quantization: the tensor holds NaN or inf; fix the source weights")
     scale = scale_from_amax(amax)
     return (w / scale).to(torch.float8_e4m3fn), scale
-
-
-def dequantize(
-    w_fp8: torch.Tensor, weight_scale: torch.Tensor, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """`float(w_fp8) * weight_scale`, cast to `dtype` (ModelOpt `FP8QTensor.dequantize` order)."""
-    if w_fp8.dtype != torch.float8_e4m3fn:
-        raise QuantError(f"FP8 dequantize expects float8_e4m3fn data, got {w_fp8.dtype}")
-    return (w_fp8.to(torch.float32) * weight_scale.to(torch.float32)).to(dtype)
 
 
 def fake_quantize(x: torch.Tensor, input_scale: torch.Tensor | float) -> torch.Tensor:

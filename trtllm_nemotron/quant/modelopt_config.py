@@ -20,8 +20,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from trtllm_nemotron.checkpoint.formats import FP8, NVFP4, NVFP4_BLOCK
 from trtllm_nemotron.config import NemotronHConfig, expected_tensors
-from trtllm_nemotron.quant.formats import FP8, NVFP4, NVFP4_BLOCK
 from trtllm_nemotron.quant.recipes import Recipe, is_linear
 
 PRODUCER = {"name": "modelopt", "version": "0.47.0"}  # the format version we reproduce

@@ -22,22 +22,23 @@ scale is calibrated: `input_scale = amax(|x|) / (6 * 448)` and the kernel quanti
 `weight_scale_2 := input_scale` (TRT-LLM `fp4_quantize(x, 1 / input_scale, 16)`). `fake_quantize`
 simulates exactly that on CPU. Consumers: TRT-LLM `NVFP4LinearMethod` (Blackwell; it swizzles the
 row-major block scales at load, so checkpoints keep them plain) and the W4A16 fallback on Hopper.
+This module encodes; decoding a stored tensor (`dequantize_nvfp4`, `unpack_e2m1`) is `checkpoint/formats.py`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from trtllm_nemotron.errors import QuantError
-from trtllm_nemotron.quant.formats import (
+from trtllm_nemotron.checkpoint.formats import (
     E2M1_ROUND_DOWN_MIDPOINTS,
     E2M1_ROUND_UP_MIDPOINTS,
-    E2M1_VALUES,
     F4_E2M1_MAX,
     F8E4M3_MAX,
     F8E4M3_MIN_SCALE,
     NVFP4_BLOCK,
+    dequantize_nvfp4,
 )
+from trtllm_nemotron.errors import QuantError
 
 GLOBAL_DIVISOR = F4_E2M1_MAX * F8E4M3_MAX  # 2688: amax -> weight_scale_2 / input_scale
 _MIDPOINTS = tuple(sorted(E2M1_ROUND_DOWN_MIDPOINTS + E2M1_ROUND_UP_MIDPOINTS))
@@ -108,12 +109,6 @@ def pack(codes: torch.Tensor) -> torch.Tensor:
     return codes[..., 0::2] | (codes[..., 1::2] << 4)
 
 
-def unpack(packed: torch.Tensor) -> torch.Tensor:
-    """Inverse of `pack`: uint8 [..., n/2] -> codes uint8 [..., n]."""
-    lo, hi = packed & 0x0F, packed >> 4
-    return torch.stack((lo, hi), dim=-1).reshape(*packed.shape[:-1], -1)
-
-
 def quantize(
     w: torch.Tensor, weight_scale_2: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,33 +137,8 @@ def quantize(
     return pack(codes), scale, weight_scale_2
 
 
-def dequantize(
-    packed: torch.Tensor,
-    weight_scale: torch.Tensor,
-    weight_scale_2: torch.Tensor,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """NVFP4 -> dense: `E2M1_VALUES[code] * (float(weight_scale) * weight_scale_2)` per block.
-
-    packed: uint8 [..., in/2]; weight_scale: e4m3 [..., in/16]; weight_scale_2: fp32 []. Returns [..., in].
-    """
-    if packed.dtype != torch.uint8:
-        raise QuantError(f"NVFP4 dequantize expects packed uint8 data, got {packed.dtype}")
-    n = packed.shape[-1] * 2
-    if tuple(weight_scale.shape) != (*packed.shape[:-1], n // NVFP4_BLOCK):
-        raise QuantError(
-            f"NVFP4 block scales have shape {tuple(weight_scale.shape)}, expected "
-            f"{(*packed.shape[:-1], n // NVFP4_BLOCK)} for packed data {tuple(packed.shape)}"
-        )
-    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=packed.device)
-    values = table[unpack(packed).long()]  # [..., in]
-    per_block = weight_scale.to(torch.float32) * weight_scale_2.to(torch.float32)  # [..., nb]
-    out = values.reshape(*values.shape[:-1], -1, NVFP4_BLOCK) * per_block.unsqueeze(-1)
-    return out.reshape(values.shape).to(dtype)
-
-
 def fake_quantize(x: torch.Tensor, input_scale: torch.Tensor | float) -> torch.Tensor:
     """Simulate W4A4 activation quantization: dynamic 16-blocks under the calibrated global scale."""
     s = torch.as_tensor(input_scale, dtype=torch.float32)
     packed, scale, s2 = quantize(x.float(), weight_scale_2=s)
-    return dequantize(packed, scale, s2, dtype=x.dtype)
+    return dequantize_nvfp4(packed, scale, s2, dtype=x.dtype)

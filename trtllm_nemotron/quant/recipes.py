@@ -28,8 +28,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
+from trtllm_nemotron.checkpoint.formats import FP8, NVFP4
 from trtllm_nemotron.errors import QuantError
-from trtllm_nemotron.quant.formats import FP8, NVFP4
 
 # ModelOpt's default disabled quantizers, as they apply to NemotronH module names
 DEFAULT_EXCLUDED: tuple[str, ...] = (

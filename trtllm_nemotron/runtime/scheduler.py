@@ -101,11 +101,18 @@ class RequestHandle:
             text.append(ev.text)
             ids += ev.token_ids
             last = ev
+        if last is None or last.finish_reason is None:
+            raise RuntimeStateError(f"request {self.request_id} ended without a final event")
         return Completion("".join(text), ids, last.finish_reason, last.stats or {})
 
     @property
     def finished(self) -> bool:
         return self.request.finished
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """The prompt's token count (known from `submit`, which tokenizes)."""
+        return len(self.request.prompt_ids)
 
 
 Deliver = Callable[[list[tuple[RequestHandle, StreamEvent]]], None]

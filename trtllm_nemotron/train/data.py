@@ -98,7 +98,7 @@ def stdlib_root(recipe: DataRecipe | None = None) -> Path:
 
 def stdlib_files(root: Path) -> list[str]:
     """Relative POSIX paths of the corpus files under `root`, sorted."""
-    out = []
+    out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in EXCLUDED_DIRS]  # never descend into excluded trees
         rel_dir = Path(dirpath).relative_to(root)

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from trtllm_nemotron.train.data import unigram_logprobs
+
+if TYPE_CHECKING:
+    from trtllm_nemotron.model.network import NemotronHForCausalLM
+    from trtllm_nemotron.tokenizer import Tokenizer
 
 # prompts for the greedy completions shown in the docs
 CODE_PROMPTS: tuple[str, ...] = (
@@ -36,13 +40,13 @@ CODE_PROMPTS: tuple[str, ...] = (
 
 
 @torch.no_grad()
-def heldout_losses(model: nn.Module, windows: np.ndarray, batch_size: int = 8) -> dict[str, float]:
+def heldout_losses(model: NemotronHForCausalLM, windows: np.ndarray, batch_size: int = 8) -> dict[str, float]:
     """Mean next-token and MTP (t+2) cross entropy in nats over [n, T] held-out windows."""
     was_training = model.training
     model.eval()
     nll_main = nll_mtp = 0.0
     n_main = n_mtp = 0
-    correct_main = correct_mtp = 0
+    correct_main = correct_mtp = 0.0
     for i in range(0, len(windows), batch_size):
         ids = torch.from_numpy(windows[i : i + batch_size])
         logits, hidden = model(ids, return_hidden=True)  # [batch, T, V], [batch, T, D]
@@ -78,7 +82,7 @@ def unigram_baseline(train_stream: np.ndarray, windows: np.ndarray, vocab_size: 
 
 
 @torch.no_grad()
-def greedy_generate(model: nn.Module, ids: list[int], max_new_tokens: int, stop_ids: set[int] | None = None) -> list[int]:
+def greedy_generate(model: NemotronHForCausalLM, ids: list[int], max_new_tokens: int, stop_ids: set[int] | None = None) -> list[int]:
     """Greedy continuation with the network's HybridCache (prefill, then one token per step). Returns new ids."""
     cache = model.allocate_cache(1, len(ids) + max_new_tokens + 1)
     logits = model(torch.tensor([ids]), cache)  # [1, T, V]
@@ -110,7 +114,7 @@ class AcceptanceResult:
 
 @torch.no_grad()
 def mtp_acceptance(
-    model: nn.Module,
+    model: NemotronHForCausalLM,
     prompts: list[list[int]],
     *,
     n_draft: int = 3,
@@ -120,6 +124,7 @@ def mtp_acceptance(
     model.eval()
     tokens_total = steps_total = 0
     accepted_at = np.zeros(n_draft)
+    mtp = model._need_mtp()
     for prompt in prompts:
         # the greedy continuation is what any verifier accepts; generate it in one batch of forwards
         y = prompt + greedy_generate(model, prompt, gen_tokens)
@@ -133,7 +138,7 @@ def mtp_acceptance(
             nxt = ids[:, 1 : t + 2]
             drafts: list[int] = []
             for _ in range(n_draft):
-                g = model.mtp(model.backbone.embeddings(nxt), h_seq)  # [1, len, D] final-normed
+                g = mtp(model.backbone.embeddings(nxt), h_seq)  # [1, len, D] final-normed
                 d = int(model.logits(g[:, -1])[0].argmax())  # only the newest position is a draft
                 drafts.append(d)
                 h_seq = torch.cat([h_seq, g[:, -1:]], dim=1)  # chained: (g, d) is the next MTP position
@@ -155,14 +160,14 @@ def mtp_acceptance(
     )
 
 
-def completions(model: nn.Module, tokenizer, prompts: tuple[str, ...] = CODE_PROMPTS, max_new_tokens: int = 48) -> list[dict]:
+def completions(model: NemotronHForCausalLM, tokenizer: Tokenizer, prompts: tuple[str, ...] = CODE_PROMPTS, max_new_tokens: int = 48) -> list[dict]:
     """Greedy completions of code prompts: [{"prompt", "completion"}]."""
-    stop = set(tokenizer.eos_token_ids) if hasattr(tokenizer, "eos_token_ids") else None
+    stop = set(tokenizer.eos_token_ids())
     out = []
     for p in prompts:
         ids = tokenizer.encode(p)
         new = greedy_generate(model, ids, max_new_tokens, stop)
-        out.append({"prompt": p, "completion": tokenizer.decode(new)})
+        out.append({"prompt": p, "completion": tokenizer.decode(new, skip_special_tokens=False)})
     return out
 
 
@@ -193,7 +198,7 @@ def evaluate_checkpoint(
     corpus = load_corpus(recipe)
     tok = load_tokenizer(path)
     fast = Tokenizer.from_file(str(path / "tokenizer.json"))
-    eos = tok.token_to_id(EOS)
+    eos = tok.id_of(EOS)
     train_stream = encode_documents(fast, corpus.train, eos)
     held = encode_documents(fast, corpus.heldout, eos)
     model = load_model(path, dtype=torch.float32)

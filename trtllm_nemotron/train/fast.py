@@ -4,18 +4,20 @@ The reference MoE (`model/moe.py`) accumulates each expert's output with an out-
 expert. On CPU its forward and backward run through `scatter_add`, which dominated a training step (~40% of
 an `E` layer's time at 2048 tokens). Here the routed experts run on the expert-sorted copy of the latent
 activations, the outputs are put back in (token, slot) order with one gather (a permutation whose backward is the inverse
-gather), and the k
-slots are summed with the routing weights — identical maths in fp32, only the summation order differs
-(tests/embedded checks equality to 1e-5). Parameters, names and routing are untouched: the trained
-`state_dict()` is the reference network's.
+gather), and the k slots are summed with the routing weights — identical maths in fp32, only the summation
+order differs (tests/embedded checks equality to 1e-5). It is passed in at construction
+(`model_from_config(cfg, seed, moe_routed=routed_experts_sorted)`); parameters, names and routing are the
+reference network's, so the trained `state_dict()` is a reference checkpoint.
 """
 
 from __future__ import annotations
 
-import types
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from trtllm_nemotron.model.moe import MoE
 
 
 class _Permute(torch.autograd.Function):
@@ -32,26 +34,17 @@ class _Permute(torch.autograd.Function):
         return grad.index_select(0, inverse), None, None
 
 
-def routed_experts_sorted(self, r: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Σ_j w[:, j]·Expert_{idx[:, j]}(r) in fp32. r [tokens, X], w/idx [tokens, k] -> [tokens, X] fp32."""
+def routed_experts_sorted(moe: MoE, r: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Σ_j w[:, j]·Expert_{idx[:, j]}(r) in fp32. r [tokens, X], w/idx [tokens, k] -> [tokens, X] fp32
+    (a `model.moe.RoutedExperts`)."""
     tokens, k = idx.shape
     flat = idx.reshape(-1)  # [tokens*k]
     order = torch.argsort(flat, stable=True)  # assignments sorted by expert
-    counts = torch.bincount(flat, minlength=len(self.experts)).tolist()
+    counts = torch.bincount(flat, minlength=len(moe.experts)).tolist()
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     r_sorted = _Permute.apply(r.repeat_interleave(k, dim=0), order, inverse)  # [tokens*k, X]
-    outs = [self.experts[e](chunk) for e, chunk in enumerate(r_sorted.split(counts)) if counts[e]]
+    outs = [moe.experts[e](chunk) for e, chunk in enumerate(r_sorted.split(counts)) if counts[e]]
     y_sorted = torch.cat(outs).float()  # [tokens*k, X]
     y = _Permute.apply(y_sorted, inverse, order).view(tokens, k, -1)  # [tokens, k, X], (token, slot) order
     return (y * w.float()[..., None]).sum(1)
-
-
-def use_fast_paths(model: nn.Module) -> int:
-    """Bind the fast routed-expert path to every MoE mixer of `model`; returns how many were patched."""
-    n = 0
-    for m in model.modules():
-        if hasattr(m, "routed_experts") and hasattr(m, "experts") and hasattr(m, "gate"):
-            m.routed_experts = types.MethodType(routed_experts_sorted, m)
-            n += 1
-    return n

@@ -180,7 +180,7 @@ class RouterLoads:
         """bias += rate · sign(mean_load - load) per router; returns the mean max/mean load ratio."""
         import torch
 
-        ratios = []
+        ratios: list[float] = []
         with torch.no_grad():
             for r, c in zip(self.routers, self.counts, strict=True):
                 if c is None:
@@ -225,7 +225,8 @@ def step_losses(model, ids, tc: TrainConfig):
 
 def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices (linear weights, embeddings, conv); none on norms, A_log, D, dt_bias."""
-    decay, no_decay = [], []
+    decay: list[Any] = []
+    no_decay: list[Any] = []
     for p in model.parameters():
         (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -288,7 +289,7 @@ def train_tiny(
     from trtllm_nemotron.model.loader import model_from_config
     from trtllm_nemotron.tokenizer import EOS, load_tokenizer, train_bpe_tokenizer
     from trtllm_nemotron.train import eval as ev
-    from trtllm_nemotron.train.fast import use_fast_paths
+    from trtllm_nemotron.train.fast import routed_experts_sorted
 
     tc = tc or TrainConfig()
     recipe = recipe or DataRecipe()
@@ -307,7 +308,7 @@ def train_tiny(
         train_bpe_tokenizer(iter_texts(corpus.train), tc.vocab_size, tok_dir)
         tok = load_tokenizer(tok_dir)
         fast_tok = Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))  # batch encoding
-        eos = tok.token_to_id(EOS)
+        eos = tok.id_of(EOS)
         train_stream = encode_documents(fast_tok, corpus.train, eos)
         heldout_stream = encode_documents(fast_tok, corpus.heldout, eos)
         t_data = time.time() - t_start
@@ -316,9 +317,8 @@ def train_tiny(
         final_windows = heldout_windows(heldout_stream, tc.seq_len, tc.final_eval_windows or None)
 
         # ---- model ----
-        model = model_from_config(cfg, seed=tc.seed)
+        model = model_from_config(cfg, seed=tc.seed, moe_routed=routed_experts_sorted)
         model.train(True)
-        use_fast_paths(model)
         loads = RouterLoads(model)
         opt = torch.optim.AdamW(
             _param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8

@@ -1,8 +1,9 @@
 """Triton Python-backend model `nemotron`: our runtime on an engine dir, behind TensorRT-LLM's llmapi protocol.
 
 Written into `<repo>/nemotron/1/model.py` by `trtllm-nemotron package`; the tensors and their semantics are
-`triton_repo.protocol` (the llmapi model's names: `text_input`, `streaming`, `sampling_param_*` in;
-cumulative `text_output`, `finish_reason`, timing and acceptance outputs out).
+`triton_repo.protocol` (the llmapi model's names: `text_input`, `streaming`, `sampling_param_*` in, and the
+inflight-batcher aliases; cumulative `text_output`, `finish_reason`, `num_input_tokens` / `num_output_tokens`,
+timing and acceptance outputs out).
 
 Design:
 - The model is decoupled and `max_batch_size: 0`: Triton hands each request to `execute()` on its own, and
@@ -20,8 +21,9 @@ Design:
   Sends and that poll are serialized per request and the poll stops at the final response (Triton 2.51
   segfaults in `TRITONBACKEND_ResponseFactoryIsCancelled` when a sender is polled after its final response). A `stop: true`
   request carrying the same request id cancels too, as in the llmapi model.
-- Custom metric `nemotron_active_requests` (gauge, on the metrics port) counts requests holding a slot or
-  queued; tests use it to see that a dropped client freed its slot.
+- Custom metrics (on the metrics port): `nemotron_active_requests` (gauge) counts requests holding a slot or
+  queued, `nemotron_cancelled_requests` (counter) the requests cancelled before they finished; tests use them
+  to see that a dropped client's request was cancelled and freed its slot.
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ class TritonPythonModel:
                                        kind=pb_utils.MetricFamily.GAUGE)
         self.active_metric = self.metric_family.Metric(labels={"model": args["model_name"]})
         self.active_metric.set(0)
+        self.cancelled_family = pb_utils.MetricFamily(name="nemotron_cancelled_requests",
+                                                      description="requests cancelled before they finished",
+                                                      kind=pb_utils.MetricFamily.COUNTER)
+        self.cancelled_metric = self.cancelled_family.Metric(labels={"model": args["model_name"]})
         self.watcher = threading.Thread(target=self._watch_cancellation, name="nemotron-cancel", daemon=True)
         self.watcher.start()
         self.sender_thread = threading.Thread(target=self._send_loop, name="nemotron-sender", daemon=True)
@@ -186,10 +192,12 @@ class TritonPythonModel:
                     live.times["last_token_time_ns"] = now
                 live.text += e.text
             ev, req = evs[-1], live.req
+            n_prompt = live.handle.num_prompt_tokens
             if ev.finish_reason is None:
                 if req.streaming and any(e.text for e in evs) and not live.cancelled:
                     arrays = response_arrays(req, text=live.text, num_tokens=live.num_tokens, finish_reason=None,
-                                             stop_reason=None, stats=None, times_ns=live.times)
+                                             stop_reason=None, stats=None, times_ns=live.times,
+                                             num_input_tokens=n_prompt)
                     if not live.send(self, arrays=arrays):
                         live.cancelled = True
                         live.handle.cancel()
@@ -197,11 +205,12 @@ class TritonPythonModel:
             if ev.finish_reason == "error":
                 live.send(self, error=(f"generation failed: {ev.error}", None), final=True)
             elif ev.finish_reason == "cancelled" or live.cancelled:
+                self.cancelled_metric.increment(1)
                 live.send(self, error=("Request cancelled by client", "CANCELLED"), final=True)
             else:
                 arrays = response_arrays(req, text=live.text, num_tokens=live.num_tokens,
                                          finish_reason=ev.finish_reason, stop_reason=None, stats=ev.stats,
-                                         times_ns=live.times)
+                                         times_ns=live.times, num_input_tokens=n_prompt)
                 live.send(self, arrays=arrays, final=True)
         except Exception as e:  # noqa: BLE001 - report, never kill the stub
             pb_utils.Logger.log_error(f"[nemotron] request {live.user_id or key} failed: {e!r}")

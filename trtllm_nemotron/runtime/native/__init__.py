@@ -8,9 +8,9 @@ call with no dispatch, fp32, split over the step's own worker threads by output 
 work is large enough (workers spin only while a step runs, then sleep: step.cpp "thread team").
 
 The library is compiled on first use with the host C++ compiler (`g++ -O3 -march=native -fopenmp-simd
--pthread`, ~4 s) into `$TRTLLM_NEMOTRON_CACHE_DIR/native/<hash>/` (default `~/.cache/trtllm_nemotron`), keyed
-by the source, the flags, the compiler and the CPU, written to a temp dir and renamed so concurrent builders
-never see half a file.
+-pthread`, ~4 s) into `<cache>/native/<hash>/` (`fileio.cache_dir()`: `$TRTLLM_NEMOTRON_CACHE_DIR`, default
+`~/.cache/trtllm-nemotron`), keyed by the source, the flags, the compiler and the CPU, written to a temp dir
+and renamed (`fileio.atomic_dir`) so concurrent builders never see half a file.
 No compiler -> `NativeUnavailable` with the reason; `backend="auto"` then takes the eager (torch) backend.
 
 `NativeBackend(model, pool)` binds the model's weights and the slot pool's caches once (pointers into
@@ -42,13 +42,13 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
 from trtllm_nemotron.errors import RuntimeStateError
+from trtllm_nemotron.fileio import CACHE_ENV, atomic_dir, cache_dir
 from trtllm_nemotron.runtime.backend import StepBackendBase, register
 
 log = logging.getLogger(__name__)
@@ -97,22 +97,6 @@ class NativeUnavailable(RuntimeError):
     """The native step cannot be built or used here (the message says why and what to do)."""
 
 
-def cache_dir() -> Path:
-    """$TRTLLM_NEMOTRON_CACHE_DIR, else ~/.cache/trtllm_nemotron, else (no home, or not writable -- a server
-    account) a per-user directory under the temp dir."""
-    root = os.environ.get("TRTLLM_NEMOTRON_CACHE_DIR")
-    if root:
-        return Path(root)
-    try:
-        home = Path.home() / ".cache" / "trtllm_nemotron"
-        home.mkdir(parents=True, exist_ok=True)
-        if os.access(home, os.W_OK):
-            return home
-    except (OSError, RuntimeError):
-        pass
-    return Path(tempfile.gettempdir()) / f"trtllm_nemotron-{os.getuid()}"
-
-
 def _compiler() -> str:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
@@ -149,21 +133,20 @@ def build(force: bool = False) -> Path:
     if out.is_file() and not force:
         return out
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(out.parent, replace=out.parent.exists()) as tmp:
+            cmd = [cxx, *FLAGS, "-o", str(tmp / out.name), str(SOURCE)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise NativeUnavailable(
+                    f"compiling the native CPU step failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
+                )
     except OSError as e:
+        if out.is_file():  # another process built it first: the same source, flags, compiler and CPU
+            return out
         raise NativeUnavailable(
-            f"cannot create the native step's build directory {out.parent} ({e}); set TRTLLM_NEMOTRON_CACHE_DIR "
+            f"cannot write the native step's build directory {out.parent} ({e}); set {CACHE_ENV} "
             "to a writable directory"
         ) from e
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
-        so = Path(tmp) / out.name
-        cmd = [cxx, *FLAGS, "-o", str(so), str(SOURCE)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise NativeUnavailable(
-                f"compiling the native CPU step failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
-            )
-        os.replace(so, out)
     log.info("built the native CPU step: %s", out)
     return out
 
