@@ -198,7 +198,7 @@ class Engine:
         """Blocking, single request."""
         req = self.new_request(prompt, params or SamplingParams())
         text = "".join(ev.text for ev in self._run(req))
-        return Completion(text, list(req.out_ids), req.finish_reason, self.stats(req))
+        return Completion(text, list(req.out_ids), req.finish_reason or "error", self.stats(req))
 
     def stream(
         self, prompt: str | list[int], params: SamplingParams | None = None, *, request_id: str | None = None
@@ -242,7 +242,7 @@ class Engine:
                         pieces[id(r)].append(ev.text)
                 now = time.perf_counter()
                 for r in reqs:  # time the batch from the moment every request has its first token
-                    r.t_submit, r.t_first = r.t_submit + (now - r.t_first), now
+                    r.t_submit, r.t_first = r.t_submit + (now - (r.t_first or now)), now
                 while any(r.finish_reason is None for r in reqs):
                     for r, ev in self.iterate([r for r in reqs if r.finish_reason is None]):
                         pieces[id(r)].append(ev.text)
@@ -250,7 +250,8 @@ class Engine:
                 for r in reqs:
                     self.release(r)
         return [
-            Completion("".join(pieces[id(r)]), list(r.out_ids), r.finish_reason, self.stats(r)) for r in reqs
+            Completion("".join(pieces[id(r)]), list(r.out_ids), r.finish_reason or "error", self.stats(r))
+            for r in reqs
         ]
 
     @property

@@ -34,6 +34,7 @@ import queue
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -50,7 +51,7 @@ class _Live:
     def __init__(self, sender, req, user_id: str, arrival_ns: int) -> None:
         self.sender = sender
         self.req = req
-        self.handle = None  # the RequestHandle, once submitted
+        self.handle: Any = None  # the RequestHandle, once submitted
         self.user_id = user_id
         self.cancelled = False
         self.text = ""
