@@ -247,7 +247,7 @@ class TritonPythonModel:
                     continue
                 try:
                     gone = live.check_cancelled()
-                except Exception:  # noqa: BLE001 - a finished sender; the pump cleans up
+                except Exception:  # noqa: BLE001 - a finished sender; the sender thread cleans up
                     continue
                 if gone:
                     live.cancelled = True
