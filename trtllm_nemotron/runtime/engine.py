@@ -30,6 +30,7 @@ on the caller's thread (the CLI); the scheduler steps many on its own thread (se
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -306,17 +307,38 @@ class Engine:
             events: list[tuple[Request, StreamEvent]] = []
             decoding = [r for r in reqs if not r.in_prefill and r.finish_reason is None]
             pre = next((r for r in reqs if r.in_prefill and r.finish_reason is None), None)
-            if pre is not None:
-                self._prefill_chunk(pre, events)
-            if decoding:
-                if self.mtp:
-                    self._verify(decoding, events)
-                else:
-                    self._decode(decoding, events)
+            with self._glue_threads():
+                if pre is not None:
+                    self._prefill_chunk(pre, events)
+                if decoding:
+                    if self.mtp:
+                        self._verify(decoding, events)
+                    else:
+                        self._decode(decoding, events)
             for r, ev in events:
                 if ev.finish_reason is not None:
                     self.release(r)
             return events
+
+    @contextlib.contextmanager
+    def _glue_threads(self):
+        """Around an iteration's torch ops between native steps (prefill's logits, cache-length updates,
+        drafting, sampling): one intra-op thread. They are small (one row's LM head), and torch's OpenMP pool
+        spins after each parallel op on the thread that ran it; beside the native step's own threads on few
+        cores that made each such op cost ~1-25 ms on a busy 2-core host (a [1, 256] x [256, 4096] matmul:
+        24.6 ms) and `generate_batch` on the main thread 3x slower than on a fresh thread (whose OpenMP pool
+        libgomp does not let spin). The native step keeps its own threads."""
+        if self.backend != "native" or self.device.type != "cpu":
+            yield
+            return
+        n = torch.get_num_threads()
+        if n > 1:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if n > 1:
+                torch.set_num_threads(n)
 
     def _prefill_chunk(self, req: Request, events) -> None:
         s, e = req.prefilled, min(len(req.prompt_ids), req.prefilled + self.prefill_chunk)
