@@ -1,5 +1,6 @@
-"""The runtime step calls the plugin ops whenever their kernels are meant to run (CUDA tensors, or
-TRTLLM_NEMOTRON_KERNELS=interpret) and gives the same greedy tokens as the inline CPU path."""
+"""When the plugin kernels are meant to run (CUDA tensors, or TRTLLM_NEMOTRON_KERNELS=interpret) the runtime
+takes the eager backend, whose network calls the plugin ops (`model/ops.py`) for decode, routing and the MTP
+verify step (multi-token mode), and gives the same greedy tokens as the default (native) CPU path."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ pytest.importorskip("triton")
 
 
 def test_interpret_mode_uses_plugins_same_tokens(tmp_path, monkeypatch):
-    import plugins
     from trtllm_nemotron.checkpoint.tiny import make_tiny
+    from trtllm_nemotron.model import ops
     from trtllm_nemotron.runtime import Engine, SamplingParams
 
     d = make_tiny(tmp_path / "m", seed=0)
@@ -26,14 +27,14 @@ def test_interpret_mode_uses_plugins_same_tokens(tmp_path, monkeypatch):
 
     calls = {"mamba_state_update": 0, "latent_moe_routing": 0, "keep_steps": 0}
     for name in ("mamba_state_update", "latent_moe_routing"):
-        real = getattr(plugins, name)
+        real = getattr(ops, name)
 
         def counted(*a, _real=real, _name=name, **kw):
             calls[_name] += 1
             calls["keep_steps"] += bool(kw.get("keep_steps"))
             return _real(*a, **kw)
 
-        monkeypatch.setattr(plugins, name, counted)
+        monkeypatch.setattr(ops, name, counted)
     monkeypatch.setenv("TRTLLM_NEMOTRON_KERNELS", "interpret")
     for mtp in (0, 2):
         assert run(mtp) == want[mtp], mtp

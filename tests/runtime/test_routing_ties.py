@@ -36,10 +36,10 @@ def _plugin_reference(logits, bias, n_group, topk_group, monkeypatch):
 def _triton_interpreted(logits, bias, n_group, topk_group, monkeypatch):
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed (the kernel's tie rule is pinned where it is)")
-    import plugins
+    from plugins.latent_moe_routing import latent_moe_routing
 
     monkeypatch.setenv("TRTLLM_NEMOTRON_KERNELS", "interpret")
-    w, idx, _, _ = plugins.latent_moe_routing(logits, bias, top_k=TOP_K, n_group=n_group, topk_group=topk_group,
+    w, idx, _, _ = latent_moe_routing(logits, bias, top_k=TOP_K, n_group=n_group, topk_group=topk_group,
                                               norm_topk_prob=True, routed_scaling_factor=2.5)  # fmt: skip
     return w, idx
 

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -199,7 +199,7 @@ class Engine:
         """Blocking, single request."""
         req = self.new_request(prompt, params or SamplingParams())
         text = "".join(ev.text for ev in self._run(req))
-        return Completion(text, list(req.out_ids), req.finish_reason or "error", self.stats(req))
+        return Completion(text, list(req.out_ids), cast(str, req.finish_reason), self.stats(req))
 
     def stream(
         self, prompt: str | list[int], params: SamplingParams | None = None, *, request_id: str | None = None
@@ -243,7 +243,8 @@ class Engine:
                         pieces[id(r)].append(ev.text)
                 now = time.perf_counter()
                 for r in reqs:  # time the batch from the moment every request has its first token
-                    r.t_submit, r.t_first = r.t_submit + (now - (r.t_first or now)), now
+                    assert r.t_first is not None  # the prefill emitted the first token
+                    r.t_submit, r.t_first = r.t_submit + (now - r.t_first), now
                 while any(r.finish_reason is None for r in reqs):
                     for r, ev in self.iterate([r for r in reqs if r.finish_reason is None]):
                         pieces[id(r)].append(ev.text)
@@ -251,7 +252,7 @@ class Engine:
                 for r in reqs:
                     self.release(r)
         return [
-            Completion("".join(pieces[id(r)]), list(r.out_ids), r.finish_reason or "error", self.stats(r))
+            Completion("".join(pieces[id(r)]), list(r.out_ids), cast(str, r.finish_reason), self.stats(r))
             for r in reqs
         ]
 

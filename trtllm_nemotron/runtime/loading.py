@@ -4,7 +4,6 @@ ids and the MTP setting, ready for `Engine`."""
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,6 @@ import torch
 
 from trtllm_nemotron.errors import CheckpointError, RuntimeStateError
 from trtllm_nemotron.runtime.tokenizer import Tokenizer
-
-log = logging.getLogger(__name__)
 
 DTYPES = {
     "float32": torch.float32,
@@ -39,7 +36,7 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 class Loaded:
     model: Any  # NemotronHForCausalLM
     tokenizer: Tokenizer
-    eos_token_ids: list[int]
+    eos_token_ids: list[int]  # the config's; the engine adds the tokenizer's (generation_config's too)
     mtp: int  # draft tokens: the caller's, else the engine's build.json, else 3 with MTP layers, else 0
 
 
@@ -69,13 +66,5 @@ def load(path: str | Path, *, device: str, dtype: torch.dtype | str | None, mtp:
     cfg = model.config
     if mtp is None:
         mtp = engine_mtp if engine_mtp is not None else (3 if cfg.num_nextn_predict_layers else 0)
-    tok = Tokenizer.from_dir(ckpt, vocab_size=cfg.vocab_size)
-    eos = set(cfg.eos_token_ids)
-    gen_cfg = ckpt / "generation_config.json"
-    if gen_cfg.is_file():
-        try:
-            ids = json.loads(gen_cfg.read_text()).get("eos_token_id")
-            eos.update([ids] if isinstance(ids, int) else list(ids or []))
-        except (json.JSONDecodeError, TypeError):
-            log.warning("ignoring unreadable %s", gen_cfg)
-    return Loaded(model, tok, sorted(eos), mtp)
+    tok = Tokenizer.from_dir(ckpt, vocab_size=cfg.vocab_size)  # its eos ids include generation_config's
+    return Loaded(model, tok, list(cfg.eos_token_ids), mtp)

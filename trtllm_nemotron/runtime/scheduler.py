@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 class SchedulableEngine(Protocol):
     """What the scheduler needs of an engine (runtime/engine.py `Engine` provides it)."""
 
-    def new_request(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> Request: ...
+    def new_request(
+        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
+    ) -> Request: ...
 
     def try_admit(self, req: Request) -> bool: ...
 

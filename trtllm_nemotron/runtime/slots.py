@@ -39,7 +39,9 @@ class SlotPool:
         self.capacity = max_seq_len + self.slack  # positions per row
         self.cache = model.allocate_cache(max_batch_size, self.capacity, ssm_dtype=ssm_dtype)
         self.mtp_cache = (
-            model.allocate_cache(max_batch_size, self.capacity, ssm_dtype=ssm_dtype, mtp=True) if mtp else None
+            model.allocate_cache(max_batch_size, self.capacity, ssm_dtype=ssm_dtype, mtp=True)
+            if mtp
+            else None
         )
         self._free = list(range(max_batch_size))
         self.in_use: set[int] = set()

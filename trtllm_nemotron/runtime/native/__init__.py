@@ -62,7 +62,6 @@ PAR_MIN = 1 << 17  # multiply-adds from which one matvec / expert batch is split
 BF16_MIN_BYTES = 64 << 20
 
 
-
 def _struct(name: str, ints: str, *, floats: str = "", ptrs: str, state: str = "") -> type[ctypes.Structure]:
     """A layer description: norm_w, eps, then int64 sizes, float64 scalars, weight and state pointers (the
     field order of the C struct of the same name in step.cpp)."""
@@ -391,7 +390,9 @@ class NativeBackend(StepBackendBase):
         return h
 
     def decode(self, tokens: list[int], rows: list[int]) -> torch.Tensor:
-        r, start, _, lg = self._at_lengths([[t] for t in tokens], rows, record=False, logits=True, what="decode")
+        r, start, _, lg = self._at_lengths(
+            [[t] for t in tokens], rows, record=False, logits=True, what="decode"
+        )
         self.cache.lengths[r] = start + 1
         return lg[:, 0]
 
@@ -434,7 +435,9 @@ class NativeBackend(StepBackendBase):
 
     def mtp_at(self, hidden, next_ids, rows, start, *, logits: bool = True, what: str = "MTP step"):
         """nt_mtp at explicit MTP positions (lengths untouched) -> (g [batch, T, hidden], logits or None)."""
-        ins = [hidden.float().contiguous()] + [t.to(torch.int64).contiguous() for t in (next_ids, rows, start)]
+        ins = [hidden.float().contiguous()] + [
+            t.to(torch.int64).contiguous() for t in (next_ids, rows, start)
+        ]
         return self._call(self.lib.nt_mtp, ins, [], next_ids.shape, logits, what)
 
     def spec_greedy(self, tokens: list[list[int]], rows: list[int]):
