@@ -1,5 +1,5 @@
 # trtllm-nemotron: the pipeline as make targets. Targets call the CLI; logic lives in the library.
-.PHONY: help venv install test test-gpu test-trt test-all lint bench bench-plugins bench-quant bench-serve gpu-check \
+.PHONY: help venv install test test-gpu test-trt test-all lint bench bench-plugins bench-quant bench-serve bench-prefix gpu-check \
         build-engine train-tiny serve client package clean
 
 PYTHON  ?= python3
@@ -13,6 +13,7 @@ TARGET  ?= b200
 RECIPE  ?= nvfp4-super
 MTP     ?= 3
 PYTEST_ARGS ?=
+BUILD_ARGS  ?=
 OPENAI_PORT ?= 9000
 
 help:              ## list targets
@@ -53,8 +54,8 @@ lint: $(VENV)/.installed  ## ruff check + ruff format --check + mypy (settings i
 	$(PY) -m ruff format --check $(LINT_PATHS)
 	$(PY) -m mypy
 
-build-engine: $(VENV)/.installed  ## HF checkpoint -> engine dir (default: embedded model, b200, nvfp4-super, MTP 3)
-	$(CLI) build $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --recipe $(RECIPE) --mtp $(MTP) --out $(ENGINE)
+build-engine: $(VENV)/.installed  ## HF checkpoint -> engine dir with onnx/ (default: embedded model, b200, nvfp4-super, MTP 3)
+	$(CLI) build $(if $(MODEL),--model $(MODEL)) --target $(TARGET) --recipe $(RECIPE) --mtp $(MTP) --onnx $(BUILD_ARGS) --out $(ENGINE)
 
 package: $(VENV)/.installed  ## engine dir -> Triton model repository
 	@[ -f $(ENGINE)/build.json ] || $(MAKE) build-engine
@@ -90,6 +91,9 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 bench-serve: $(VENV)/.installed-bench  ## every serving path (CLI, scheduler, Triton gRPC/HTTP) vs the engine's own speed; AIPerf via the OpenAI front
 	$(PY) -m benchmarks.bench_serve
 	$(PY) -m benchmarks.bench_aiperf
+
+bench-prefix: $(VENV)/.installed  ## prefix cache on vs off through Triton on an agent-like trace
+	$(PY) -m benchmarks.bench_prefix
 
 clean:
 	rm -rf build .pytest_cache

@@ -8,8 +8,16 @@ Stages (each records its status, time and result in the staging dir's `.state.js
     checkpoint     complete checkpoint/ (tokenizer files), re-validate it, accuracy report
     plugins        AOT-compile the plugin kernels for the target SM into plugins/sm_<N>/  (GPU targets)
     trtllm_config  trtllm/llm_api.yaml sized from the plan                                (GPU targets)
-    validate       load the staged engine dir with `tensorrt_llm.LLM` and run one prompt, when
-                   `validate=True`, `tensorrt_llm` imports and a GPU is present; else skipped, with why
+    onnx           with `onnx=True` (or `trt=True`): the network as ONNX with our plugin nodes in onnx/
+                   (builder/onnx_export.py: model.onnx, mtp.onnx, external data, io.json), fully checked
+                   by `onnx.checker`; activations float32 for the cpu target, bfloat16 for GPU targets
+    trt            with `trt=True`, where `tensorrt` imports and a GPU of the target's SM is present: the
+                   TensorRT engine trt/sm_<N>.plan (+ .mtp.plan) built from onnx/ (builder/trt_engine.py,
+                   two optimisation profiles); elsewhere skipped, with why
+    validate       when `validate=True`: load the staged engine dir with `tensorrt_llm.LLM` and run one
+                   prompt (where `tensorrt_llm` imports and a GPU is present), and run one prompt through
+                   the TensorRT engine (`runtime.trt_backend`, states bound in place) against the reference
+                   network's greedy tokens (where the trt stage built one); each part skipped, with why
     manifest       hash every output and write build.json (last)
 
 Atomicity: everything is written to `<parent>/.<name>.building/`; only after build.json exists is it
@@ -41,10 +49,17 @@ from trtllm_nemotron.config import NemotronHConfig
 from trtllm_nemotron.errors import BuildError, NemotronError
 from trtllm_nemotron.fileio import atomic_write_text, replace_dir
 
-STAGES = ("inspect", "quantize", "checkpoint", "plugins", "trtllm_config", "validate", "manifest")
+STAGES = ("inspect", "quantize", "checkpoint", "plugins", "trtllm_config", "onnx", "trt", "validate", "manifest")
 STATE_FILE = ".state.json"
 CPU_PLAN_SEQ_LEN = 4096
 VALIDATE_PROMPT = "def fibonacci(n):"
+VALIDATE_TOKENS = 8
+TRT_CONTEXT_TOKENS = 256  # the context profile's largest prefill chunk (the runtime's default prefill_chunk)
+# the TensorRT engine's state pools when --max-batch-size / --max-seq-len are not given: its KV pools are fixed
+# inputs [rows, 2, kv_heads, positions, head_dim] per attention layer, so the serving plan's sizes (2048 rows for
+# a small model, Super's 131072-token context) would make them the largest thing in the engine
+TRT_DEFAULT_BATCH = 64
+TRT_DEFAULT_SEQ_LEN = 4096
 _TOOLS = {
     "trtllm_nemotron": "trtllm-nemotron",
     "torch": "torch",
@@ -56,6 +71,8 @@ _TOOLS = {
     "transformers": "transformers",
     "tensorrt_llm": "tensorrt_llm",
     "tensorrt": "tensorrt",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
 }
 
 
@@ -103,11 +120,14 @@ class _Build:
     def __init__(self, model_dir: Path, out_dir: Path, target: Target, recipe: str, mtp: int, *,
                  validate: bool, progress: bool, gpus: int | None, max_seq_len: int | None,
                  max_batch_size: int | None, cache: bool = True, calib_samples: int | None = None,
-                 calib_seq_len: int | None = None) -> None:  # fmt: skip
+                 calib_seq_len: int | None = None, onnx: bool = False, trt: bool = False,
+                 preset: str | None = None) -> None:  # fmt: skip
         self.model_dir, self.out_dir, self.target, self.recipe, self.mtp = model_dir, out_dir, target, recipe, mtp
         self.validate, self.progress = validate, progress
+        self.onnx, self.trt = onnx or trt, trt
         self.gpus, self.max_seq_len, self.max_batch_size = gpus, max_seq_len, max_batch_size
         self.cache, self.calib_samples, self.calib_seq_len = cache and bc.enabled(), calib_samples, calib_seq_len
+        self.preset = preset
         self.stage_dir = staging_dir(out_dir)
         self.state: dict[str, Any] = {"params": self.params(), "done": {}}
         self.cfg: NemotronHConfig | None = None
@@ -117,6 +137,8 @@ class _Build:
             "model_dir": str(self.model_dir), "target": self.target.name, "recipe": self.recipe, "mtp": self.mtp,
             "gpus": self.gpus, "max_seq_len": self.max_seq_len, "max_batch_size": self.max_batch_size,
             "validate": self.validate, "calib_samples": self.calib_samples, "calib_seq_len": self.calib_seq_len,
+            "onnx": self.onnx, "trt": self.trt,
+            "preset": self.preset,
         }  # fmt: skip
 
     # ---- state ----
@@ -264,17 +286,65 @@ class _Build:
         plan = self.plan()
         fmts, _ = recipe_formats(self.cfg, self.recipe)
         expert_fmt = next((f for n, f in fmts.items() if ".experts.0.up_proj." in n and n.startswith("backbone.")), None)
+        notes: list[str] = []
         cfg_dict = llm_api_config(self.cfg, self.target, recipe=self.recipe, mtp=self.mtp, plan=plan,
-                                  expert_format=expert_fmt)  # fmt: skip
+                                  expert_format=expert_fmt, preset=self.preset, notes=notes)  # fmt: skip
         write_llm_api_yaml(cfg_dict, self.stage_dir / "trtllm" / "llm_api.yaml")
         backend, reason = (self.target.moe_backend(expert_fmt) if "E" in self.cfg.pattern else (None, "no MoE layers"))
+        if self.preset is not None and "moe_config" in cfg_dict:  # the preset may choose another backend
+            backend, reason = cfg_dict["moe_config"]["backend"], "; ".join(notes[1:]) or reason
         detail = f"TP {plan.gpus}, batch {plan.batch}, seq {plan.max_seq_len}, moe {backend}"
-        return "done", detail, {"moe_backend": backend, "moe_backend_reason": reason}
+        if self.preset is not None:
+            detail += f", preset {self.preset}"
+        return "done", detail, {"moe_backend": backend, "moe_backend_reason": reason, "preset": self.preset,
+                                "notes": notes}  # fmt: skip
+
+    def stage_onnx(self) -> tuple[str, str, dict[str, Any]]:
+        if not self.onnx:
+            return "skipped", "not requested (pass --onnx)", {}
+        from builder.onnx_export import check_onnx, export_onnx
+
+        dest = self.stage_dir / "onnx"
+        dtype = "bfloat16" if self.target.is_gpu else "float32"
+        io = export_onnx(self.stage_dir / "checkpoint", dest, dtype=dtype, progress=self.progress)
+        counts = check_onnx(dest)
+        size = sum(p.stat().st_size for p in dest.iterdir())
+        nodes = {k: g["nodes"] for k, g in io["graphs"].items()}
+        detail = f"{', '.join(f'{k}.onnx {n} nodes' for k, n in nodes.items())}, {size / 2**20:.1f} MiB, {dtype}"
+        return "done", detail, {"dir": "onnx", "dtype": dtype, "opset": io["opset"], "bytes": size,
+                                "nodes": nodes, "plugin_nodes": counts, "checker": "full_check passed"}  # fmt: skip
+
+    def trt_unavailable(self) -> str | None:
+        if not self.trt:
+            return "not requested (pass --trt on a GPU host with tensorrt)"
+        if not self.target.is_gpu:
+            return "cpu target: a TensorRT engine needs a GPU target"
+        from builder.trt_engine import trt_unavailable
+
+        assert self.target.sm is not None
+        return trt_unavailable(self.target.sm)
+
+    def stage_trt(self) -> tuple[str, str, dict[str, Any]]:
+        why = self.trt_unavailable()
+        if why:
+            return "skipped", why, {}
+        from builder.trt_engine import build_trt_engines
+
+        plan = self.plan()
+        assert self.target.sm is not None
+        batch = plan.batch if self.max_batch_size else min(plan.batch, TRT_DEFAULT_BATCH)
+        seq = plan.max_seq_len if self.max_seq_len else min(plan.max_seq_len, TRT_DEFAULT_SEQ_LEN)
+        info = build_trt_engines(self.stage_dir / "onnx", self.stage_dir / "trt", sm=self.target.sm,
+                                 max_batch=batch, max_tokens=min(TRT_CONTEXT_TOKENS, seq), mtp=self.mtp,
+                                 max_seq_len=seq)  # fmt: skip
+        detail = ", ".join(f"{p['file']} {p['bytes'] / 2**20:.1f} MiB" for p in info["plans"].values())
+        return "done", detail, info
 
     def stage_validate(self) -> tuple[str, str, dict[str, Any]]:
+        trt = self.validate_trt()
         why = self.validate_unavailable()
         if why:
-            return "skipped", why, {"status": "skipped", "reason": why, "output": None}
+            return "skipped", why, {"status": "skipped", "reason": why, "output": None, "tensorrt": trt}
         from tensorrt_llm import LLM, SamplingParams  # GPU hosts only
 
         from builder.trtllm_config import read_llm_api_yaml
@@ -286,7 +356,44 @@ class _Build:
             text = outs[0].outputs[0].text
         finally:
             llm.shutdown()
-        return "done", f"one prompt ran: {text!r}", {"status": "passed", "reason": "tensorrt_llm.LLM", "output": text}
+        return "done", f"one prompt ran: {text!r}", {"status": "passed", "reason": "tensorrt_llm.LLM", "output": text,
+                                                     "tensorrt": trt}  # fmt: skip
+
+    def validate_trt(self) -> dict[str, Any]:
+        """One prompt through the TensorRT engine (trt stage) vs the reference network's greedy tokens."""
+        if not self.validate:
+            return {"status": "skipped", "reason": "not requested (pass --validate)"}
+        if self.state["done"].get("trt", {}).get("status") != "done":
+            reason = self.state["done"].get("trt", {}).get("detail", "no trt stage")
+            return {"status": "skipped", "reason": f"no TensorRT engine: {reason}"}
+        import torch
+
+        from trtllm_nemotron.model import load_model
+        from trtllm_nemotron.runtime.onnx_backend import greedy_generate
+        from trtllm_nemotron.runtime.tokenizer import Tokenizer
+        from trtllm_nemotron.runtime.trt_backend import TrtNetwork
+
+        ckpt = self.stage_dir / "checkpoint"
+        assert self.cfg is not None
+        prompt = Tokenizer.from_dir(ckpt, vocab_size=self.cfg.vocab_size).encode(VALIDATE_PROMPT)
+        net = TrtNetwork(self.stage_dir / "onnx", self.stage_dir / "trt", self.data("trt"))
+        got = greedy_generate(net, prompt, VALIDATE_TOKENS, mtp=self.mtp, slot=0)
+        model = load_model(ckpt, dtype=torch.bfloat16, device="cuda")
+        ids = torch.tensor([prompt], device="cuda")
+        ref: list[int] = []
+        with torch.inference_mode():
+            for _ in range(VALIDATE_TOKENS):  # uncached greedy: the plainest reference
+                nxt = int(model(ids)[0, -1].argmax())
+                ref.append(nxt)
+                ids = torch.cat([ids, torch.tensor([[nxt]], device="cuda")], dim=1)
+        same = next((i for i, (a, b) in enumerate(zip(got, ref, strict=True)) if a != b), len(ref))
+        # bf16 engines and the bf16 reference round differently, so later tokens may drift; the first must agree
+        status = "passed" if same >= 1 else "failed"
+        out = {"status": status, "reason": f"{same}/{len(ref)} leading greedy tokens equal the reference network's",
+               "tokens": got, "reference_tokens": ref}  # fmt: skip
+        if status == "failed":
+            raise BuildError(f"the TensorRT engine's first token differs from the reference network's: {out}")
+        return out
 
     def validate_unavailable(self) -> str | None:
         if not self.validate:
@@ -337,6 +444,9 @@ class _Build:
             "plugins": ({"dir": f"plugins/{self.target.sm_name}", "summary": self.data("plugins").get("summary")}
                         if self.target.is_gpu else None),
             "tools": tool_versions(),
+            "onnx": self.data("onnx") or None,
+            "tensorrt_engine": self.data("trt") or None,
+            "kernel_versions": self.kernel_versions(),
             "inputs": {"dir": str(self.model_dir), "files": inspect["inputs"]},
             "outputs": {"files": mf.hash_tree(self.stage_dir)},
             "stages": stages,
@@ -348,6 +458,17 @@ class _Build:
             m["validation"] = {"status": "skipped", "reason": self.state["done"]["validate"]["detail"], "output": None}
         mf.write_manifest(self.stage_dir, m)
         return "done", "build.json written last", {}
+
+    def kernel_versions(self) -> dict[str, str | None]:
+        """The TensorRT, Triton and PTX (ISA `.version` of the AOT plugin kernels) versions of this build."""
+        from builder.trt_engine import tensorrt_version
+
+        ptx = None
+        if self.target.sm_name is not None:
+            files = sorted((self.stage_dir / "plugins" / self.target.sm_name).glob("*.ptx"))
+            ptx = next((ln.split()[1] for ln in files[0].read_text().splitlines() if ln.startswith(".version")),
+                       None) if files else None  # fmt: skip
+        return {"tensorrt": tensorrt_version(), "triton": tool_versions()["triton"], "ptx": ptx}
 
     def plan(self) -> Plan:
         d = self.data("inspect")["plan"]
@@ -419,12 +540,18 @@ def build_engine(
     cache: bool = True,
     calib_samples: int | None = None,
     calib_seq_len: int | None = None,
+    onnx: bool = False,
+    trt: bool = False,
+    preset: str | None = None,
 ) -> Path:
     """Build the engine dir for `model_dir` at `out_dir` (see module docstring); returns `out_dir`.
 
     `recipe` defaults to the target's default recipe. `cache` reuses quantized checkpoints and compiled
     plugin kernels from earlier builds (`builder.cache`); `calib_samples` / `calib_seq_len` are passed to
-    the quantizer (None: its defaults). Raises BuildError (and the library's other
+    the quantizer (None: its defaults). `onnx` exports the network to onnx/; `trt` (implies `onnx`) builds
+    the TensorRT engine trt/ where TensorRT and a GPU of the target's SM are present (else skipped, with why).
+    `preset` (builder.presets) writes NVIDIA's published serving options for the GPU target instead of the
+    planner's defaults. Raises BuildError (and the library's other
     NemotronErrors) with what failed and how to fix it; never leaves a half-written `out_dir`.
     """
     t = get_target(target)
@@ -443,5 +570,6 @@ def build_engine(
         raise BuildError(f"--mtp must be >= 0, got {mtp}")
     b = _Build(model, out, t, recipe or t.default_recipe, mtp, validate=validate, progress=progress,
                gpus=gpus, max_seq_len=max_seq_len, max_batch_size=max_batch_size, cache=cache,
-               calib_samples=calib_samples, calib_seq_len=calib_seq_len)  # fmt: skip
+               calib_samples=calib_samples, calib_seq_len=calib_seq_len, onnx=onnx, trt=trt,
+               preset=preset)  # fmt: skip
     return b.run(resume)

@@ -21,6 +21,10 @@ Everything is computed from the config alone (no tensors are read), per GPU, in 
                  MTP speculation also keeps per-draft-step copies (intermediate_ssm /
                  intermediate_conv_window, spec §6.2): (N + 1) more states per layer per sequence.
     logits       (N + 1) · vocab/TP · 4 bytes per sequence (fp32 logits of one decode step).
+    onnx         the exported network's tensors (builder/onnx_export.py; `onnx_bytes`): every weight in its
+                 stored format as above, less the scales the graph does not carry (an FP8 / NVFP4 linear's
+                 fp32 `input_scale`, the KV `k_scale` / `v_scale`), A_log as the fp32 A; the MTP graph shares the embedding and
+                 LM head with the backbone's data file, so nothing counts twice.
     activations  an estimate for one forward of `max_num_tokens` tokens: a few hidden-width buffers, the
                  widest projection output and the routed-expert permutation buffers, in model dtype;
                  plus a fixed 2 GiB workspace (CUDA context, GEMM/NCCL workspaces, CUDA graphs).
@@ -50,8 +54,33 @@ WORKSPACE_BYTES_CPU = GiB // 2
 DEFAULT_MAX_NUM_TOKENS = 8192  # TorchLlmArgs.max_num_tokens default
 
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp8": 1, "float8": 1}
+# Build-time estimate (the quantize stage dominates a Super build): MB (1e6 B) of bf16 source per second.
+# CPU: `make bench-quant` median on the 2-core development machine, nvfp4-super, 8 x 128 calibration tokens, the
+# 0.64 GB checkpoint, measured while the machine was shared (load 8-15; docs/benchmarks.md) -- a pessimistic
+# figure. GPU targets: every quantize stage runs on the GPU (`quantize --device cuda`), so reading the source
+# bounds it; 2000 MB/s is an assumed local-NVMe sequential read, not a measurement.
+QUANT_MB_S_CPU = 42.0
+QUANT_MB_S_GPU_HOST = 2000.0
+
+
+def estimate_quantize_seconds(cfg: NemotronHConfig, target: Target) -> tuple[int, float, str]:
+    """(bf16 source bytes, estimated quantize seconds, basis of the rate) for `cfg` on `target`'s host."""
+    src = sum(math.prod(s.shape) * (4 if s.dtype == "float32" else 2) for s in expected_tensors(cfg).values())
+    if target.is_gpu:
+        rate, basis = QUANT_MB_S_GPU_HOST, "assumed NVMe read bound, stages on the GPU"
+    else:
+        rate, basis = QUANT_MB_S_CPU, "measured by make bench-quant on 2 CPU cores"
+    return src, src / 1e6 / rate, f"{rate:.0f} MB/s, {basis}"
+
+
+# TensorRT-LLM tensorrt_llm/_torch/models/modeling_nemotron_h.py (at 00620eb0), NemotronHForCausalLM.__init__:
+# `if not enable_attention_dp and tp_size not in [1, 2, 4, 8]: raise ValueError("TP has to be either 1, 2, 4
+# or 8")`. We write tensor_parallel_size = moe_expert_parallel_size = GPUs, so the GPU count is limited too.
+NEMOTRON_H_TP_SIZES = (1, 2, 4, 8)
 _REPLICATED = ("fc1_latent_proj", "fc2_latent_proj", "mixer.gate.")  # not TP/EP-sharded by TensorRT-LLM
 
+
+PREFIX_BLOCK = 64  # tokens per prefix-cache block (the runtime's default `prefix_block`)
 
 def dtype_bytes(name: str) -> int:
     key = str(name).lower().replace("torch.", "")
@@ -109,6 +138,18 @@ def _recipe_formats(cfg: NemotronHConfig, recipe: str) -> tuple[dict[str, str | 
         fmts[name] = fmt.lower() if fmt else None  # the recipe table spells "NVFP4" / "FP8"
     kv = getattr(r, "kv_cache", None)
     return fmts, (kv.lower() if kv else None)
+
+
+def onnx_bytes(cfg: NemotronHConfig, recipe: str) -> int:
+    """Tensor bytes of the ONNX export of `cfg` quantized with `recipe` (see the module docstring)."""
+    fmts, _ = recipe_formats(cfg, recipe)
+    model_b = dtype_bytes(cfg.torch_dtype)
+    total = 0
+    for name, spec in expected_tensors(cfg).items():
+        fmt = fmts[name]
+        fp32 = spec.dtype == "float32" or name.endswith(".A_log")  # exported as A = -exp(A_log), fp32
+        total += tensor_bytes(math.prod(spec.shape), fmt, model_b, fp32) - (4 if fmt else 0)
+    return total
 
 
 def tensor_bytes(numel: int, fmt: str | None, model_dtype_bytes: int, is_fp32: bool) -> int:
@@ -190,10 +231,21 @@ class Plan:
     workspace_bytes: int
     family: str | None = None
     weight_modes: dict[str, str] = field(default_factory=dict)
+    onnx_bytes: int = 0  # the ONNX export's tensor bytes (all devices)
+    source_bytes: int = 0  # the bf16 checkpoint the build quantizes
+    quantize_seconds_est: float = 0.0
+    quantize_rate: str = ""
 
     @property
     def per_seq_bytes(self) -> int:
         return self.kv_bytes_per_token * self.max_seq_len + self.state_bytes_per_seq + self.logits_bytes_per_seq
+
+    @property
+    def prefix_block_bytes(self) -> int:
+        """One prefix-cache block (PREFIX_BLOCK tokens): its KV plus a snapshot of every Mamba layer's state at the
+        block boundary (runtime/prefix_cache.py): what reusing a prefix costs a hybrid model per block."""
+        return (self.kv_bytes_per_token * PREFIX_BLOCK
+                + self.num_mamba_layers * (self.conv_bytes_per_layer + self.ssm_bytes_per_layer))
 
     @property
     def fixed_bytes(self) -> int:
@@ -235,6 +287,7 @@ class Plan:
             f"  weights (all devices)    {g(self.weights_bytes)}  "
             + ", ".join(f"{k} {g(v)}" for k, v in sorted(self.weights_by_format.items())),
             f"  weights per device       {g(self.weights_per_gpu)}",
+            f"  ONNX export (est.)       {g(self.onnx_bytes)}  (onnx/: model.onnx + mtp.onnx external data)",
             f"  activations (est.)       {g(self.activation_bytes)}  ({self.max_num_tokens} tokens per step)",
             f"  workspace                {g(self.workspace_bytes)}",
             f"  KV per token             {self.kv_bytes_per_token:,} B  "
@@ -244,8 +297,12 @@ class Plan:
             f"  state per sequence       {g(self.state_bytes_per_seq)}  ({self.num_mamba_layers} Mamba layers"
             + (f", x{self.mtp + 2} with MTP draft-step copies)" if self.mtp else ")"),
             f"  per sequence             {g(self.per_seq_bytes)}  (KV for {self.max_seq_len} tokens + state + logits)",
+            f"  prefix cache per block   {g(self.prefix_block_bytes)}  ({PREFIX_BLOCK} tokens of KV + a Mamba state "
+            f"snapshot, {self.prefix_block_bytes / max(1, self.kv_bytes_per_token * PREFIX_BLOCK):.0f}x the KV alone)",
             f"  cache budget             {g(self.cache_budget_bytes)}  "
             f"({self.free_fraction:.0%} of what is left after weights, activations, workspace)",
+            f"  build time (est.)        quantize {g(self.source_bytes)} bf16 in ~{_duration(self.quantize_seconds_est)}"
+            f" ({self.quantize_rate})",
         ]
         if not self.weights_fit:
             lines.append(
@@ -268,6 +325,7 @@ class Plan:
             max_batch=self.max_batch,
             per_seq_bytes=self.per_seq_bytes,
             cache_budget_bytes=self.cache_budget_bytes,
+            prefix_block_bytes=self.prefix_block_bytes,
         )
         return d
 
@@ -276,6 +334,14 @@ class Plan:
         if not self.fits:
             raise BuildError("refusing an impossible plan:\n" + self.explain())
         return self
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _host_memory_bytes() -> int:
@@ -303,6 +369,12 @@ def plan_memory(
     cfg = config
     if gpus < 1 or (not t.is_gpu and gpus != 1):
         raise BuildError(f"gpus must be >= 1 (and 1 for the cpu target), got {gpus} for {t.name}")
+    if t.is_gpu and gpus not in NEMOTRON_H_TP_SIZES:
+        raise BuildError(
+            f"--gpus {gpus}: TensorRT-LLM's NemotronH runs with tensor-parallel size 1, 2, 4 or 8 only "
+            "(NemotronHForCausalLM.__init__ raises 'TP has to be either 1, 2, 4 or 8'); choose one of "
+            f"{list(NEMOTRON_H_TP_SIZES)}"
+        )
     if max_seq_len < 1 or batch < 1 or mtp < 0:
         raise BuildError(f"need max_seq_len >= 1, batch >= 1, mtp >= 0; got {max_seq_len}, {batch}, {mtp}")
     if mtp and not cfg.num_nextn_predict_layers:
@@ -343,6 +415,7 @@ def plan_memory(
     activation = tokens * model_b * (4 * cfg.hidden_size + 2 * math.ceil(widest / tp) + 2 * math.ceil(routed / tp))
 
     capacity = (t.memory_bytes if t.is_gpu else None) or _host_memory_bytes()
+    src_bytes, quant_s, quant_rate = estimate_quantize_seconds(cfg, t)
     return Plan(
         target=t.name,
         recipe=recipe,
@@ -369,6 +442,10 @@ def plan_memory(
         workspace_bytes=WORKSPACE_BYTES_GPU if t.is_gpu else WORKSPACE_BYTES_CPU,
         family=model_family(cfg),
         weight_modes=modes,
+        onnx_bytes=onnx_bytes(cfg, recipe),
+        source_bytes=src_bytes,
+        quantize_seconds_est=round(quant_s, 1),
+        quantize_rate=quant_rate,
     )
 
 

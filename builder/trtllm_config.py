@@ -5,7 +5,8 @@ TensorRT-LLM serves Nemotron-H through its PyTorch backend from a HF checkpoint 
 What we write follows NVIDIA's Super recipes (spec §2.5, §6.1):
 
     tensor_parallel_size / moe_expert_parallel_size   G GPUs (TP = EP = G)
-    kv_cache_config      enable_block_reuse: false (forced for Mamba models by `get_model_defaults`),
+    kv_cache_config      enable_block_reuse: false (forced for Mamba models by `get_model_defaults`; true only
+                         where the installed TensorRT-LLM supports hybrid reuse: `hybrid_block_reuse`),
                          free_gpu_memory_fraction (0.8, the recipes' value), mamba_ssm_cache_dtype
                          (+ stochastic rounding, 5 Philox rounds, when the SSM cache is fp16: the
                          Blackwell MTP recipe)
@@ -51,10 +52,46 @@ def llm_args_keys() -> dict[str, Any]:
 TRTLLM_SOURCE: dict[str, str] = llm_args_keys()["source"]
 
 
+def _type_ok(value: Any, typ: str, allowed: list[Any] | None) -> bool:
+    """Whether `value` (parsed YAML) fits the recorded pydantic annotation `typ` (grammar in the JSON)."""
+    if typ.startswith("Optional[") and typ.endswith("]"):
+        return value is None or _type_ok(value, typ[len("Optional[") : -1], allowed)
+    if typ.startswith("List[") and typ.endswith("]"):
+        return isinstance(value, list) and all(_type_ok(v, typ[len("List[") : -1], allowed) for v in value)
+    if typ == "Literal":
+        return allowed is None or value in allowed
+    if typ == "bool":
+        return isinstance(value, bool)
+    if typ in ("int", "NonNegativeInt", "PositiveInt"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return False
+        return value >= {"int": value, "NonNegativeInt": 0, "PositiveInt": 1}[typ]
+    if typ == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ == "str":
+        return isinstance(value, str)
+    raise BuildError(f"unknown type {typ!r} in {_KEYS_FILE}; extend builder.trtllm_config._type_ok")
+
+
+def _check_value(where: str, value: Any, typ: str | None, allowed: list[Any] | None) -> list[str]:
+    if typ is not None and not _type_ok(value, typ, allowed):
+        extra = f" of {allowed}" if allowed is not None else ""
+        return [f"{where}={value!r} (expected {typ}{extra})"]
+    if typ is None and allowed is not None and value not in allowed:
+        return [f"{where}={value!r} (allowed: {allowed})"]
+    return []
+
+
 def unknown_keys(config: dict[str, Any]) -> list[str]:
-    """Dotted names of keys (and enumerated values) TensorRT-LLM's TorchLlmArgs would reject."""
+    """Problems TensorRT-LLM's TorchLlmArgs would reject: unknown keys (dotted names), values of the wrong
+    type (`key=value (expected T)`), and values outside an enumeration (`key=value (allowed: [...])`).
+
+    Types and enumerations come from `builder/data/trtllm_llm_args.json` ("types", "values", per-class
+    "values"), recorded from TensorRT-LLM's `llm_args.py`; keys without a recorded type are checked by
+    name only.
+    """
     table = llm_args_keys()
-    classes, nested = table["classes"], table["nested"]
+    classes, nested, types = table["classes"], table["nested"], table.get("types", {})
     problems: list[str] = []
     top = set(classes["TorchLlmArgs"]["fields"])
     for key, value in config.items():
@@ -62,7 +99,10 @@ def unknown_keys(config: dict[str, Any]) -> list[str]:
             problems.append(key)
             continue
         cls = nested.get(key)
-        if cls is None or value is None:
+        if cls is None:
+            problems += _check_value(key, value, types.get("TorchLlmArgs", {}).get(key), table["values"].get(key))
+            continue
+        if value is None:
             continue
         if not isinstance(value, dict):
             problems.append(f"{key} (expected a mapping for {cls})")
@@ -71,10 +111,34 @@ def unknown_keys(config: dict[str, Any]) -> list[str]:
         for sub, subval in value.items():
             if sub not in fields:
                 problems.append(f"{key}.{sub}")
+                continue
             allowed = classes[cls].get("values", {}).get(sub) or table["values"].get(f"{key}.{sub}")
-            if allowed is not None and subval not in allowed:
-                problems.append(f"{key}.{sub}={subval!r} (allowed: {allowed})")
+            problems += _check_value(f"{key}.{sub}", subval, types.get(cls, {}).get(sub), allowed)
     return problems
+
+
+def hybrid_block_reuse() -> tuple[bool, str]:
+    """Does the installed TensorRT-LLM reuse KV blocks (prefix caching) for NemotronH? -> (yes, why).
+
+    TensorRT-LLM's hybrid cache manager gained block reuse with Mamba state snapshots (NVIDIA/TensorRT-LLM PRs
+    #12185, #12896 with MTP, #16598 "agentic prefix caching", 2026), but `NemotronHForCausalLM.get_model_defaults`
+    still forces `kv_cache_config.enable_block_reuse: false` ("TODO: Remove ... once KV cache block reuse is
+    supported for Mamba/SSM-based models", modeling_nemotron_h.py at 00620eb0). So we turn reuse on only when the
+    TensorRT-LLM installed on the build host no longer forces it off for NemotronH; anywhere else it stays off.
+    """
+    try:
+        import tensorrt_llm
+        from tensorrt_llm._torch.models.modeling_nemotron_h import NemotronHForCausalLM
+    except Exception as e:  # noqa: BLE001 - absent or broken: the safe answer is "no"
+        return False, f"tensorrt_llm is not importable here ({type(e).__name__}); block reuse stays off for NemotronH"
+    version = getattr(tensorrt_llm, "__version__", "?")
+    try:
+        defaults = NemotronHForCausalLM.get_model_defaults(None) or {}
+    except Exception as e:  # noqa: BLE001
+        return False, f"tensorrt_llm {version}: NemotronH model defaults unreadable ({e}); block reuse stays off"
+    if (defaults.get("kv_cache_config") or {}).get("enable_block_reuse") is False:
+        return False, f"tensorrt_llm {version} forces enable_block_reuse=false for NemotronH (hybrid reuse unsupported)"
+    return True, f"tensorrt_llm {version} reuses KV blocks for NemotronH (its model defaults no longer force it off)"
 
 
 def llm_api_config(
@@ -85,11 +149,16 @@ def llm_api_config(
     mtp: int,
     plan: Plan,
     expert_format: str | None = None,
+    block_reuse: bool | None = None,
+    preset: str | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """The LLM-API options dict for `config` on `target`, sized by `plan`.
 
     `expert_format` is the routed experts' weight format under `recipe` ("nvfp4" | "fp8" | None); it
-    decides the MoE backend. The returned dict holds only known TensorRT-LLM keys (checked).
+    decides the MoE backend. `preset` (builder.presets: throughput, latency, balanced) overrides the
+    planned options with NVIDIA's published ones; what it adapted to the target is appended to `notes`.
+    The returned dict holds only known TensorRT-LLM keys with values of the recorded types (checked).
     """
     t = target if isinstance(target, Target) else get_target(target)
     if not t.is_gpu:
@@ -98,7 +167,7 @@ def llm_api_config(
         raise BuildError(f"MTP {mtp} asked for, but the model has no MTP layers; use --mtp 0")
     batch = plan.batch
     kv: dict[str, Any] = {
-        "enable_block_reuse": False,
+        "enable_block_reuse": hybrid_block_reuse()[0] if block_reuse is None else block_reuse,
         "free_gpu_memory_fraction": plan.free_fraction,
         "mamba_ssm_cache_dtype": plan.ssm_dtype,
     }
@@ -123,6 +192,12 @@ def llm_api_config(
     }
     if mtp:
         out["speculative_config"] = {"decoding_type": "MTP", "max_draft_len": int(mtp)}
+    if preset is not None:
+        from builder.presets import apply_preset
+
+        out, why = apply_preset(out, preset, t, expert_format=expert_format, has_moe="E" in config.pattern)
+        if notes is not None:
+            notes += why
     bad = unknown_keys(out)
     if bad:  # a bug here, not user input: the table or this function drifted
         raise BuildError(f"generated TensorRT-LLM options have unknown keys {bad}; update builder/trtllm_config.py")

@@ -58,6 +58,9 @@ class ClientResult:
     acceptance_length: float | None = None
     accepted_draft_tokens: int | None = None
     draft_tokens: int | None = None
+    kv_cache_reused_block: int | None = None  # prefix-cache blocks the server reused for this prompt
+    kv_cache_missed_block: int | None = None  # whole prompt blocks it could have reused but had to compute
+    kv_cache_hit_rate: float | None = None
     num_responses: int = 0
     url: str = ""
     protocol: str = ""
@@ -327,9 +330,10 @@ class _Collector:
         if out.get("finish_reason") not in (None, "", "None"):
             r.finish_reason = str(out["finish_reason"])
         for key, attr in (("acceptance_rate", "acceptance_rate"), ("total_accepted_draft_tokens", "accepted_draft_tokens"),
-                          ("total_draft_tokens", "draft_tokens")):
+                          ("total_draft_tokens", "draft_tokens"), ("kv_cache_reused_block", "kv_cache_reused_block"),
+                          ("kv_cache_missed_block", "kv_cache_missed_block"), ("kv_cache_hit_rate", "kv_cache_hit_rate")):
             if out.get(key) is not None:
-                setattr(r, attr, float(out[key]) if attr == "acceptance_rate" else int(out[key]))
+                setattr(r, attr, float(out[key]) if attr.endswith("rate") else int(out[key]))
         return delta
 
     def finish(self) -> ClientResult:

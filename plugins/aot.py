@@ -281,10 +281,17 @@ def _compile_sm(jobs: list[dict[str, Any]], sm: int, cfg: Any, dest: Path, bar: 
             }
         )
         bar.update(1)
+    from plugins.ptx import driver_requirement, ptx_isa_version
+
+    isas = sorted({ptx_isa_version((dest / k["ptx"]).read_text()) for k in kernels})
+    if len(isas) != 1 or not isas[0]:
+        raise PluginError(f"sm_{sm}: the kernels' PTX ISA versions are {isas}, expected one `.version` line")
     return {
         "format": FORMAT_VERSION,
         "sm": sm,
         "triton": triton.__version__,
+        "ptx_isa": isas[0],
+        "driver": driver_requirement(isas[0]),  # the driver the PTX needs (plugins/ptx.py)
         "config": _config_summary(cfg),
         "kernels": kernels,
     }

@@ -115,8 +115,18 @@ NEUTRAL_ONLY: dict[str, float] = {
 _NEMOTRON_OUTPUT_NAMES = (
     "text_output", "finish_reason", "stop_reason", "arrival_time_ns", "first_scheduled_time_ns",
     "first_token_time_ns", "last_token_time_ns", "acceptance_rate", "total_accepted_draft_tokens",
-    "total_draft_tokens",
+    "total_draft_tokens", "kv_cache_reused_block", "kv_cache_missed_block", "kv_cache_alloc_new_blocks",
+    "kv_cache_alloc_total_blocks", "kv_cache_hit_rate",
 )
+# prefix-cache counters of the runtime's stats -> the llmapi KV-cache outputs (sent with the perf metrics, as the
+# llmapi model does from `request_perf_metrics.kv_cache_metrics`)
+KV_CACHE_OUTPUTS: dict[str, tuple[str, type]] = {
+    "kv_cache_reused_block": ("kv_cache_reused_block", np.int32),
+    "kv_cache_missed_block": ("kv_cache_missed_block", np.int32),
+    "kv_cache_alloc_new_blocks": ("kv_cache_alloc_new_blocks", np.int32),
+    "kv_cache_alloc_total_blocks": ("kv_cache_alloc_total_blocks", np.int32),
+    "kv_cache_hit_rate": ("kv_cache_hit_rate", np.float32),
+}
 NEMOTRON_INPUTS: tuple[TensorSpec, ...] = tuple(t for t in LLMAPI_INPUTS if t.name in _NEMOTRON_INPUT_NAMES) + (
     TensorSpec("sampling_param_ignore_eos", _B, (1,), optional=True),
     *(TensorSpec(name, dtype, dims, optional=True) for name, (dtype, dims, _) in INFLIGHT_ALIASES.items()),
@@ -258,4 +268,7 @@ def response_arrays(req: ParsedRequest, *, text: str, num_tokens: int, finish_re
             arrays["acceptance_rate"] = np.array([rate if rate is not None else 0.0], dtype=np.float32)
             arrays["total_accepted_draft_tokens"] = np.array([stats.get("accepted_draft_tokens") or 0], dtype=np.int32)
             arrays["total_draft_tokens"] = np.array([stats.get("draft_tokens") or 0], dtype=np.int32)
+            for name, (key, dt) in KV_CACHE_OUTPUTS.items():
+                if stats.get(key) is not None:
+                    arrays[name] = np.array([stats[key]], dtype=dt)
     return arrays

@@ -124,7 +124,7 @@ def test_interrupted_build_leaves_no_engine_dir_and_resumes(tiny_ckpt, tmp_path,
         _cpu_build(tiny_ckpt, out)
     assert not out.exists()
     state = json.loads((staging_dir(out) / ".state.json").read_text())
-    assert list(state["done"]) == ["inspect", "quantize", "checkpoint", "plugins", "trtllm_config"]
+    assert list(state["done"]) == list(STAGES[: STAGES.index("validate")])
 
     def must_not_run(self):
         raise AssertionError("a completed stage ran again on --resume")
@@ -196,6 +196,26 @@ def test_validate_on_gpu_runs_tensorrt_llm(tiny_ckpt, tmp_path):
     out = build_engine(tiny_ckpt, tmp_path / "e", target=target, recipe="bf16", mtp=3, validate=True, **FAST)
     v = read_manifest(out)["validation"]
     assert v["status"] == "passed" and v["reason"] == "tensorrt_llm.LLM" and v["output"], v
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_validate_on_gpu_runs_the_tensorrt_engine(tiny_ckpt, tmp_path):
+    """On a GPU host with TensorRT: `--trt --validate` builds trt/sm_<N>.plan from onnx/ and runs one prompt
+    through it (states bound in place) against the reference network."""
+    import tensorrt  # noqa: F401  (a trt-tier host must have it: an ImportError fails the test)
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    target = {(10, 0): "b200", (9, 0): "h100"}.get((major, minor))
+    assert target, f"this GPU is sm_{major}{minor}; --trt needs an sm_100 or sm_90 build target"
+    out = build_engine(tiny_ckpt, tmp_path / "e", target=target, recipe="bf16", mtp=3, trt=True, validate=True,
+                       max_batch_size=4, max_seq_len=256, **FAST)  # fmt: skip
+    m = read_manifest(out)
+    assert m["tensorrt_engine"]["plans"]["model"]["file"] == f"trt/sm_{major}{minor}.plan"
+    assert m["kernel_versions"]["tensorrt"] and m["kernel_versions"]["ptx"]
+    t = m["validation"]["tensorrt"]
+    assert t["status"] == "passed" and t["tokens"][0] == t["reference_tokens"][0], t
 
 
 def test_cli_build_and_plan(tiny_ckpt, tmp_path):
@@ -290,3 +310,28 @@ def test_resume_refuses_changed_inputs(tiny_ckpt, tmp_path, monkeypatch):
     with pytest.raises(BuildError, match="changed since the partial build"):
         _cpu_build(src, out, resume=True)
     assert not out.exists()
+
+
+def test_cli_build_with_a_preset_and_refused_gpu_counts(tiny_ckpt, tmp_path):
+    from trtllm_nemotron.cli import main
+
+    out = tmp_path / "e"
+    r = CliRunner().invoke(main, ["build", "--model", str(tiny_ckpt), "--target", "h200", "--recipe", "nvfp4-super",
+                                  "--preset", "latency", "--out", str(out), "--no-progress",
+                                  "--calib-samples", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert verify_engine_dir(out) == []
+    cfg = yaml.safe_load((out / "trtllm" / "llm_api.yaml").read_text())
+    assert unknown_keys(cfg) == []
+    assert cfg["max_batch_size"] == 16 and cfg["stream_interval"] == 1 and cfg["enable_attention_dp"] is False
+    assert cfg["speculative_config"]["num_nextn_predict_layers"] == 3
+    assert cfg["moe_config"] == {"backend": "MARLIN"} and cfg["nvfp4_gemm_config"] == {"allowed_backends": ["marlin"]}
+    m = read_manifest(out)
+    assert m["trtllm"]["preset"] == "latency" and m["trtllm"]["moe_backend"] == "MARLIN"
+    assert any("FP8 is the recommended recipe on H100/H200" in n for n in m["trtllm"]["notes"])
+    assert "note: FP8 is the recommended recipe on H100/H200" in r.output  # told on the command line too
+    assert m["mtp"]["max_draft_len"] == 3
+    r = CliRunner().invoke(main, ["build", "--model", str(tiny_ckpt), "--target", "b200", "--gpus", "3",
+                                  "--out", str(tmp_path / "e3"), "--no-progress"])  # fmt: skip
+    assert r.exit_code != 0 and "tensor-parallel size 1, 2, 4 or 8" in r.output
+    assert not (tmp_path / "e3").exists()

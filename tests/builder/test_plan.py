@@ -144,3 +144,29 @@ def test_bad_inputs():
         plan_memory(SUPER, "a100", recipe="bf16", max_seq_len=4096, batch=1, mtp=0)
     with pytest.raises(BuildError, match="cpu target"):
         plan_memory(SUPER, "cpu", recipe="bf16", gpus=2, max_seq_len=4096, batch=1, mtp=0)
+
+
+@pytest.mark.parametrize("gpus", [3, 5, 6, 7, 12, 16])
+def test_tensor_parallel_sizes_nemotron_h_refuses_are_refused(gpus):
+    # TensorRT-LLM's NemotronHForCausalLM raises "TP has to be either 1, 2, 4 or 8"
+    with pytest.raises(BuildError, match=r"tensor-parallel size 1, 2, 4 or 8"):
+        plan_memory(SUPER, "b200", recipe="nvfp4-super", gpus=gpus, max_seq_len=4096, batch=1, mtp=0)
+    with pytest.raises(BuildError, match=rf"--gpus {gpus}"):
+        plan_for_build(SUPER, "b200", recipe="nvfp4-super", mtp=0, gpus=gpus)
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8])
+def test_tensor_parallel_sizes_nemotron_h_accepts(gpus):
+    assert plan_memory(SUPER, "b200", recipe="nvfp4-super", gpus=gpus, max_seq_len=4096, batch=1, mtp=0).gpus == gpus
+
+
+def test_plan_prints_the_estimated_build_time_for_super():
+    from builder.plan import QUANT_MB_S_CPU, QUANT_MB_S_GPU_HOST
+
+    p = plan_memory(SUPER, "b200", recipe="nvfp4-super", gpus=1, max_seq_len=4096, batch=1, mtp=3)
+    assert p.source_bytes == 247_222_108_160  # Super's bf16 checkpoint (fp32 router biases and Mamba A/D)
+    assert p.quantize_seconds_est == pytest.approx(p.source_bytes / 1e6 / QUANT_MB_S_GPU_HOST, abs=0.1)
+    assert "build time (est.)" in p.explain() and "GPU" in p.quantize_rate
+    cpu = plan_memory(SUPER, "cpu", recipe="nvfp4-super", gpus=1, max_seq_len=4096, batch=1, mtp=0)
+    assert cpu.quantize_seconds_est == pytest.approx(cpu.source_bytes / 1e6 / QUANT_MB_S_CPU, abs=0.1)
+    assert "bench-quant" in cpu.quantize_rate

@@ -12,6 +12,7 @@ from plugins.aot import aot_launch, compile_all, disassemble, ptx_target, sass_a
 from plugins.latent_moe_experts import launch as xl
 from plugins.latent_moe_routing import launch as rl
 from plugins.mamba_state_update import launch as ml
+from plugins.ptx import driver_requirement, ptx_isa_version
 from trtllm_nemotron.config import preset
 from trtllm_nemotron.errors import PluginError
 
@@ -28,6 +29,11 @@ def test_compile_all_writes_index_ptx_cubin(compiled):
     for sm in (100, 90):
         ix = json.loads((out / f"sm_{sm}" / "index.json").read_text())
         assert ix == index[f"sm_{sm}"]
+        # the PTX ISA of every kernel and the driver it needs (plugins/ptx.py) are recorded for build.json
+        isa = ix["ptx_isa"]
+        for k in ix["kernels"]:
+            assert ptx_isa_version((out / f"sm_{sm}" / k["ptx"]).read_text()) == isa
+        assert ix["driver"] == driver_requirement(isa) and ix["driver"]["min_cuda_driver_api"]
         names = {k["name"] for k in ix["kernels"]}
         assert {
             "latent_moe_routing",

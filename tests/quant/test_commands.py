@@ -58,3 +58,20 @@ def test_quantize_and_accuracy_cli(tmp_path, tiny_src):
     assert res.exit_code == 0, res.output
     rep = json.loads(res.output)
     assert rep["kl_mean"] < 5e-4 and (out / "accuracy.json").is_file()
+
+
+def test_quantize_device_option(tmp_path, tiny_src):
+    import torch
+
+    args = ["quantize", str(tiny_src), str(tmp_path / "o"), "--no-accuracy", "--no-progress", "--calib-samples", "1"]
+    res = CliRunner().invoke(main, [*args, "--device", "tpu"])
+    assert res.exit_code == 1 and "is not a device name" in res.output and "use cpu, cuda or cuda:N" in res.output
+    res = CliRunner().invoke(main, [*args, "--device", "meta"])
+    assert res.exit_code == 1 and "quantization runs on cpu or cuda, not meta" in res.output
+    if not torch.cuda.is_available():
+        res = CliRunner().invoke(main, [*args, "--device", "cuda"])
+        assert res.exit_code == 1 and "no CUDA device is visible; use --device cpu" in res.output
+    assert not (tmp_path / "o").exists()
+    res = CliRunner().invoke(main, [*args, "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["device"] == "cpu"

@@ -81,9 +81,10 @@ def test_nvfp4_super_export_layout(tiny_src, quantized):
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert hfq["quantization"]["quant_algo"] == "MIXED_PRECISION" and qc["quant_method"] == "modelopt"
     assert hfq["quantization"]["quantized_layers"] == qc["quantized_layers"]
-    assert "backbone.layers.1.mixer.experts" in hfq["quantization"]["quantized_layers"]
+    assert "backbone.layers.1.mixer.experts.0.up_proj" in hfq["quantization"]["quantized_layers"]
+    assert "backbone.layers.1.mixer.experts" not in hfq["quantization"]["quantized_layers"]
     assert "\\u0000" not in (out / "config.json").read_text() + (out / "hf_quant_config.json").read_text()
-    assert hfq["quantization"]["exclude_modules"] == ["mtp.layers.0*", "mtp.layers.1*"] == qc["ignore"]
+    assert hfq["quantization"]["exclude_modules"] == ["mtp*"] == qc["ignore"]
 
 
 @pytest.mark.parametrize("recipe", ["fp8", "nvfp4", "nvfp4-super", "bf16"])
@@ -208,8 +209,30 @@ def test_fp8_and_nvfp4_single_format_json(quantized):
         assert ("group_size" in q) == (algo == "NVFP4")
         ex = q["exclude_modules"]
         assert "lm_head" in ex and "backbone.embeddings" in ex and "backbone.layers.1.mixer.gate" in ex
-        assert "backbone.layers.0.mixer.conv1d" in ex and ex[-2:] == ["mtp.layers.0*", "mtp.layers.1*"]
+        assert "backbone.layers.0.mixer.conv1d" in ex and ex[-1] == "mtp*"
     names = set(expected_tensors(small_config()))
     with open_checkpoint(quantized("nvfp4")) as r:
         assert r.st_dtype("backbone.layers.3.mixer.q_proj.weight") == "U8"
         assert {n for n in r.names() if "scale" not in n} == names
+
+
+@pytest.mark.parametrize("recipe", ["nvfp4-super", "fp8"])
+def test_streamed_accuracy_equals_the_whole_model_comparison(tiny_src, quantized, recipe):
+    """The report streams both models layer by layer (bounded memory); it computes what whole models do."""
+    from trtllm_nemotron import load_model
+    from trtllm_nemotron.checkpoint import open_checkpoint
+    from trtllm_nemotron.quant.accuracy import _windows, compare_logits, streamed_logits
+    from trtllm_nemotron.quant.loading import load_model_as_deployed
+
+    out = quantized(recipe)
+    ref = load_model(tiny_src, dtype=torch.float32, progress=False)
+    test = load_model_as_deployed(out, dtype=torch.float32, progress=False)
+    windows = _windows([SHORT_TEXT, SHORT_TEXT[:40]], tiny_src, ref.config.vocab_size, 64)
+    with open_checkpoint(tiny_src) as s, open_checkpoint(out) as q:
+        ref_l, test_l = streamed_logits(s, q, windows)
+    with torch.no_grad():
+        for ids, r, t in zip(windows, ref_l, test_l, strict=True):
+            torch.testing.assert_close(r, ref(ids)[0], rtol=0, atol=1e-5)
+            torch.testing.assert_close(t, test(ids)[0], rtol=0, atol=1e-5)
+    whole = compare_models(ref, test, windows)
+    assert compare_logits(ref_l, test_l, windows) == pytest.approx(whole, rel=1e-6, abs=1e-9)

@@ -13,10 +13,36 @@ from trtllm_nemotron.checkpoint.formats import (
     unpack_e2m1,
 )
 from trtllm_nemotron.errors import QuantError
-from trtllm_nemotron.quant import fp8, nvfp4
+from trtllm_nemotron.quant import fp8, nvfp4, nvfp4_native
 
 NVFP4QTensor = pytest.importorskip("modelopt.torch.quantization.qtensor.nvfp4_tensor").NVFP4QTensor
 quant_utils = pytest.importorskip("modelopt.torch.export.quant_utils")
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def nvfp4_kernel(request, monkeypatch):
+    """Every test runs on both NVFP4 paths: the CPU C++ kernel and the torch formulation."""
+    monkeypatch.setenv(nvfp4_native.ENV, request.param)
+    return request.param
+
+
+def test_nvfp4_native_kernel_is_used_for_cpu_weights(nvfp4_kernel):
+    w = torch.randn(4, 32, dtype=torch.bfloat16)
+    assert nvfp4_native.usable(w) == (nvfp4_kernel == "native")
+    assert not nvfp4_native.usable(w.float().half()) and not nvfp4_native.usable(w.t())  # fp16, strided
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_nvfp4_paths_agree_on_a_large_weight_with_every_tie(dtype):
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(384, 512, generator=g) * 0.02).to(dtype)
+    # exact E2M1 midpoints under a divisor of 1: block scale 448 when weight_scale_2 = 1/448
+    w[0, :16] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, -0.25, -0.75, -1.25, -1.75, -2.5,
+                              -3.5, -5.0, 6.0])  # fmt: skip
+    ref_q, ref_s, ref_s2 = NVFP4QTensor.quantize(w, 16)
+    packed, scale, s2 = nvfp4.quantize(w)
+    assert torch.equal(packed, ref_q._quantized_data)
+    assert torch.equal(_bytes(scale), _bytes(ref_s)) and torch.equal(s2, ref_s2)
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:

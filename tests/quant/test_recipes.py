@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from trtllm_nemotron.config import expected_tensors, preset
@@ -78,16 +80,29 @@ def test_nvfp4_super_json_matches_spec():
     assert body["quant_algo"] == "MIXED_PRECISION" and body["kv_cache_quant_algo"] == "FP8"
     layers = body["quantized_layers"]
     assert layers["backbone.layers.0.mixer.in_proj"] == {"quant_algo": "FP8"}
-    assert layers["backbone.layers.1.mixer.experts"] == {"quant_algo": "NVFP4", "group_size": 16}
+    # one key per routed expert linear, as NVIDIA's NVFP4 Super checkpoint lists them: TensorRT-LLM's
+    # NemotronHMOE finds the experts' config by the prefix `model.layers.{i}.mixer.experts.` (trailing dot)
+    nvfp4 = {"quant_algo": "NVFP4", "group_size": 16}
+    for i in (1, 4, 6):
+        for j in range(CFG.n_routed_experts):
+            for proj in ("up_proj", "down_proj"):
+                assert layers[f"backbone.layers.{i}.mixer.experts.{j}.{proj}"] == nvfp4
+    assert "backbone.layers.1.mixer.experts" not in layers
+    assert all(k.startswith("backbone.layers.1.mixer.experts.") for k in layers if "layers.1.mixer.exp" in k)
     assert layers["backbone.layers.1.mixer.shared_experts.down_proj"] == {"quant_algo": "FP8"}
-    assert not any(".experts." in k or "q_proj" in k or "latent" in k for k in layers)
-    assert body["exclude_modules"] == ["mtp.layers.0*", "mtp.layers.1*"]
+    assert not any("q_proj" in k or "latent" in k or k.startswith("mtp") for k in layers)
+    assert body["exclude_modules"] == ["mtp*"]  # ModelOpt's _add_mtp_exclusions with the broad `mtp` prefix
     assert not any("\x00" in k or "sentinel" in k for k in layers)  # the ModelOpt 0.47 defect (§5.6)
     cfg = quantization_config(q)
     assert cfg["quant_method"] == "modelopt" and cfg["quant_algo"] == "MIXED_PRECISION"
     assert cfg["kv_cache_scheme"] == {"dynamic": False, "num_bits": 8, "type": "float"}
     groups = {g["weights"]["num_bits"]: g for g in cfg["config_groups"].values()}
-    assert groups[4]["targets"] == [f"backbone.layers.{i}.mixer.experts" for i in (1, 4, 6)]
+    assert groups[4]["targets"] == sorted(
+        f"backbone.layers.{i}.mixer.experts.{j}.{p}"
+        for i in (1, 4, 6)
+        for j in range(CFG.n_routed_experts)
+        for p in ("up_proj", "down_proj")
+    )
     assert groups[4]["input_activations"] == {
         "dynamic": False,
         "num_bits": 4,
@@ -115,7 +130,7 @@ def test_quantization_body_equals_modelopt_layer_processing(recipe):
         if name.startswith("mtp.") or not name.endswith(".weight"):
             continue
         module = name.removesuffix(".weight")
-        hf = module.split(".experts.")[0] + ".experts" if ".experts." in module else module
+        hf = module  # per-expert modules (NemotronH experts are a ModuleList of MLPs)
         leaf = module.rsplit(".", 1)[-1]
         if module in quantized:
             fmt = quantized[module].lower()
@@ -126,7 +141,7 @@ def test_quantization_body_equals_modelopt_layer_processing(recipe):
     ref = {"quant_algo": None, "kv_cache_quant_algo": None}
     ref.update(qu.process_layer_quant_config(layer_dict))
     ref["kv_cache_quant_algo"] = "FP8"
-    ref.setdefault("exclude_modules", []).extend(["mtp.layers.0*", "mtp.layers.1*"])  # _add_mtp_exclusions
+    ref.setdefault("exclude_modules", []).append("mtp*")  # _add_mtp_exclusions for the prefix `mtp`
     assert hf_quant_config(CFG, rec)["quantization"] == ref
 
 
@@ -146,3 +161,28 @@ def test_exclude_summary_equals_modelopt():
     assert summarize_excluded(unquantized, quantized) == sorted(
         qu._prefix_wildcard_summarize_exclude_modules(unquantized, quantized)
     )
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipe_lists_experts_per_expert_and_mtp_as_modelopt(recipe):
+    """Spec §5.5-5.6: NVIDIA's checkpoints name routed experts one by one and exclude MTP as `mtp*`."""
+    q = hf_quant_config(CFG, get_recipe(recipe))
+    if q is None:  # bf16: a plain checkpoint, no quantization JSON at all
+        assert recipe == "bf16"
+        return
+    body = q["quantization"]
+    cfg = quantization_config(q)
+    keys = list(body.get("quantized_layers", {})) + [t for g in cfg["config_groups"].values() for t in g["targets"]]
+    per_expert = re.compile(r"^backbone\.layers\.\d+\.mixer\.experts\.\d+\.(up|down)_proj$")
+    for k in keys:
+        assert not k.endswith(".experts"), k  # the coarse key TensorRT-LLM's prefix lookup never matches
+        if ".experts." in k:
+            assert per_expert.match(k), k
+    assert body["exclude_modules"][-1] == "mtp*" and not any(e.startswith("mtp.") for e in body["exclude_modules"])
+    # TensorRT-LLM (modeling_nemotron_h.py at 00620eb0): keys renamed `backbone` -> `model`, then each MoE
+    # layer's experts take the first key starting with `model.layers.{i}.mixer.experts.`
+    renamed = {re.sub(r"(model\.layers\.)?backbone", "model", k): v for k, v in body.get("quantized_layers", {}).items()}
+    for i, kind in enumerate(CFG.pattern):
+        if kind == "E" and body["quant_algo"] == "MIXED_PRECISION":
+            hits = [v for k, v in renamed.items() if k.startswith(f"model.layers.{i}.mixer.experts.")]
+            assert hits and all(v == {"quant_algo": "NVFP4", "group_size": 16} for v in hits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,19 @@ def test_package_cli(b200_engine, tmp_path):
     assert "nemotron" in r.output and repo_models(tmp_path / "repo") == ["nemotron"]
     r = CliRunner().invoke(main, ["package", str(tmp_path), "--out", str(tmp_path / "r2")])
     assert r.exit_code == 1 and "build.json" in r.output
+
+
+def test_copy_engine_repository_is_self_contained(b200_engine, tmp_path):
+    eng = tmp_path / "engine"
+    shutil.copytree(b200_engine, eng)
+    repo = package(eng, tmp_path / "repo", PackageConfig(copy_engine=True))
+    model_yaml_text = (repo / "tensorrt_llm" / "1" / "model.yaml").read_text()
+    model_yaml = yaml.safe_load(model_yaml_text)
+    copied = repo / "nemotron" / "1" / "engine" / "checkpoint"
+    assert model_yaml["model"] == str(copied.resolve()) and (copied / "config.json").is_file()
+    pb = parse_pbtxt((repo / "nemotron" / "config.pbtxt").read_text())
+    assert pb.parameters["engine_dir"].string_value == "1/engine"
+    shutil.rmtree(eng)  # the original engine is gone: nothing in the repository's models refers to it
+    for f in (repo / "nemotron" / "config.pbtxt", repo / "tensorrt_llm" / "config.pbtxt"):
+        assert str(eng) not in f.read_text()
+    assert str(eng) not in model_yaml_text and Path(model_yaml["model"]).is_dir()

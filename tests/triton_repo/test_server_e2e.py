@@ -329,13 +329,13 @@ def test_stop_request_by_id_cancels(served):
     assert "request id" in msg
     import tritonclient.grpc as grpcclient
 
+    # the stop stream is open before the request starts, so the stop follows its first token within a round trip
+    # (a long generation on a fast host otherwise ends before a late stop arrives)
     c = grpcclient.InferenceServerClient(served.grpc)
     try:
         x = grpcclient.InferInput("stop", [1], "BOOL")
         x.set_data_from_numpy(np.array([True]))
         errors = []
-        # the stop stream is ready before the request starts: the engine decodes its 240 tokens in ~0.1-0.3 s,
-        # so the stop goes out right after the first token
         c.start_stream(callback=lambda result, error: errors.append(error))
         s = clients.TextStream("for i in range(10):", url=served.grpc, protocol="grpc", max_tokens=MAX_SEQ_LEN - 16,
                                ignore_eos=True, request_id="cancel-me")
@@ -347,6 +347,21 @@ def test_stop_request_by_id_cancels(served):
         c.stop_stream()
         c.close()
     _wait_idle(served)
+
+
+def test_prefix_cache_is_on_by_default_and_reported(served, reference):
+    """The packaged nemotron model reuses a repeated long prompt's blocks: same text, kv_cache_* outputs, gauges."""
+    prompt = "\n".join(f"def helper_{i}(x):\n    return x * {i} + {i % 7}" for i in range(9)) + "\ndef main():"
+    first = clients.generate(prompt, url=served.grpc, protocol="grpc", max_tokens=MAX_TOKENS, temperature=0.0)
+    again = clients.generate(prompt, url=served.grpc, protocol="grpc", max_tokens=MAX_TOKENS, temperature=0.0)
+    assert again.text == first.text == reference(prompt).text
+    assert first.kv_cache_reused_block == 0 and again.kv_cache_reused_block >= 2
+    assert 0 < again.kv_cache_hit_rate <= 1
+    text = urllib.request.urlopen(served.metrics, timeout=10).read().decode()
+    gauges = {ln.split("{")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+              if ln.startswith("nemotron_prefix_cache_")}
+    assert gauges["nemotron_prefix_cache_reused_blocks"] >= again.kv_cache_reused_block
+    assert 0 < gauges["nemotron_prefix_cache_used_bytes"] <= gauges["nemotron_prefix_cache_budget_bytes"]
 
 
 def test_serve_stops_cleanly_on_sigint(served):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,34 @@ def _engine_problems(path: Path) -> tuple[list[str], str | None]:
     return [f"engine: {p}" for p in manifest.verify_engine_dir(path)], None
 
 
-def inspect_path(path: str | Path) -> dict[str, Any]:
-    """The report for a checkpoint dir, an engine dir (with build.json) or a lone config.json."""
+_DETECT: Any = object()
+
+
+def _driver_check(path: Path, host: dict[str, str] | None | Any) -> dict[str, Any] | None:
+    """The engine's plugin-PTX driver requirement (build.json) against this host's driver (plugins.ptx)."""
+    if importlib.util.find_spec("plugins") is None:
+        return None
+    ptx = importlib.import_module("plugins.ptx")
+    try:
+        manifest = json.loads((path / "build.json").read_text())
+    except (OSError, ValueError):
+        return None  # the manifest check reports an unreadable build.json
+    reqs = ptx.engine_requirements(manifest) if isinstance(manifest, dict) else {}
+    if not reqs:
+        return None
+    if host is _DETECT:
+        host = ptx.host_driver()
+    warnings = [f"{sm}: {w}" for sm, r in reqs.items() if (w := ptx.driver_warning(r, host))]
+    return {"requirements": reqs, "host": host, "warnings": warnings}
+
+
+def inspect_path(path: str | Path, *, host_driver: dict[str, str] | None | Any = _DETECT) -> dict[str, Any]:
+    """The report for a checkpoint dir, an engine dir (with build.json) or a lone config.json.
+
+    For an engine dir whose plugins were compiled (GPU targets), `driver` compares the PTX's driver need
+    (build.json) with `host_driver` ({"cuda": "13.0", "driver": "580.65.06"}; default: detected, None on a
+    host without an NVIDIA driver); an older driver is a warning (in `notes`), not a problem.
+    """
     path = Path(path)
     report: dict[str, Any] = {"path": str(path), "notes": []}
     problems: list[str] = []
@@ -139,6 +166,10 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
             report["engine"] = {"problems": engine_problems, "verified": note is None}
             if note:
                 report["notes"].append(note)
+            driver = _driver_check(path, host_driver)
+            if driver is not None:
+                report["driver"] = driver
+                report["notes"] += [f"WARNING: {w}" for w in driver["warnings"]]
             if (path / "checkpoint").is_dir():
                 ckpt_dir = path / "checkpoint"
         else:

@@ -63,6 +63,12 @@ def _print_recipes() -> None:
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar on stderr."
 )
+@click.option(
+    "--device",
+    default=None,
+    help="Where calibration and quantization run: cpu, cuda, cuda:N (default: cuda when available). "
+    "Layer-streamed: the device holds about two layers at a time.",
+)
 @user_errors
 def quantize(
     src: Path | None,
@@ -75,6 +81,7 @@ def quantize(
     max_shard_mb: int,
     accuracy: bool,
     progress: bool,
+    device: str | None,
 ) -> None:
     """Quantize a BF16 HF checkpoint SRC into OUT in NVIDIA ModelOpt's HF format.
 
@@ -100,5 +107,6 @@ def quantize(
         progress=progress,
         accuracy=accuracy,
         max_shard_bytes=max_shard_mb * 2**20,
+        device=device,
     )
     click.echo(json.dumps(summary, indent=2))

@@ -109,6 +109,8 @@ class MTPBlock(nn.Module):
 
 
 class NemotronHForCausalLM(nn.Module):
+    source_path: str | None = None  # set by `load_model`: the checkpoint dir the weights came from
+
     def __init__(
         self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
     ) -> None:

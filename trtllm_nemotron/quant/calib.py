@@ -103,6 +103,28 @@ def calibration_ids(ids: list[int], samples: int, seq_len: int) -> torch.Tensor:
     return flat.view(samples, seq_len)
 
 
+def materialise_layer(
+    cfg: NemotronHConfig,
+    i: int,
+    get: Callable[[str], torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """Backbone layer i built on the meta device and filled from `get(name)` (canonical tensor names), in
+    `dtype` on `device` (the router's fp32 correction bias stays fp32). Only this layer is in memory."""
+    from trtllm_nemotron.model.layers import build_layer
+
+    with torch.device("meta"):
+        block = build_layer(cfg, cfg.pattern[i])
+    block.to_empty(device=device)
+    block.to(dtype)
+    prefix = f"backbone.layers.{i}."
+    with torch.no_grad():
+        for name, t in [*block.named_parameters(), *block.named_buffers()]:
+            t.copy_(get(prefix + name).reshape(t.shape))  # one pass: copy_ converts dtype and device
+    return block.eval()
+
+
 class LayerCalibrator:
     """Runs the backbone layer by layer over the calibration batch and records amaxes.
 
@@ -120,26 +142,17 @@ class LayerCalibrator:
         *,
         dtype: torch.dtype = torch.float32,
         batch_size: int = 4,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.cfg, self.get, self.dtype, self.batch_size = cfg, get, dtype, batch_size
+        self.device = torch.device(device)
         self.wanted_inputs, self.kv_modules = wanted_inputs, kv_modules
-        emb = get("backbone.embeddings.weight").to(dtype)
-        self.h = nn.functional.embedding(ids, emb)  # [samples, T, hidden]
+        emb = get("backbone.embeddings.weight").to(self.device, dtype)
+        self.h = nn.functional.embedding(ids.to(self.device), emb)  # [samples, T, hidden]
         del emb
 
     def _materialise(self, i: int) -> nn.Module:
-        from trtllm_nemotron.model.layers import build_layer
-
-        with torch.device("meta"):
-            block = build_layer(self.cfg, self.cfg.pattern[i])
-        block.to_empty(device="cpu")
-        block.to(self.dtype)
-        prefix = f"backbone.layers.{i}."
-        with torch.no_grad():
-            for name, t in [*block.named_parameters(), *block.named_buffers()]:
-                src = self.get(prefix + name)
-                t.copy_(src.reshape(t.shape).to(t.dtype))
-        return block.eval()
+        return materialise_layer(self.cfg, i, self.get, self.dtype, self.device)
 
     @torch.no_grad()
     def run_layer(self, i: int) -> dict[str, float]:
@@ -147,11 +160,13 @@ class LayerCalibrator:
         keyed `<...>.k_proj` -> under `<...>.k_proj#out` and `<...>.v_proj#out`."""
         block = self._materialise(i)
         prefix = f"backbone.layers.{i}."
-        amax: dict[str, float] = {}
+        amax_t: dict[str, torch.Tensor] = {}  # on the device; read back once per layer (no sync per call)
         hooks = []
 
         def rec(key: str, t: torch.Tensor) -> None:
-            amax[key] = max(amax.get(key, 0.0), float(t.detach().abs().max()))
+            m = t.detach().abs().max().float()
+            prev = amax_t.get(key)
+            amax_t[key] = m if prev is None else torch.maximum(prev, m)
 
         for name, mod in block.named_modules():
             full = prefix + name
@@ -169,6 +184,9 @@ class LayerCalibrator:
         finally:
             for hk in hooks:
                 hk.remove()
+        keys = list(amax_t)
+        values = torch.stack([amax_t[k] for k in keys]).tolist() if keys else []
+        amax: dict[str, float] = dict(zip(keys, values, strict=True))
         # modules that saw no token (an expert the router never chose) keep amax 0: the exporter sanitises it
         for m in self.wanted_inputs:
             if m.startswith(prefix):

@@ -30,11 +30,14 @@ def _scalar(reader: CheckpointReader, name: str) -> torch.Tensor | None:
     return reader.get(name).float().reshape(()) if name in reader else None
 
 
-def apply_activation_quant(model: nn.Module, reader: CheckpointReader) -> None:
-    """Fake-quantize the inputs of quantized linears (and FP8 KV outputs) in place, per the checkpoint."""
+def apply_activation_quant(model: nn.Module, reader: CheckpointReader, prefix: str = "") -> None:
+    """Fake-quantize the inputs of quantized linears (and FP8 KV outputs) in place, per the checkpoint.
+
+    `prefix` is the model's place in the checkpoint (e.g. `backbone.layers.3.` for one layer)."""
     for module_name, mod in model.named_modules():
         if not isinstance(mod, nn.Linear):
             continue
+        module_name = prefix + module_name
         weight = f"{module_name}.weight"
         s = _scalar(reader, f"{module_name}.{INPUT_SCALE}")
         if s is not None and weight in reader:

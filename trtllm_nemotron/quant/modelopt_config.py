@@ -7,16 +7,20 @@ Written as ModelOpt 0.47's `get_quant_config` / `process_layer_quant_config` /
   the unquantized modules that carry a (disabled) quantizer in the HF model: the embeddings, every
   non-quantized linear and Mamba conv1d, and the MoE routers; summarised with prefix wildcards (ModelOpt's
   `_prefix_wildcard_summarize_exclude_modules` rule: a wildcard may not cover any quantized module);
-- more than one -> `quant_algo: MIXED_PRECISION` and `quantized_layers` {module: {quant_algo[, group_size]}};
-  the routed experts of a layer are one entry, `<layer>.mixer.experts` (HF's fused experts module);
+- more than one -> `quant_algo: MIXED_PRECISION` and `quantized_layers` {module: {quant_algo[, group_size]}}
+  with one key per routed expert linear, `<layer>.mixer.experts.{j}.up_proj` / `.down_proj`, as NVIDIA's
+  NVFP4 Super checkpoint lists them. TensorRT-LLM needs that form: `NemotronHMOE.__init__`
+  (tensorrt_llm/_torch/models/modeling_nemotron_h.py at 00620eb0) looks the experts' quant config up by
+  `key.startswith(f"model.layers.{layer_idx}.mixer.experts.")` after renaming `backbone` -> `model`, so a
+  coarse `<layer>.mixer.experts` key (no trailing dot) leaves the experts unquantized and the NVFP4 weight
+  load fails with a shape mismatch;
 - the MTP block (not part of the HF model; NVIDIA copies it unquantized) is appended to `exclude_modules`
-  as `mtp.layers.{k}*` (`_add_mtp_exclusions`).
+  as `mtp*`, the pattern ModelOpt's `_add_mtp_to_exclude_modules` writes (`MTP_EXCLUDE`).
 Keys are clean module names: never the `.\\x00...name_sentinel` suffix of the ModelOpt 0.47 defect (§5.6).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,7 +29,7 @@ from trtllm_nemotron.config import NemotronHConfig, expected_tensors
 from trtllm_nemotron.quant.recipes import Recipe, is_linear
 
 PRODUCER = {"name": "modelopt", "version": "0.47.0"}  # the format version we reproduce
-_EXPERT = re.compile(r"^(?P<moe>.*\.mixer\.experts)\.\d+\.(?:up|down)_proj$")
+MTP_EXCLUDE = "mtp*"  # ModelOpt's exclusion of the MTP block (spec §5.4 `mtp.*` quantizers, §5.6)
 
 
 def quantized_modules(cfg: NemotronHConfig, recipe: Recipe) -> dict[str, str]:
@@ -43,12 +47,6 @@ def quantized_modules(cfg: NemotronHConfig, recipe: Recipe) -> dict[str, str]:
 
 def _layer_entry(fmt: str) -> dict[str, Any]:
     return {"quant_algo": NVFP4, "group_size": NVFP4_BLOCK} if fmt == NVFP4 else {"quant_algo": FP8}
-
-
-def _hf_module(module: str) -> str:
-    """Our per-expert module name -> the HF module ModelOpt reports (fused `...mixer.experts`)."""
-    m = _EXPERT.match(module)
-    return m["moe"] if m else module
 
 
 def _wildcard_candidates(name: str) -> Iterable[list[str]]:
@@ -92,13 +90,8 @@ def _unquantized_hf_modules(cfg: NemotronHConfig, quantized: dict[str, str]) -> 
         if module in quantized:
             continue
         if (is_linear(module) and len(spec.shape) == 2) or leaf in ("conv1d", "gate"):
-            names.append(_hf_module(module))
+            names.append(module)
     return list(dict.fromkeys(names))
-
-
-def mtp_prefixes(cfg: NemotronHConfig) -> list[str]:
-    layers = {".".join(n.split(".")[:3]) for n in expected_tensors(cfg) if n.startswith("mtp.layers.")}
-    return sorted(layers, key=lambda p: int(p.split(".")[2]))
 
 
 def hf_quant_config(cfg: NemotronHConfig, recipe: Recipe) -> dict[str, Any] | None:
@@ -108,7 +101,7 @@ def hf_quant_config(cfg: NemotronHConfig, recipe: Recipe) -> dict[str, Any] | No
         return None
     layers: dict[str, dict[str, Any]] = {}
     for module, fmt in quantized.items():
-        layers.setdefault(_hf_module(module), _layer_entry(fmt))
+        layers[module] = _layer_entry(fmt)
     body: dict[str, Any] = {"quant_algo": None, "kv_cache_quant_algo": recipe.kv_cache}
     formats = {fmt for fmt in quantized.values()}
     if len(formats) > 1:
@@ -117,10 +110,10 @@ def hf_quant_config(cfg: NemotronHConfig, recipe: Recipe) -> dict[str, Any] | No
     elif len(formats) == 1:
         body.update(_layer_entry(formats.pop()))
         body["exclude_modules"] = summarize_excluded(_unquantized_hf_modules(cfg, quantized), layers)
-    mtp = mtp_prefixes(cfg)
-    if mtp:
+    if any(n.startswith("mtp.") for n in expected_tensors(cfg)):
         excl = body.setdefault("exclude_modules", [])
-        excl += [f"{p}*" for p in mtp if f"{p}*" not in excl]
+        if MTP_EXCLUDE not in excl:
+            excl.append(MTP_EXCLUDE)
     return {"producer": dict(PRODUCER), "quantization": body}
 
 

@@ -39,6 +39,7 @@ from trtllm_nemotron.checkpoint.formats import (
     dequantize_nvfp4,
 )
 from trtllm_nemotron.errors import QuantError
+from trtllm_nemotron.quant import nvfp4_native
 
 GLOBAL_DIVISOR = F4_E2M1_MAX * F8E4M3_MAX  # 2688: amax -> weight_scale_2 / input_scale
 _MIDPOINTS = tuple(sorted(E2M1_ROUND_DOWN_MIDPOINTS + E2M1_ROUND_UP_MIDPOINTS))
@@ -122,17 +123,25 @@ def quantize(
         (packed uint8 [..., in/2], weight_scale float8_e4m3fn [..., in/16], weight_scale_2 fp32 []).
     """
     _check(w)
-    bamax = block_amax(w)  # [..., nb]
+    fast = nvfp4_native.usable(w)  # CPU: the two-pass C++ kernel (same fp32 operations, same bytes)
+    if fast:
+        bamax, nonfinite = nvfp4_native.block_amax(w)  # [..., nb]
+    else:
+        bamax = block_amax(w)
+        nonfinite = False
     if weight_scale_2 is None:
         amax = bamax.max()
-        if not torch.isfinite(amax):
+        if nonfinite or not torch.isfinite(amax):
             raise QuantError("NVFP4 quantization: the tensor holds NaN or inf; fix the source weights")
         weight_scale_2 = global_scale_from_amax(amax)
     else:
-        weight_scale_2 = torch.as_tensor(weight_scale_2, dtype=torch.float32).reshape(())
+        weight_scale_2 = torch.as_tensor(weight_scale_2, dtype=torch.float32, device=w.device).reshape(())
     scale = block_scales(bamax, weight_scale_2)  # [..., nb] e4m3
+    divisor = scale.float() * weight_scale_2  # fp32 [..., nb]
+    if fast:
+        return nvfp4_native.e2m1_pack(w, divisor), scale, weight_scale_2
     blocks = w.reshape(*w.shape[:-1], -1, NVFP4_BLOCK)  # [..., nb, 16]
-    q = blocks / (scale.float() * weight_scale_2).unsqueeze(-1)  # fp32 [..., nb, 16]
+    q = blocks / divisor.unsqueeze(-1)  # fp32 [..., nb, 16]
     codes = e2m1_codes(q.reshape(w.shape))
     return pack(codes), scale, weight_scale_2
 

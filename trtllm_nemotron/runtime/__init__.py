@@ -13,6 +13,7 @@ Modules, by responsibility:
 - slots: the hybrid cache pool (sequence slots);
 - backend: the `StepBackend` protocol (prefill, decode, verify, commit, MTP draft) and its registry;
   torch_backend: "eager", the reference network's modules (the CUDA path); native: "native", the C++ CPU step;
+  onnx_backend: "onnx", the exported ONNX graphs on CPU; trt_backend: "tensorrt", their TensorRT engines (GPU);
 - engine: `Engine`, the generation loop (prefill / decode / MTP verification, emission);
   loading: engine dir or checkpoint -> model, tokenizer, EOS ids, MTP setting;
 - scheduler: the continuous-batching thread, on the engine's public API.
@@ -20,7 +21,8 @@ Modules, by responsibility:
 
 from __future__ import annotations
 
-from trtllm_nemotron.runtime import native, torch_backend  # noqa: F401  (they register the built-in backends)
+# importing them registers the built-in backends (native first: the CPU default; onnx / tensorrt only by name)
+from trtllm_nemotron.runtime import native, onnx_backend, torch_backend, trt_backend  # noqa: F401
 from trtllm_nemotron.runtime.backend import BACKENDS, StepBackend, StepBackendBase, register
 from trtllm_nemotron.runtime.engine import Engine
 from trtllm_nemotron.runtime.requests import Completion, Request, StreamEvent

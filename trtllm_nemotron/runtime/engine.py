@@ -67,6 +67,8 @@ class Engine:
         eos_token_ids: list[int] | None = None,
         source: str = "",
         backend: str = "auto",
+        prefix_cache_mb: float | None = 0.0,
+        prefix_block: int = 64,
     ) -> None:
         cfg = model.config
         self.model = model
@@ -106,6 +108,32 @@ class Engine:
         cls = backends.select(backend, model, self.pool)
         self.step: backends.StepBackendBase = cls(model, self.pool)
         self.backend: str = cls.name
+        self.prefix = self._prefix_cache(prefix_cache_mb, prefix_block, ssm_dtype)
+
+    def _prefix_cache(self, mb: float | None, block: int, ssm_dtype: torch.dtype):
+        """The prefix cache (runtime/prefix_cache.py): None when mb == 0; mb None = the default budget."""
+        if mb is not None and mb < 0:
+            raise RuntimeStateError(
+                f"prefix_cache_mb must be >= 0 (0 turns the prefix cache off, None picks the default budget), "
+                f"got {mb}"
+            )
+        if mb == 0:
+            return None
+        from trtllm_nemotron.runtime.prefix_cache import PrefixCache, default_budget_bytes
+
+        if block < 1:
+            raise RuntimeStateError(f"prefix_block must be >= 1 token, got {block}")
+        if mb is None:
+            budget = default_budget_bytes(
+                self.config, block, mtp=bool(self.mtp), max_batch_size=self.max_batch_size,
+                max_seq_len=self.max_seq_len, dtype=self.model.backbone.embeddings.weight.dtype, ssm_dtype=ssm_dtype,
+            )
+        else:
+            budget = int(mb * 2**20)
+        return PrefixCache(
+            self.pool.cache, self.pool.mtp_cache, block_size=block, budget_bytes=budget,
+            hidden_size=self.config.hidden_size,
+        )
 
     @classmethod
     def load(
@@ -120,6 +148,8 @@ class Engine:
         ssm_dtype: torch.dtype | str = "float32",
         prefill_chunk: int = 256,
         backend: str = "auto",
+        prefix_cache_mb: float | None = 0.0,
+        prefix_block: int = 64,
     ) -> Engine:
         """Load an engine dir (build.json + checkpoint/) or a plain HF checkpoint dir (BF16 / FP8 / NVFP4).
 
@@ -127,6 +157,8 @@ class Engine:
         `mtp.max_draft_len`); for a plain checkpoint with MTP layers, 3 (the build default); 0 turns it off.
         backend: the step backend -- "native" (the C++ CPU step), "eager" (the reference network's modules,
         which run the plugin kernels on CUDA), or "auto" (native where it can run, else eager).
+        prefix_cache_mb: the prefix cache's budget in MiB (runtime/prefix_cache.py); 0 = off, None = the
+        default budget (as many prefix tokens as the slots hold); prefix_block: tokens per cached block.
         """
         from trtllm_nemotron.runtime import loading
 
@@ -143,6 +175,8 @@ class Engine:
             eos_token_ids=ld.eos_token_ids,
             source=str(path),
             backend=backend,
+            prefix_cache_mb=prefix_cache_mb,
+            prefix_block=prefix_block,
         )
         log.info(
             "loaded %s in %.2fs (%s, %s, %s step, mtp=%d, %d slots x %d tokens, cache %.1f MiB)",
@@ -159,7 +193,11 @@ class Engine:
         return eng
 
     def memory_report(self) -> dict[str, int]:
-        return self.pool.memory_report()
+        """Bytes of the slot pool's caches per kind (+ `prefix_cache`: the prefix cache's budget, when on)."""
+        rep = self.pool.memory_report()
+        if self.prefix is not None:
+            rep["prefix_cache"] = self.prefix.budget_bytes
+        return rep
 
     # ------------------------------------------------------------------ requests
     def new_request(
@@ -262,9 +300,19 @@ class Engine:
             return self.pool.num_free
 
     def admit(self, req: Request) -> None:
-        """Give the request a slot (RuntimeStateError when every slot is busy)."""
+        """Give the request a slot (RuntimeStateError when every slot is busy); with the prefix cache, restore
+        the longest cached prefix of its prompt into that slot."""
         with self._lock:
             req.slot = self.pool.acquire()
+            if self.prefix is not None:
+                from trtllm_nemotron.runtime.prefix_cache import block_keys
+
+                hit = self.prefix.lookup(req.prompt_ids)
+                req.block_keys = block_keys(req.prompt_ids, self.prefix.block_size)
+                req.prefix_eligible = hit.eligible
+                if hit.blocks:
+                    req.mtp_h = self.prefix.restore(hit, req.slot)
+                    req.prefilled = req.prefix_reused = hit.tokens
 
     def try_admit(self, req: Request) -> bool:
         """Give the request a slot if one is free; False (nothing changed) when every slot is busy."""
@@ -290,7 +338,19 @@ class Engine:
             return StreamEvent("", [], reason, self.stats(req), error)
 
     def stats(self, req: Request) -> dict[str, Any]:
-        return request_stats(req, backend=self.backend, mtp=self.mtp)
+        st = request_stats(req, backend=self.backend, mtp=self.mtp)
+        if self.prefix is not None:  # the llmapi model's kv_cache_* outputs
+            B = self.prefix.block_size
+            reused = req.prefix_reused // B
+            total = -(-(len(req.prompt_ids) + len(req.out_ids)) // B)
+            st.update(
+                kv_cache_reused_block=reused,
+                kv_cache_missed_block=req.prefix_eligible - reused,
+                kv_cache_alloc_new_blocks=total - reused,
+                kv_cache_alloc_total_blocks=total,
+                kv_cache_hit_rate=reused / req.prefix_eligible if req.prefix_eligible else 0.0,
+            )
+        return st
 
     def scheduler(self, **kw: Any):
         from trtllm_nemotron.runtime.scheduler import Scheduler
@@ -318,6 +378,9 @@ class Engine:
                         self._decode(decoding, events)
             for r, ev in events:
                 if ev.finish_reason is not None:
+                    if self.prefix is not None and r.pending is not None:
+                        # the tail snapshot: the state after everything consumed, and the next token
+                        self.prefix.insert_finished(r.prompt_ids + r.consumed, r.pending, r.slot)
                     self.release(r)
             return events
 
@@ -342,20 +405,42 @@ class Engine:
                 torch.set_num_threads(n)
 
     def _prefill_chunk(self, req: Request, events) -> None:
+        """Up to `prefill_chunk` prompt tokens. With the prefix cache the chunk runs in pieces that end on block
+        boundaries, and each whole prompt block is snapshotted right after it ran (complete before published)."""
         s, e = req.prefilled, min(len(req.prompt_ids), req.prefilled + self.prefill_chunk)
+        if self.prefix is None:
+            return self._prefill_piece(req, s, e, events)
+        B = self.prefix.block_size
+        while s < e:
+            stop = min(e, (s // B + 1) * B)
+            self._prefill_piece(req, s, stop, events)
+            b = stop // B - 1
+            if stop % B == 0 and b < len(req.block_keys) and not self.prefix.contains(req.block_keys[b]):
+                parent = req.block_keys[b - 1] if b else None
+                self.prefix.insert(req.block_keys[b], parent, req.prompt_ids[stop - B : stop], req.slot, req.last_h)
+            s = stop
+        req.last_h = None
+
+    def _prefill_piece(self, req: Request, s: int, e: int, events) -> None:
+        """Prompt tokens s..e through the backbone (and the MTP block); the last piece of the prompt samples."""
         step = self.step
         h = step.prefill(req.prompt_ids[s:e], req.slot)  # [1, T, hidden]
         req.prefilled = e
+        req.last_h = h[:, -1] if self.prefix is not None else None
         last = e == len(req.prompt_ids)
-        nxt = req.prompt_ids[s + 1 : e + 1]
+        # MTP pairs (h_t, x_{t+1}); after a restored prefix, the pair at the prefix's last position comes first
+        hh, first = h, s + 1
+        if self.mtp and req.mtp_h is not None:
+            hh, first, req.mtp_h = torch.cat([req.mtp_h.to(h.dtype), h], dim=1), s, None
+        nxt = req.prompt_ids[first : e + 1]
         if not last:
             if self.mtp:
-                step.mtp(h, torch.tensor([nxt], device=self.device), [req.slot], logits=False)
+                step.mtp(hh, torch.tensor([nxt], device=self.device), [req.slot], logits=False)
             return
         tok = self._sample(req, self.model.logits(h[:, -1]))[0]
         req.pending = tok
         if self.mtp:
-            g, _ = step.mtp(h, torch.tensor([nxt + [tok]], device=self.device), [req.slot], logits=False)
+            g, _ = step.mtp(hh, torch.tensor([nxt + [tok]], device=self.device), [req.slot], logits=False)
             dl = self.model.logits(g[:, -1])
             req.drafts = step.draft_after_prefill(g[:, -1:], dl, [req.slot])[0]
         self._emit(req, [tok], events)
@@ -370,6 +455,8 @@ class Engine:
             toks = [self._sample(r, logits[b : b + 1])[0] for b, r in enumerate(reqs)]
         for r, t in zip(reqs, toks, strict=True):
             r.iters += 1
+            if self.prefix is not None:
+                r.consumed.append(r.pending)
             r.pending = t
             self._emit(r, [t], events)
 
@@ -399,6 +486,8 @@ class Engine:
         for i, r in enumerate(reqs):
             r.iters += 1
             new = y[i][: acc[i] + 1]
+            if self.prefix is not None:  # the cache now holds [pending, d_1..d_acc] = [pending] + y[:acc]
+                r.consumed += [r.pending, *new[:-1]]
             r.pending = new[-1]
             r.drafts = drafts[i]
             self._emit(r, new, events)

@@ -56,6 +56,13 @@ class Request:
     t_first: float | None = None
     t_end: float | None = None
     finish_reason: str | None = None
+    # prefix cache (runtime/prefix_cache.py)
+    block_keys: list[bytes] = field(default_factory=list)  # hash-chain keys of the prompt's whole blocks
+    prefix_reused: int = 0  # prompt tokens restored from the prefix cache
+    prefix_eligible: int = 0  # whole prompt blocks the prefix cache could have served
+    mtp_h: torch.Tensor | None = None  # restored prefix: h of its last position, the MTP block's next input
+    last_h: torch.Tensor | None = None  # h of the last prefilled position (a block snapshot's input)
+    consumed: list[int] = field(default_factory=list)  # generated tokens written into the cache, in order
 
     @property
     def in_prefill(self) -> bool:
@@ -90,6 +97,7 @@ def request_stats(req: Request, *, backend: str, mtp: int) -> dict[str, Any]:
         "draft_tokens": 0,
         "decode_iterations": req.iters,
         "backend": backend,
+        "prefix_reused_tokens": req.prefix_reused,
     }
     if mtp and req.n_generated:
         fwd = req.iters + 1

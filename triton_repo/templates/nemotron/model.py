@@ -98,18 +98,23 @@ class TritonPythonModel:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         mtp = int(params["mtp"]) if params.get("mtp", "") != "" else None
         max_seq_len = int(params["max_seq_len"]) if params.get("max_seq_len", "") != "" else None
+        # prefix cache: on by default ("" = the budget the memory plan picks), "0" turns it off
+        prefix_mb = float(params["prefix_cache_mb"]) if params.get("prefix_cache_mb", "") != "" else None
         t0 = time.perf_counter()
         self.engine = Engine.load(engine_dir, device=device, max_batch_size=int(params.get("max_batch_size", "8")),
-                                  max_seq_len=max_seq_len, mtp=mtp)
+                                  max_seq_len=max_seq_len, mtp=mtp, prefix_cache_mb=prefix_mb)
         self.SamplingParams = SamplingParams
         stream_interval = int(params.get("stream_interval", "") or 1)
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.scheduler = self.engine.scheduler(stream_interval=stream_interval, deliver=self.outbox.put)
+        prefix = self.engine.prefix
         pb_utils.Logger.log_info(
             f"[nemotron] engine {engine_dir} on {device}: max_batch_size={self.engine.max_batch_size} "
             f"max_seq_len={self.engine.max_seq_len} mtp={self.engine.mtp} stream_interval={stream_interval} "
             f"torch_threads={torch.get_num_threads()} "
-            f"({time.perf_counter() - t0:.1f} s)")
+            + (f"prefix_cache={prefix.budget_bytes / 2**20:.0f} MiB in blocks of {prefix.block_size} " if prefix
+               else "prefix_cache=off ")
+            + f"({time.perf_counter() - t0:.1f} s)")
 
         self.lock = threading.Lock()
         self.live: dict[int, _Live] = {}  # id(RequestHandle) -> its request
@@ -119,6 +124,7 @@ class TritonPythonModel:
                                        kind=pb_utils.MetricFamily.GAUGE)
         self.active_metric = self.metric_family.Metric(labels={"model": args["model_name"]})
         self.active_metric.set(0)
+        self.prefix_metrics = self._prefix_metrics(args["model_name"]) if self.engine.prefix is not None else None
         self.cancelled_family = pb_utils.MetricFamily(name="nemotron_cancelled_requests",
                                                       description="requests cancelled before they finished",
                                                       kind=pb_utils.MetricFamily.COUNTER)
@@ -221,6 +227,35 @@ class TritonPythonModel:
             with self.lock:
                 self.live.pop(key, None)
                 self.active_metric.set(len(self.live))
+            self._update_prefix_metrics()
+
+    # -- prefix-cache metrics (Prometheus, on Triton's metrics port) --------------------------------------------
+    _PREFIX_GAUGES = {
+        "hit_rate": "prefix-cache hit rate: reused / eligible whole prompt blocks since start",
+        "reused_tokens": "prompt tokens restored from the prefix cache since start",
+        "reused_blocks": "prefix blocks reused since start",
+        "inserted_blocks": "prefix blocks snapshotted since start",
+        "evicted_blocks": "prefix blocks evicted (LRU) since start",
+        "blocks": "prefix blocks cached now",
+        "used_bytes": "bytes held by the prefix cache now",
+        "budget_bytes": "the prefix cache's memory budget",
+    }
+
+    def _prefix_metrics(self, model_name: str) -> dict:
+        out = {}
+        for key, desc in self._PREFIX_GAUGES.items():
+            fam = pb_utils.MetricFamily(name=f"nemotron_prefix_cache_{key}", description=desc,
+                                        kind=pb_utils.MetricFamily.GAUGE)
+            out[key] = (fam, fam.Metric(labels={"model": model_name}))
+        return out
+
+    def _update_prefix_metrics(self) -> None:
+        metrics, prefix = self.prefix_metrics, self.engine.prefix
+        if metrics is None or prefix is None:
+            return
+        rep = prefix.report()  # plain counters: a racing read is at most one request stale
+        for key, (_, metric) in metrics.items():
+            metric.set(float(rep[key]))
 
     def _send(self, sender, *, arrays: dict | None = None, error: tuple[str, str | None] | None = None,
               final: bool = False) -> bool:

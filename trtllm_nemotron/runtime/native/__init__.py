@@ -36,19 +36,14 @@ one step reads at most.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 
 import torch
 
 from trtllm_nemotron.errors import RuntimeStateError
-from trtllm_nemotron.fileio import CACHE_ENV, atomic_dir, cache_dir
+from trtllm_nemotron.native_build import NativeUnavailable, compile_library
 from trtllm_nemotron.runtime.backend import StepBackendBase, register
 
 log = logging.getLogger(__name__)
@@ -92,62 +87,9 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 
 
-class NativeUnavailable(RuntimeError):
-    """The native step cannot be built or used here (the message says why and what to do)."""
-
-
-def _compiler() -> str:
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx:
-        raise NativeUnavailable(
-            "no C++ compiler found (looked for $CXX, g++, c++); install g++ to use the native CPU step, "
-            "or load the engine with backend='eager'"
-        )
-    return cxx
-
-
-def _cpu_id() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def build(force: bool = False) -> Path:
     """Compile step.cpp (once per source/compiler/CPU) and return the shared library's path."""
-    cxx = _compiler()
-    try:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise NativeUnavailable(f"the C++ compiler {cxx!r} does not run ({e}); install g++") from e
-    h = hashlib.sha256(SOURCE.read_bytes())  # bytes: servers may run with an ASCII locale
-    h.update(
-        "\0".join(["", " ".join(FLAGS), version, _cpu_id(), platform.machine()]).encode("utf-8", "replace")
-    )
-    key = h.hexdigest()[:16]
-    out = cache_dir() / "native" / key / "libnemotron_step.so"
-    if out.is_file() and not force:
-        return out
-    try:
-        with atomic_dir(out.parent, replace=out.parent.exists()) as tmp:
-            cmd = [cxx, *FLAGS, "-o", str(tmp / out.name), str(SOURCE)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise NativeUnavailable(
-                    f"compiling the native CPU step failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
-                )
-    except OSError as e:
-        if out.is_file():  # another process built it first: the same source, flags, compiler and CPU
-            return out
-        raise NativeUnavailable(
-            f"cannot write the native step's build directory {out.parent} ({e}); set {CACHE_ENV} "
-            "to a writable directory"
-        ) from e
-    log.info("built the native CPU step: %s", out)
-    return out
+    return compile_library(SOURCE, "libnemotron_step.so", "the native CPU step", flags=FLAGS, force=force)
 
 
 def library() -> ctypes.CDLL:
