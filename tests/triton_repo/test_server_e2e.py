@@ -337,8 +337,10 @@ def test_stop_request_by_id_cancels(served):
         x.set_data_from_numpy(np.array([True]))
         errors = []
         c.start_stream(callback=lambda result, error: errors.append(error))
+        # sampled (not greedy): each iteration is several calls, so the 240 tokens take long enough for the stop
+        # to arrive even when the prompt's prefix is cached and the host is quiet
         s = clients.TextStream("for i in range(10):", url=served.grpc, protocol="grpc", max_tokens=MAX_SEQ_LEN - 16,
-                               ignore_eos=True, request_id="cancel-me")
+                               ignore_eos=True, request_id="cancel-me", temperature=1.0, seed=3)
         next(s)
         c.async_stream_infer("nemotron", [x], request_id="cancel-me")
         with pytest.raises(clients.RequestRejected, match="cancelled"):
