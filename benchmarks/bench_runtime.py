@@ -11,7 +11,7 @@ make-tiny-style checkpoint, `CONFIG_180M`), in one process, on the same checkpoi
   (`Engine.generate`) and batch 16 (`Engine.generate_batch`: all prompts prefilled, then decoded together;
   aggregate tokens/s), with MTP off and with `--mtp` draft tokens (acceptance reported);
 - HF transformers `generate` fp32 (the same checkpoint; decode rate = (n-1) / (t(n) - t(1)), times batch);
-- llama.cpp: built from the source vendored in the `llama-cpp-python==0.3.36` sdist (specs/llamacpp_peer.md),
+- llama.cpp: built from the source vendored in the `llama-cpp-python==0.3.36` sdist,
   our checkpoint converted to an f32 GGUF by its `convert_hf_to_gguf.py` (pre-tokenizer forced to "gpt-2"),
   its logits checked against ours through the Python binding, then `llama-bench -p 0 -n N -t 2` (batch 1)
   and `llama-batched-bench` (batch 16, aggregate generation speed).

@@ -23,6 +23,7 @@ clears it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from plugins._dispatch import ENV_VAR as KERNELS_ENV
-from trtllm_nemotron.fileio import atomic_dir, cache_dir
+from trtllm_nemotron.fileio import atomic_dir, cache_dir, stale_siblings
+from trtllm_nemotron.locking import path_lock
 
 MAX_CACHED_BYTES = 1 << 30  # inputs above 1 GiB are never cached
 ROOT = Path(__file__).resolve().parents[1]  # holds trtllm_nemotron/ and plugins/ (repo or site-packages)
@@ -103,15 +105,21 @@ def cached_dir(kind: str, key: str, dest: Path, produce: Callable[[Path], Any]) 
     Returns (what `produce` returned, JSON round-tripped, hit?).
     """
     entry = cache_dir() / kind / key
-    if enabled() and (entry / "meta.json").is_file() and (entry / "data").is_dir():
-        shutil.copytree(entry / "data", dest)
-        return json.loads((entry / "meta.json").read_text())["result"], True
-    result = json.loads(json.dumps(produce(dest), default=str))
-    if enabled():
-        try:
-            with atomic_dir(entry, replace=entry.exists()) as tmp:  # an existing entry here is incomplete
-                shutil.copytree(dest, tmp / "data")
-                (tmp / "meta.json").write_text(json.dumps({"result": result}))
-        except OSError:  # another build filled it first, or the cache dir is read-only: not an error
-            pass
+    with contextlib.ExitStack() as held:
+        if enabled():  # a concurrent build of the same entry waits here, then hits
+            with contextlib.suppress(OSError):  # a read-only cache dir: no lock, no entry
+                held.enter_context(path_lock(entry, wait=True))
+                for stale in stale_siblings(entry):  # left by a killed writer
+                    shutil.rmtree(stale, ignore_errors=True)
+        if enabled() and (entry / "meta.json").is_file() and (entry / "data").is_dir():
+            shutil.copytree(entry / "data", dest)
+            return json.loads((entry / "meta.json").read_text())["result"], True
+        result = json.loads(json.dumps(produce(dest), default=str))
+        if enabled():
+            try:
+                with atomic_dir(entry, replace=entry.exists()) as tmp:  # an existing entry here is incomplete
+                    shutil.copytree(dest, tmp / "data")
+                    (tmp / "meta.json").write_text(json.dumps({"result": result}))
+            except OSError:  # another build filled it first, or the cache dir is read-only: not an error
+                pass
     return result, False

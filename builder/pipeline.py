@@ -30,6 +30,7 @@ otherwise it refuses). Without `resume`, a stale staging dir is discarded.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
@@ -45,9 +46,10 @@ from builder import manifest as mf
 from builder.plan import Plan, model_family, plan_for_build, plan_memory, recipe_formats
 from builder.targets import Target, get_target
 from builder.trtllm_config import TRTLLM_SOURCE, llm_api_config, write_llm_api_yaml
-from trtllm_nemotron.config import NemotronHConfig
+from trtllm_nemotron.config import MAX_DRAFT_LEN, NemotronHConfig
 from trtllm_nemotron.errors import BuildError, NemotronError
-from trtllm_nemotron.fileio import atomic_write_text, replace_dir
+from trtllm_nemotron.fileio import OLD_MARK, TEMP_MARK, atomic_write_text, replace_dir
+from trtllm_nemotron.locking import LockHeld, path_lock
 
 STAGES = ("inspect", "quantize", "checkpoint", "plugins", "trtllm_config", "onnx", "trt", "validate", "manifest")
 STATE_FILE = ".state.json"
@@ -163,6 +165,7 @@ class _Build:
         elif self.stage_dir.exists():  # resume asked, but nothing recorded: start clean
             shutil.rmtree(self.stage_dir)
         self.stage_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.stage_dir)
         self.save_state()
 
     def save_state(self) -> None:
@@ -262,7 +265,7 @@ class _Build:
         assert self.cfg is not None and sm is not None and sm_name is not None  # a GPU target, after inspect
 
         def produce(dest: Path) -> Any:
-            return compile_all(dest, sms=(sm,), config=self.cfg)
+            return compile_all(dest, sms=(sm,), config=self.cfg, progress=self.progress)
 
         dest = self.stage_dir / "plugins"
         if dest.exists():  # left by an interrupted attempt of this stage
@@ -480,10 +483,10 @@ class _Build:
     def run(self, resume: bool) -> Path:
         from tqdm import tqdm
 
-        self.load_state(resume)
         from trtllm_nemotron.checkpoint.reader import read_config
 
-        self.cfg = read_config(self.model_dir / "config.json")
+        self.cfg = read_config(self.model_dir / "config.json")  # a bad config fails before any staging dir
+        self.load_state(resume)
         bar = tqdm(total=len(STAGES), desc="build", unit="stage", file=sys.stderr, disable=not self.progress,
                    bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar}| {elapsed}<{remaining}")  # fmt: skip
         try:
@@ -512,6 +515,11 @@ class _Build:
         return self.finalize()
 
     def _hint(self) -> str:
+        """What a failed build leaves: nothing when no stage had completed (bad input: --resume cannot help),
+        else the staging dir to --resume."""
+        if not any(k for k in self.state["done"]):
+            shutil.rmtree(self.stage_dir, ignore_errors=True)
+            return "nothing was kept; fix the input and rerun"
         return f"the partial build is kept at {self.stage_dir}: rerun with --resume to continue, or without to restart"
 
     def _log(self, bar: Any, msg: str) -> None:
@@ -521,7 +529,30 @@ class _Build:
     def finalize(self) -> Path:
         """Rename the finished staging dir to the output path (moving a previous engine dir aside)."""
         (self.stage_dir / STATE_FILE).unlink(missing_ok=True)
+        remove_leftovers(self.stage_dir)
         return replace_dir(self.stage_dir, self.out_dir)
+
+
+def remove_leftovers(root: Path) -> list[Path]:
+    """Remove what killed writers left under `root` (a staging dir whose lock we hold, so no writer is alive):
+    `fileio` temp / set-aside dirs, the checkpoint writer's `.shard-*.tmp` files, temp state files."""
+    gone = []
+    for p in sorted(root.rglob(".*"), key=lambda q: len(q.parts)):
+        n = p.name
+        if (TEMP_MARK in n or OLD_MARK in n or n.endswith(".tmp") or n.startswith(f"{STATE_FILE}.")) and p.exists():
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            gone.append(p)
+    return gone
+
+
+def check_writable(d: Path, what: str) -> None:
+    """BuildError when `d` (or, when absent, the nearest existing dir above it) cannot be written."""
+    p = d
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise BuildError(f"cannot write {what} {d}: {p} is read-only or not writable by this user; choose "
+                         f"another {what}")
 
 
 def build_engine(
@@ -559,6 +590,9 @@ def build_engine(
     out = Path(out_dir).absolute()
     if not model.is_dir():
         raise BuildError(f"model dir {model} does not exist; pass a HF checkpoint directory with config.json")
+    if os.path.ismount(out):
+        raise BuildError(f"--out {out} is a mount point: the finished build is renamed onto --out, which cannot "
+                         f"replace a mount point; use a directory inside it, e.g. --out {out / 'engine'}")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / mf.MANIFEST).is_file())):
         raise BuildError(
             f"{out} exists and is not an engine dir (no {mf.MANIFEST}); refusing to replace it. "
@@ -566,10 +600,16 @@ def build_engine(
         )
     if out == model or model in out.parents:
         raise BuildError(f"--out {out} must not be the model dir or inside it ({model})")
-    if mtp < 0:
-        raise BuildError(f"--mtp must be >= 0, got {mtp}")
+    if not 0 <= mtp <= MAX_DRAFT_LEN:
+        raise BuildError(f"--mtp must be in 0..{MAX_DRAFT_LEN} (draft tokens per step), got {mtp}")
+    check_writable(out.parent, "--out")
     b = _Build(model, out, t, recipe or t.default_recipe, mtp, validate=validate, progress=progress,
                gpus=gpus, max_seq_len=max_seq_len, max_batch_size=max_batch_size, cache=cache,
                calib_samples=calib_samples, calib_seq_len=calib_seq_len, onnx=onnx, trt=trt,
                preset=preset)  # fmt: skip
-    return b.run(resume)
+    try:
+        with path_lock(out):  # held until the engine is in place; released by the kernel if we are killed
+            return b.run(resume)
+    except LockHeld as e:  # only path_lock(out) raises it
+        raise BuildError(f"another build is writing {out} ({e.holder}); wait for it to finish or choose another "
+                         "--out") from None

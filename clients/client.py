@@ -89,6 +89,9 @@ def parse_url(url: str, protocol: str) -> str:
         raise ClientError(f"empty URL {url!r}")
     if ":" not in u:
         u = f"{u}:{DEFAULT_PORTS[protocol]}"
+    host, port = u.rsplit(":", 1)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClientError(f"bad URL {url!r}: expected host:port with a port in 1..65535")
     return u
 
 

@@ -298,7 +298,11 @@ def _compile_sm(jobs: list[dict[str, Any]], sm: int, cfg: Any, dest: Path, bar: 
 
 
 def compile_all(
-    out_dir: str | os.PathLike[str], sms: tuple[int, ...] = (100, 90), *, config: Any = None
+    out_dir: str | os.PathLike[str],
+    sms: tuple[int, ...] = (100, 90),
+    *,
+    config: Any = None,
+    progress: bool = True,
 ) -> dict:
     """Compile every plugin kernel for each SM into `<out_dir>/sm_<N>/`; returns {"sm_<N>": index, ...}.
 
@@ -320,7 +324,13 @@ def compile_all(
     out.mkdir(parents=True, exist_ok=True)
     jobs = _jobs(cfg)
     result: dict[str, Any] = {}
-    with tqdm(total=len(jobs) * len(sms), desc="compile plugins", unit="kernel", file=sys.stderr) as bar:
+    with tqdm(
+        total=len(jobs) * len(sms),
+        desc="compile plugins",
+        unit="kernel",
+        file=sys.stderr,
+        disable=not progress,
+    ) as bar:
         for sm in sms:
             with atomic_dir(out / f"sm_{sm}") as tmp:
                 index = _compile_sm(jobs, sm, cfg, tmp, bar)

@@ -49,6 +49,7 @@ PROMPTS = (
 class BenchConfig:
     concurrencies: tuple[int, ...] = (1, 8, 32)
     requests_per_client: int = 1
+    requests: int | None = None  # requests per run at each concurrency (None: requests_per_client each)
     max_tokens: int = 128  # tokens per request of the concurrent runs
     single_tokens: int = 384  # tokens of the batch-1 runs (generate, CLI, one stream): start-up amortised
     protocols: tuple[str, ...] = ("grpc", "http")
@@ -193,7 +194,7 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
                     r["cli"] = _cli_run(engine_dir, cfg)
                 for c in cfg.concurrencies:
                     tokens = cfg.single_tokens if c == 1 else cfg.max_tokens
-                    n = c * cfg.requests_per_client
+                    n = cfg.requests or c * cfg.requests_per_client
                     r[f"scheduler c{c}"] = _inprocess_load(engine, c, n, tokens).to_json()
                     for proto in cfg.protocols:
                         r[f"{proto} c{c}"] = triton(proto, c, n, tokens).to_json()

@@ -213,7 +213,8 @@ def package(engine_dir: Path | str, out: Path | str, cfg: PackageConfig | None =
                     shutil.copy2(src / f, tdir / "1" / f)
                 copied = True
             models[TRTLLM_MODEL] = {"kind": "TensorRT-LLM llmapi", "model_code": "copied" if copied else
-                                    f"missing: copy {TRTLLM_FILES} from {TRTLLM_SOURCE_DIR} (see 1/README.md)"}
+                                    "for GPU hosts: add NVIDIA's model.py and helpers.py with --trtllm-backend-dir "
+                                    "(see tensorrt_llm/1/README.md); `serve` runs `nemotron` meanwhile"}
 
         manifest = {"format": 1, "engine_dir": str(engine_dir), "target": target, "models": models,
                     "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},

@@ -166,8 +166,13 @@ class ParsedRequest:
     return_num_input_tokens: bool = False
 
 
-def _decode(v: object) -> str:
-    return v.decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v)
+def _decode(v: object, name: str = "text_input") -> str:
+    if not isinstance(v, (bytes, np.bytes_)):
+        return str(v)
+    try:
+        return v.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"input {name!r} is not valid UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text") from e
 
 
 def _scalar(name: str, arr: np.ndarray) -> object:
@@ -208,8 +213,9 @@ def parse_request(get: Callable[[str], np.ndarray | None]) -> ParsedRequest:
         if stop_request:
             return ParsedRequest(prompt="", sampling={}, stop_request=True)
         raise RequestError("input 'text_input' is missing: send the prompt as a STRING tensor of shape [1]")
-    if text.ndim != 1 or text.size < 1:
-        raise RequestError(f"input 'text_input': expected a 1-D STRING tensor with one prompt, got shape {list(text.shape)}")
+    if text.ndim != 1 or text.size != 1:
+        raise RequestError(f"input 'text_input': expected a 1-D STRING tensor with one prompt, got shape "
+                           f"{list(text.shape)}; send one request per prompt")
     prompt = _decode(text[0])
 
     sampling: dict = {}
@@ -219,7 +225,8 @@ def parse_request(get: Callable[[str], np.ndarray | None]) -> ParsedRequest:
             sampling[fld] = cast(_scalar(name, arr))
     stop_words = get("sampling_param_stop")
     if stop_words is not None:
-        sampling["stop"] = tuple(s for s in (_decode(v) for v in stop_words.reshape(-1)) if s)
+        # an empty stop string means none (llmapi clients send "" for "no stop"); `generate --stop ""` agrees
+        sampling["stop"] = tuple(s for s in (_decode(v, "sampling_param_stop") for v in stop_words.reshape(-1)) if s)
 
     for name, neutral in NEUTRAL_ONLY.items():
         arr = get(name)

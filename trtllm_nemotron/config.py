@@ -25,6 +25,7 @@ from typing import Any
 
 from trtllm_nemotron.errors import ConfigError
 
+MAX_DRAFT_LEN = 16  # MTP draft tokens per step the runtime (and so `build --mtp`) accepts
 LAYER_CHARS = {"M": "linear_attention", "*": "full_attention", "E": "moe", "-": "mlp"}
 _NAME_TO_CHAR = {v: k for k, v in LAYER_CHARS.items()}
 # legacy list names (remote code / HF <= 5.2): remapped by HF v5's remap_legacy_layer_types

@@ -165,8 +165,9 @@ def test_refusals(tiny_ckpt, tmp_path):
     with pytest.raises(BuildError, match=r"(?s)impossible plan.*DOES NOT FIT"):
         build_engine(tiny_ckpt, tmp_path / "e", target="h100", recipe="bf16", max_batch_size=10**9, **FAST)
     assert not (tmp_path / "e").exists()
-    with pytest.raises(BuildError, match="must be >= 0"):
-        build_engine(tiny_ckpt, tmp_path / "e2", target="cpu", recipe="bf16", mtp=-1, **FAST)
+    for mtp in (-1, 17):  # 17: the runtime would refuse the engine (`build --mtp 100` used to succeed)
+        with pytest.raises(BuildError, match=r"must be in 0\.\.16"):
+            build_engine(tiny_ckpt, tmp_path / "e2", target="cpu", recipe="bf16", mtp=mtp, **FAST)
 
 
 def test_validate_reports_why_it_was_skipped(tiny_ckpt, tmp_path):
@@ -285,7 +286,8 @@ def test_sigkill_mid_build_then_resume(tiny_ckpt, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir()] == [staging_dir(out).name]
+    # the hidden staging dir, and the build's lock file (unlocked: the kernel dropped the lock with the process)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([staging_dir(out).name, ".engine.lock"])
     _cpu_build(tiny_ckpt, out, resume=True)
     assert verify_engine_dir(out) == []
     stages = {s["name"]: s["status"] for s in read_manifest(out)["stages"]}

@@ -89,3 +89,22 @@ def test_model_and_url_are_exclusive_and_unreachable_server_is_an_error(runner, 
     assert r.exit_code == 2 and "exactly one" in r.output
     r = runner.invoke(main, ["generate", "--url", "localhost:1", "--protocol", "http", "--no-stream", "x"])
     assert r.exit_code == 1 and "Error" in r.output
+
+
+@pytest.mark.parametrize("where", ["local", "url"])
+def test_invalid_utf8_prompt_is_a_usage_error(tiny_dir, where):
+    """argv keeps undecodable bytes as surrogates (it used to crash in the tokenizer / the client); stdin too."""
+    import subprocess
+    import sys
+
+    target = ["--model", str(tiny_dir)] if where == "local" else ["--url", "127.0.0.1:1"]
+    base = [sys.executable, "-m", "trtllm_nemotron", "generate", "--max-tokens", "2", *target]
+    for args, stdin in (([b"\xff\xfeabc"], None), ([b"-"], b"ab\xffc")):
+        r = subprocess.run([*map(str.encode, base), *args], input=stdin, capture_output=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert b"the prompt is not valid UTF-8" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_empty_stop_string_means_none_as_on_the_server(runner, tiny_dir):
+    r = runner.invoke(main, ["generate", "--model", str(tiny_dir), "--max-tokens", "2", "--stop", "", "hi"])
+    assert r.exit_code == 0, r.output

@@ -21,6 +21,9 @@ def test_parse_url():
         clients.parse_url("https://h:1", "http")
     with pytest.raises(ClientError, match="protocol"):
         clients.parse_url("h:1", "websocket")
+    for bad in ("h:99999", "h:0", "h:x", ":8001", "h:"):  # 99999 used to connect to 99999 % 65536 = 34463
+        with pytest.raises(ClientError, match="port in 1..65535"):
+            clients.parse_url(bad, "grpc")
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

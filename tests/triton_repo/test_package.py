@@ -47,6 +47,8 @@ def test_gpu_engine_adds_tensorrt_llm_llmapi_model(b200_engine, tmp_path):
     readme = (repo / "tensorrt_llm" / "1" / "README.md").read_text()
     assert TRTLLM_SOURCE_DIR in readme and "trtllm-python-py3" in readme
     assert not (repo / "tensorrt_llm" / "1" / "model.py").exists()  # NVIDIA's code is never shipped
+    code = json.loads((repo / "manifest.json").read_text())["models"]["tensorrt_llm"]["model_code"]
+    assert "for GPU hosts" in code and "--trtllm-backend-dir" in code  # was a cryptic "missing: copy (...)"
     # a CPU host loads only nemotron and says why tensorrt_llm was skipped
     install = TritonInstall(Path("/bin/true"), tmp_path, None, has_gpu=False)
     load, skipped = plan_models(repo, install)

@@ -35,6 +35,10 @@ def test_defaults_follow_llmapi():
 @pytest.mark.parametrize("tensors, match", [
     ({}, "text_input' is missing"),
     ({"text_input": np.array([[b"a"]], dtype=object)}, "1-D"),
+    ({"text_input": np.array([b"a", b"b"], dtype=object)}, "one request per prompt"),  # was: "b" dropped silently
+    ({"text_input": np.array([b"\xff\xfeab"], dtype=object)}, "not valid UTF-8"),
+    ({"text_input": np.array([b"a"], dtype=object), "sampling_param_stop": np.array([b"\xc3"], dtype=object)},
+     "sampling_param_stop' is not valid UTF-8"),
     ({"text_input": np.array([b"a"], dtype=object), "sampling_param_max_tokens": np.array([1, 2], np.int32)}, "one value"),
 ])
 def test_bad_requests(tensors, match):

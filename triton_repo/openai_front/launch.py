@@ -69,6 +69,8 @@ class OpenAIFront:
         ]
         if self.log_path is not None:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        from triton_repo.server import die_with_parent  # dies with `serve`, even on SIGKILL
+
         self.proc = subprocess.Popen(
             cmd,
             stdout=self._log,
@@ -76,6 +78,7 @@ class OpenAIFront:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=die_with_parent(os.getpid()),
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

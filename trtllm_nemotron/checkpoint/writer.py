@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from trtllm_nemotron.checkpoint.reader import INDEX_FILE
 from trtllm_nemotron.errors import CheckpointError
-from trtllm_nemotron.fileio import atomic_dir
+from trtllm_nemotron.fileio import atomic_dir, stale_siblings
 
 if TYPE_CHECKING:
     import torch
@@ -202,6 +202,8 @@ def save_checkpoint(
         )
     from tqdm import tqdm
 
+    for stale in stale_siblings(out_dir):  # temp dirs of killed writers (their pid is gone)
+        shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(out_dir) as tmp:
         writer = ShardedWriter(tmp, max_shard_bytes=max_shard_bytes, metadata=metadata)
         bar = tqdm(

@@ -18,7 +18,8 @@ from trtllm_nemotron.commands import user_errors
 @click.option("--model", default="nemotron", show_default=True)
 @click.option("-c", "--concurrency", "concurrency", type=int, multiple=True, default=(1, 8), show_default=True,
               help="Concurrent streaming clients (repeatable).")
-@click.option("-n", "--requests", type=int, default=None, help="Requests per run (default: 3 per client).")
+@click.option("-n", "--requests", type=click.IntRange(min=1), default=None,
+              help="Requests per run, at each concurrency, with or without --url (default: 3 per client).")
 @click.option("--max-tokens", type=int, default=48, show_default=True, help="Tokens per request (EOS ignored).")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 @user_errors
@@ -49,9 +50,8 @@ def bench_serve(url: str | None, engine: Path, protocol: str, model: str, concur
 
     if not (engine / "build.json").is_file():
         raise PackageError(f"{engine} is not an engine dir; build it first (`make build-engine`) or pass --url")
-    per_client = max(1, (requests or max(concurrency)) // max(concurrency))
-    result = compare(engine, BenchConfig(concurrencies=concurrency, requests_per_client=per_client,
-                                         max_tokens=max_tokens, protocols=(protocol,), rounds=1),
+    result = compare(engine, BenchConfig(concurrencies=concurrency, requests=requests, max_tokens=max_tokens,
+                                         protocols=(protocol,), rounds=1),
                      echo=(lambda m: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(result, indent=2))

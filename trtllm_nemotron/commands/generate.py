@@ -93,8 +93,8 @@ def generate(
     as_json,
 ) -> None:
     """Generate a completion of PROMPT ("-" reads it from stdin), streaming to the terminal."""
-    if prompt == "-":
-        prompt = sys.stdin.read()
+    prompt = _utf8_prompt(sys.stdin.buffer.read() if prompt == "-" else prompt)
+    stop = tuple(s for s in stop if s)  # an empty stop string means none, as on the server
     if model and url:
         raise click.UsageError("give exactly one of --model and --url")
     if url:
@@ -140,6 +140,18 @@ def generate(
         stop=tuple(stop),
         ignore_eos=ignore_eos,
     )
+
+
+def _utf8_prompt(prompt: str | bytes) -> str:
+    """The prompt as text; a usage error when it is not UTF-8 (argv keeps undecodable bytes as surrogates)."""
+    try:
+        raw = prompt if isinstance(prompt, bytes) else prompt.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError) as e:
+        raise click.BadParameter(
+            f"the prompt is not valid UTF-8 ({e.reason} at byte {e.start}); pass UTF-8 text",
+            param_hint="PROMPT",
+        ) from e
 
 
 def _default_model() -> str:

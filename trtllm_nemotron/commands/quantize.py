@@ -93,20 +93,28 @@ def quantize(
         return
     if src is None or out is None:
         raise click.UsageError("SRC and OUT are required (or pass --list-recipes)")
+    from trtllm_nemotron.errors import QuantError
+    from trtllm_nemotron.locking import LockHeld, path_lock
     from trtllm_nemotron.quant import quantize_checkpoint
     from trtllm_nemotron.quant.recipes import get_recipe
 
     get_recipe(recipe)  # unknown recipe: fail before anything is read
-    summary = quantize_checkpoint(
-        src,
-        out,
-        recipe=recipe,
-        calib_text=calib_text,
-        calib_samples=calib_samples,
-        calib_seq_len=calib_seq_len,
-        progress=progress,
-        accuracy=accuracy,
-        max_shard_bytes=max_shard_mb * 2**20,
-        device=device,
-    )
+    try:
+        with path_lock(out):
+            summary = quantize_checkpoint(
+                src,
+                out,
+                recipe=recipe,
+                calib_text=calib_text,
+                calib_samples=calib_samples,
+                calib_seq_len=calib_seq_len,
+                progress=progress,
+                accuracy=accuracy,
+                max_shard_bytes=max_shard_mb * 2**20,
+                device=device,
+            )
+    except LockHeld as e:
+        raise QuantError(
+            f"another process is writing {out} ({e.holder}); wait for it or choose another OUT"
+        ) from None
     click.echo(json.dumps(summary, indent=2))

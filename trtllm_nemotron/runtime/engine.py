@@ -41,6 +41,7 @@ from typing import Any, cast
 
 import torch
 
+from trtllm_nemotron.config import MAX_DRAFT_LEN
 from trtllm_nemotron.errors import RuntimeStateError
 from trtllm_nemotron.runtime import backend as backends
 from trtllm_nemotron.runtime.requests import Completion, Request, StreamEvent, request_stats
@@ -79,8 +80,8 @@ class Engine:
             max_seq_len = min(cfg.max_position_embeddings, 4096)
         if max_seq_len < 2:
             raise RuntimeStateError(f"max_seq_len must be >= 2, got {max_seq_len}")
-        if mtp < 0 or mtp > 16:
-            raise RuntimeStateError(f"mtp (max_draft_len) must be in 0..16, got {mtp}")
+        if mtp < 0 or mtp > MAX_DRAFT_LEN:
+            raise RuntimeStateError(f"mtp (max_draft_len) must be in 0..{MAX_DRAFT_LEN}, got {mtp}")
         if mtp and not cfg.num_nextn_predict_layers:
             raise RuntimeStateError(
                 f"mtp={mtp} asked for, but this model has no MTP layers (num_nextn_predict_layers = 0); "
