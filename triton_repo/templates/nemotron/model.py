@@ -11,7 +11,8 @@ Design:
   requests in flight over `max_batch_size` engine slots. `execute()` only parses, validates and submits,
   then returns. Responses go out from ONE sender thread: the scheduler hands it each iteration's events of
   every stream as one batch (its `deliver` callback), so a token costs no thread wake-up of its own; when the
-  sender falls behind it takes every batch already queued and sends one response per stream for all of them.
+  sender falls behind it takes every batch already queued and sends one response per stream for all of them
+  (a stream's first token always in a response of its own, so clients measure TTFT).
   The `stream_interval` parameter (TensorRT-LLM's; default 1) makes the scheduler deliver a stream's tokens at
   its first token, its last and every n-th iteration only: fewer responses (the stub's IPC) at high load.
 - A bad request (missing/ill-shaped input, invalid sampling option, over-long prompt) gets an error response
@@ -54,6 +55,7 @@ class _Live:
         self.handle: Any = None  # the RequestHandle, once submitted
         self.user_id = user_id
         self.cancelled = False
+        self.started = False  # a response (or the final one) has been sent
         self.text = ""
         self.num_tokens = 0
         self.times = {"arrival_time_ns": arrival_ns, "first_scheduled_time_ns": arrival_ns}
@@ -186,10 +188,15 @@ class TritonPythonModel:
             for key, evs in order.items():
                 with self.lock:
                     live = self.live.get(key)
-                if live is not None:
-                    self._respond(key, live, evs)
+                if live is None:
+                    continue
+                if not live.started and len(evs) > 1:  # the first token goes out on its own (the client's TTFT)
+                    self._respond(key, live, evs[:1])
+                    evs = evs[1:]
+                self._respond(key, live, evs)
 
     def _respond(self, key: int, live: _Live, evs: list) -> None:
+        live.started = True
         try:
             for e in evs:
                 if e.token_ids:
