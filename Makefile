@@ -88,7 +88,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[bench]'
 	@touch $@
 
-bench-serve: $(VENV)/.installed-bench  ## Triton serving vs in-process runtime; AIPerf through the OpenAI front
+bench-serve: $(VENV)/.installed-bench  ## every serving path (CLI, scheduler, Triton gRPC/HTTP) vs the engine's own speed; AIPerf via the OpenAI front
 	$(PY) -m benchmarks.bench_serve
 	$(PY) -m benchmarks.bench_aiperf
 

@@ -37,6 +37,8 @@ class LoadReport:
     e2e_p50_s: float
     e2e_p99_s: float
     cpu_s: float | None = None  # CPU seconds the serving side used during the run (when measured)
+    # per-request decode rate seen by the client, (tokens - 1) / (e2e - TTFT), median over requests
+    decode_tokens_per_s: float | None = None
 
     @property
     def cpu_ms_per_token(self) -> float | None:
@@ -70,6 +72,8 @@ def summarize(label: str, concurrency: int, results: list[ClientResult], errors:
     itl = [g for r in results for g in r.itl_s]
     e2e = [r.e2e_s for r in results]
     tokens = sum(r.num_tokens for r in results)
+    decode = [(r.num_tokens - 1) / (r.e2e_s - r.ttft_s) for r in results
+              if r.ttft_s is not None and r.num_tokens > 1 and r.e2e_s > r.ttft_s]
     return LoadReport(
         label=label, concurrency=concurrency, requests=len(results), errors=errors, wall_s=wall_s,
         requests_per_s=len(results) / wall_s if wall_s > 0 else 0.0, tokens=tokens,
@@ -77,6 +81,7 @@ def summarize(label: str, concurrency: int, results: list[ClientResult], errors:
         ttft_p50_s=percentile(ttft, 50), ttft_p90_s=percentile(ttft, 90), ttft_p99_s=percentile(ttft, 99),
         itl_p50_s=percentile(itl, 50), itl_p90_s=percentile(itl, 90), itl_p99_s=percentile(itl, 99),
         e2e_p50_s=percentile(e2e, 50), e2e_p99_s=percentile(e2e, 99),
+        decode_tokens_per_s=percentile(decode, 50) if decode else None,
     )
 
 

@@ -1,29 +1,33 @@
-"""Serving overhead: the Triton path against the in-process runtime, same engine, same load, same clock.
+"""Serving against the engine's own speed: every path a user runs, on one engine dir, in one run.
 
-Both sides run the same closed loop (`concurrency` workers, `requests` streaming requests, fixed length via
-`ignore_eos`) and are summarized by `clients.bench.summarize`, so tokens/s, TTFT and inter-token latency are
-measured identically: in-process, a worker submits to `engine.scheduler()` and times the `StreamEvent`s;
-through Triton, a worker streams over gRPC (or HTTP SSE) and times the responses. The two sides take turns
-(they share the CPU cores) and each side's best of `repeats` runs is reported.
+Paths (all greedy, fixed length via `ignore_eos`, the same prompts):
+- `Engine.generate` (batch 1, in-process) and `Engine.generate_batch` of `max_batch_size` prompts (tokens /
+  wall, prefill included): the engine's own speed, the reference of every ratio;
+- the CLI, `trtllm-nemotron generate --model ENGINE --json` in a subprocess (its decode tok/s);
+- the continuous-batching scheduler in-process (`engine.scheduler()`, a thread per client timing the events);
+- Triton (real tritonserver, the `nemotron` Python-backend model) over gRPC and HTTP streaming.
+The scheduler and Triton run closed loops of `concurrency` clients (1, 8, 32 by default; more clients than
+engine slots queue in the scheduler), summarized by `clients.bench.summarize`: tokens/s over the run's wall
+time, TTFT / inter-token latency / end-to-end percentiles, and the decode rate one client sees, (tokens - 1) /
+(e2e - TTFT). Every path runs once per round and the rounds are interleaved (the machine is shared: a slow
+spell slows every path of a round alike); ratios are per round, then the median over rounds.
 
-overhead = 1 - triton tokens/s / in-process tokens/s (target: <= 15 % at concurrency 8).
-
-Wall-clock throughput on a shared machine is noisy, so the serving side's CPU time per generated token is
-measured too: in-process, this process's CPU time during the run (engine + consumer threads); through Triton,
-the CPU time of the server's process group (tritonserver + the model's stub) during the run, the client
-excluded (it runs elsewhere in a deployment). On a CPU-bound host the two overheads coincide; the CPU one is
-what stays stable when other work shares the cores.
+Ratios: batch-1 paths (CLI, one stream) by decode tok/s against `Engine.generate`; concurrent paths by tokens /
+wall against `generate_batch` of `max_batch_size`. Serving CPU time per token is measured too (Triton: the
+server's process group; in-process: this process).
 """
 
 from __future__ import annotations
 
-import gc
+import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from clients.bench import LoadReport, run_load, summarize
@@ -43,13 +47,17 @@ PROMPTS = (
 
 @dataclass(frozen=True)
 class BenchConfig:
-    concurrencies: tuple[int, ...] = (1, 8)
-    requests_per_client: int = 4
+    concurrencies: tuple[int, ...] = (1, 8, 32)
+    requests_per_client: int = 1
     requests: int | None = None  # requests per run at each concurrency (None: requests_per_client each)
-    max_tokens: int = 48
-    protocol: str = "grpc"
+    max_tokens: int = 128  # tokens per request of the concurrent runs
+    single_tokens: int = 384  # tokens of the batch-1 runs (generate, CLI, one stream): start-up amortised
+    protocols: tuple[str, ...] = ("grpc", "http")
     max_batch_size: int = 8
-    repeats: int = 3
+    rounds: int = 3
+    mtp: int | None = None  # None: the engine's setting
+    stream_interval: int = 1  # the server's (TensorRT-LLM's option)
+    cli: bool = True
 
 
 def group_cpu_s(pgid: int) -> float:
@@ -65,9 +73,14 @@ def group_cpu_s(pgid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _inprocess_load(engine, concurrency: int, requests: int, max_tokens: int) -> LoadReport:
+def _params(max_tokens: int):
     from trtllm_nemotron.runtime import SamplingParams
 
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+
+
+def _inprocess_load(engine, concurrency: int, requests: int, max_tokens: int) -> LoadReport:
+    """The scheduler path: `concurrency` client threads, each submitting and timing its events."""
     sched = engine.scheduler()
     lock = threading.Lock()
     nxt = [0]
@@ -80,11 +93,10 @@ def _inprocess_load(engine, concurrency: int, requests: int, max_tokens: int) ->
                 if i >= requests:
                     return
                 nxt[0] += 1
-            params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
             r = ClientResult(protocol="in-process")
             t0 = time.perf_counter()
             t_last = None
-            for ev in sched.submit(PROMPTS[i % len(PROMPTS)], params):
+            for ev in sched.submit(PROMPTS[i % len(PROMPTS)], _params(max_tokens)):
                 n = len(ev.token_ids)
                 if n:
                     now = time.perf_counter()
@@ -111,16 +123,45 @@ def _inprocess_load(engine, concurrency: int, requests: int, max_tokens: int) ->
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         sched.shutdown()
-    return replace(summarize("in-process runtime", concurrency, results, 0, wall), cpu_s=cpu)
+    return replace(summarize("scheduler in-process", concurrency, results, 0, wall), cpu_s=cpu)
+
+
+def _engine_runs(engine, cfg: BenchConfig) -> dict:
+    """Engine.generate (decode tok/s, TTFT) and generate_batch of max_batch_size (tokens / wall)."""
+    c = engine.generate(PROMPTS[0], _params(cfg.single_tokens))
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(cfg.max_batch_size)]
+    t0 = time.perf_counter()
+    cs = engine.generate_batch(prompts, _params(cfg.max_tokens))
+    wall = time.perf_counter() - t0
+    return {"generate": {"decode_tokens_per_s": c.stats["tokens_per_s"], "ttft_s": c.stats["ttft_s"],
+                         "tokens": c.stats["num_tokens"], "acceptance_length": c.stats["acceptance_length"]},
+            "generate_batch": {"batch": len(prompts), "tokens": sum(len(x.token_ids) for x in cs),
+                               "wall_s": wall, "tokens_per_s": sum(len(x.token_ids) for x in cs) / wall}}
+
+
+def _cli_run(engine_dir: Path, cfg: BenchConfig) -> dict:
+    """`trtllm-nemotron generate --model ENGINE --json` in a fresh process; its JSON (decode tok/s, TTFT)."""
+    cmd = [sys.executable, "-m", "trtllm_nemotron", "generate", "--model", str(engine_dir), "--json",
+           "--max-tokens", str(cfg.single_tokens), "--ignore-eos", PROMPTS[0]]
+    if cfg.mtp is not None:
+        cmd[-1:-1] = ["--mtp", str(cfg.mtp)]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    return {"decode_tokens_per_s": res["tokens_per_s"], "ttft_s": res["ttft_s"], "tokens": res["num_tokens"],
+            "process_wall_s": time.perf_counter() - t0}
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
 
 
 def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=print) -> dict:
-    """Run both sides at each concurrency; returns {"reports": [...], "overhead": {c: {...}}, ...}.
+    """Run every path, `cfg.rounds` interleaved rounds; returns {"rounds": [...], "ratios": {...}, "summary"}.
 
     The server and the in-process engine are both up for the whole run but take turns (an idle server uses no
-    CPU): per concurrency, an in-process run then a Triton run, `repeats` times; each side's best run counts
-    (the machine is shared, so the best run is the least disturbed one). A warm-up at the highest concurrency
-    precedes the measured runs on both sides.
+    CPU); a warm-up of every path precedes the measured rounds.
     """
     from triton_repo.package import PackageConfig, package
     from triton_repo.server import ServerConfig, TritonServer, free_ports
@@ -128,54 +169,106 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
 
     cfg = cfg or BenchConfig()
     engine_dir = Path(engine_dir)
-    best: dict[tuple[str, int], LoadReport] = {}
-
-    def keep(rep: LoadReport, side: str, c: int) -> None:
-        old = best.get((side, c))
-        if old is None or rep.tokens_per_s > old.tokens_per_s:
-            best[(side, c)] = rep
-
+    rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        repo = package(engine_dir, Path(tmp) / "repo", PackageConfig(max_batch_size=cfg.max_batch_size, device="cpu"))
+        repo = package(engine_dir, Path(tmp) / "repo",
+                       PackageConfig(max_batch_size=cfg.max_batch_size, device="cpu", mtp=cfg.mtp,
+                                     stream_interval=cfg.stream_interval))
         h, g, m = free_ports(3)
         scfg = ServerConfig(repo, http_port=h, grpc_port=g, metrics_port=m)
-        url = scfg.grpc_url if cfg.protocol == "grpc" else scfg.http_url
+        urls = {"grpc": scfg.grpc_url, "http": scfg.http_url}
         with TritonServer(scfg, log_path=Path(tmp) / "server.log") as server:
             assert server.proc is not None  # started by __enter__
             pid = server.proc.pid
-            engine = Engine.load(engine_dir, device="cpu", max_batch_size=cfg.max_batch_size)
-            cmax = max(cfg.concurrencies)
-            _inprocess_load(engine, cmax, cmax, cfg.max_tokens)  # warm-up
-            run_load(list(PROMPTS), url=url, protocol=cfg.protocol, concurrency=cmax, requests=cmax,
-                     max_tokens=cfg.max_tokens, progress=False)  # warm-up
-            for _ in range(cfg.repeats):
-                for c in cfg.concurrencies:
-                    n = cfg.requests or c * cfg.requests_per_client
-                    keep(_inprocess_load(engine, c, n, cfg.max_tokens), "in-process", c)
-                    cpu0 = group_cpu_s(pid)
-                    rep = run_load(list(PROMPTS), url=url, protocol=cfg.protocol, concurrency=c, requests=n,
-                                   max_tokens=cfg.max_tokens, label=f"triton {cfg.protocol}",
-                                   progress=sys.stderr.isatty())
-                    keep(replace(rep, cpu_s=group_cpu_s(pid) - cpu0), "triton", c)
-            del engine
-            gc.collect()
+            engine = Engine.load(engine_dir, device="cpu", max_batch_size=cfg.max_batch_size, mtp=cfg.mtp)
 
-    overhead: dict[int, dict] = {}
+            def triton(proto: str, c: int, n: int, tokens: int) -> LoadReport:
+                cpu0 = group_cpu_s(pid)
+                rep = run_load(list(PROMPTS), url=urls[proto], protocol=proto, concurrency=c, requests=n,
+                               max_tokens=tokens, label=f"triton {proto}", progress=False)
+                return replace(rep, cpu_s=group_cpu_s(pid) - cpu0)
+
+            def one_round() -> dict:
+                r: dict = _engine_runs(engine, cfg)
+                if cfg.cli:
+                    r["cli"] = _cli_run(engine_dir, cfg)
+                for c in cfg.concurrencies:
+                    tokens = cfg.single_tokens if c == 1 else cfg.max_tokens
+                    n = cfg.requests or c * cfg.requests_per_client
+                    r[f"scheduler c{c}"] = _inprocess_load(engine, c, n, tokens).to_json()
+                    for proto in cfg.protocols:
+                        r[f"{proto} c{c}"] = triton(proto, c, n, tokens).to_json()
+                return r
+
+            echo("warm-up (every path once) ...")
+            one_round()
+            for i in range(cfg.rounds):
+                r = one_round()
+                rounds.append(r)
+                echo(f"round {i + 1}/{cfg.rounds}: generate {r['generate']['decode_tokens_per_s']:.0f} tok/s, "
+                     f"generate_batch({cfg.max_batch_size}) {r['generate_batch']['tokens_per_s']:.0f} tok/s"
+                     + (f", CLI {r['cli']['decode_tokens_per_s']:.0f}" if "cli" in r else "")
+                     + "".join(f", {k} {v['tokens_per_s']:.0f}" for k, v in r.items() if " c" in k))
+    return summarize_rounds(rounds, cfg, echo=echo)
+
+
+def summarize_rounds(rounds: list[dict], cfg: BenchConfig, *, echo=print) -> dict:
+    """Per-path medians over the rounds and the ratios to the engine (per round, then the median)."""
+    ratios: dict[str, float | None] = {}
+    ranges: dict[str, list[float]] = {}
+
+    def ratio(name: str, num, den) -> None:
+        per_round = [num(r) / den(r) for r in rounds if num(r) and den(r)]
+        ratios[name] = _median(per_round)
+        ranges[name] = [min(per_round), max(per_round)] if per_round else []
+
+    gen = lambda r: r["generate"]["decode_tokens_per_s"]  # noqa: E731
+    gb = lambda r: r["generate_batch"]["tokens_per_s"]  # noqa: E731
+    if cfg.cli:
+        ratio("cli / generate (decode tok/s)", lambda r: r["cli"]["decode_tokens_per_s"], gen)
+    paths = ["scheduler", *cfg.protocols]
     for c in cfg.concurrencies:
-        base, rep = best[("in-process", c)], best[("triton", c)]
-        echo(base.line())
-        echo(rep.line())
-        overhead[c] = {
-            "tokens_per_s": 1.0 - rep.tokens_per_s / base.tokens_per_s if base.tokens_per_s else None,
-            "cpu_per_token": (rep.cpu_ms_per_token / base.cpu_ms_per_token - 1.0
-                              if rep.cpu_ms_per_token and base.cpu_ms_per_token else None),
-            "ttft_p50_s": rep.ttft_p50_s - base.ttft_p50_s,
-            "itl_p50_s": rep.itl_p50_s - base.itl_p50_s,
-        }
-    for c, o in overhead.items():
-        cpu = "n/a" if o["cpu_per_token"] is None else f"{o['cpu_per_token'] * 100:+.1f} %"
-        echo(f"concurrency {c}: serving overhead {o['tokens_per_s'] * 100:5.1f} % tokens/s (wall), "
-             f"CPU per token {cpu}, TTFT p50 {o['ttft_p50_s'] * 1e3:+.1f} ms, ITL p50 {o['itl_p50_s'] * 1e3:+.1f} ms")
-    return {"engine_dir": str(engine_dir), "config": cfg.__dict__,
-            "reports": [best[(side, c)].to_json() for c in cfg.concurrencies for side in ("in-process", "triton")],
-            "overhead": {str(c): o for c, o in overhead.items()}}
+        for p in paths:
+            key = f"{p} c{c}"
+            if c == 1:
+                ratio(f"{key} / generate (decode tok/s of the stream)",
+                      lambda r, k=key: r[k]["decode_tokens_per_s"], gen)
+            else:
+                ratio(f"{key} / generate_batch({cfg.max_batch_size}) (tokens/wall)",
+                      lambda r, k=key: r[k]["tokens_per_s"], gb)
+    med = {}
+    for k in rounds[0]:
+        if " c" in k:
+            med[k] = {f: _median([r[k][f] for r in rounds]) for f in
+                      ("tokens_per_s", "decode_tokens_per_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "itl_p50_s",
+                       "itl_p90_s", "itl_p99_s", "e2e_p50_s", "cpu_ms_per_token")}
+            med[k]["errors"] = sum(r[k]["errors"] for r in rounds)
+    engine_med = {"generate decode tok/s": _median([gen(r) for r in rounds]),
+                  f"generate_batch({cfg.max_batch_size}) tok/s": _median([gb(r) for r in rounds])}
+    if cfg.cli:
+        engine_med["cli decode tok/s"] = _median([r["cli"]["decode_tokens_per_s"] for r in rounds])
+    echo(render(engine_med, med, ratios, ranges, len(rounds)))
+    return {"config": {**asdict(cfg)}, "rounds": rounds, "engine": engine_med, "paths": med, "ratios": ratios,
+            "ratio_ranges": ranges}
+
+
+def render(engine_med: dict, med: dict, ratios: dict, ranges: dict, n_rounds: int) -> str:
+    def ms(v):
+        return "-" if v is None else f"{v * 1e3:.1f}"
+
+    lines = [f"medians over {n_rounds} interleaved rounds", ""]
+    lines += [f"{k}: {v:.1f}" for k, v in engine_med.items() if v is not None]
+    lines += ["", "| path | tok/s | decode tok/s (one stream) | TTFT p50 / p90 / p99 ms | ITL p50 / p90 / p99 ms "
+              "| CPU ms/token | errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for k, v in med.items():
+        dec = "-" if v["decode_tokens_per_s"] is None else f"{v['decode_tokens_per_s']:.1f}"
+        cpu = "-" if v["cpu_ms_per_token"] is None else f"{v['cpu_ms_per_token']:.2f}"
+        lines.append(f"| {k} | {v['tokens_per_s']:.1f} | {dec} | {ms(v['ttft_p50_s'])} / {ms(v['ttft_p90_s'])} / "
+                     f"{ms(v['ttft_p99_s'])} | {ms(v['itl_p50_s'])} / {ms(v['itl_p90_s'])} / {ms(v['itl_p99_s'])} "
+                     f"| {cpu} | {v['errors']} |")
+    lines += ["", "ratios (median of per-round ratios [lowest, highest round]):"]
+    for k, v in ratios.items():
+        rng = ranges.get(k) or []
+        span = f" [{rng[0]:.2f}, {rng[1]:.2f}]" if rng else ""
+        lines.append(f"  {k}: {'n/a' if v is None else f'{v:.2f}x'}{span}")
+    return "\n".join(lines)

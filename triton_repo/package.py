@@ -48,6 +48,7 @@ class PackageConfig:
     device: str = "auto"  # nemotron model: auto | cpu | cuda
     mtp: int | None = None  # None: the engine's MTP setting
     max_seq_len: int | None = None
+    stream_interval: int = 1  # nemotron model: a streamed response every n-th iteration (TensorRT-LLM's option)
     copy_engine: bool = False  # copy the engine into nemotron/1/engine (self-contained repo)
     include_trtllm: bool | None = None  # None: for GPU targets
     trtllm_backend_dir: Path | None = None  # a TensorRT-LLM checkout, to copy model.py/helpers.py from
@@ -58,6 +59,8 @@ class PackageConfig:
             raise PackageError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise PackageError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.stream_interval < 1:
+            raise PackageError(f"stream_interval must be >= 1, got {self.stream_interval}")
         if self.prefix_cache_mb is not None and not self.prefix_cache_mb >= 0:
             raise PackageError(f"prefix_cache_mb must be >= 0 MiB (0 turns the prefix cache off), got "
                                f"{self.prefix_cache_mb}")
@@ -91,6 +94,7 @@ def nemotron_spec(engine_ref: str, cfg: PackageConfig) -> ModelConfigSpec:
     params = [("engine_dir", engine_ref), ("device", cfg.device), ("max_batch_size", str(cfg.max_batch_size)),
               ("mtp", "" if cfg.mtp is None else str(cfg.mtp)),
               ("max_seq_len", "" if cfg.max_seq_len is None else str(cfg.max_seq_len)),
+              ("stream_interval", str(cfg.stream_interval)),
               ("prefix_cache_mb", "" if cfg.prefix_cache_mb is None else f"{cfg.prefix_cache_mb:g}")]
     return ModelConfigSpec(
         name=NEMOTRON_MODEL, inputs=NEMOTRON_INPUTS, outputs=NEMOTRON_OUTPUTS, backend="python",

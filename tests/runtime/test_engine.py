@@ -275,3 +275,47 @@ def test_next_events_takes_everything_already_queued(engine0):
         assert [t for e in evs for t in e.token_ids] == engine0.generate("def f(x):", _greedy(6)).token_ids
         with pytest.raises(StopIteration):
             h.next_events()
+
+
+def test_stream_interval_delivers_first_every_nth_and_last(engine0):
+    """TensorRT-LLM's stream_interval: a delivery at the first iteration, every n-th, and the last; merged
+    events carry every token and the same text."""
+    ref = engine0.generate("def f(x):", _greedy(10)).token_ids
+    with engine0.scheduler(stream_interval=4) as sched:
+        events = list(sched.submit("def f(x):", _greedy(10)))
+        per_request = list(sched.submit("def f(x):", _greedy(10), stream_interval=1))
+    assert [len(e.token_ids) for e in events] == [1, 3, 4, 2]  # iterations 1, 4, 8, 10 (final)
+    assert [t for e in events for t in e.token_ids] == ref
+    assert "".join(e.text for e in events) == engine0.tokenizer.decode(ref)
+    assert len(per_request) == 10
+    with pytest.raises(RuntimeStateError, match="stream_interval"):
+        engine0.scheduler(stream_interval=0)
+
+
+def test_deliver_callback_gets_each_iteration_as_one_batch(engine0):
+    batches = []
+    prompts = ["def f(x):", "import os\n", "x = ["]
+    with engine0.scheduler(deliver=batches.append) as sched:
+        handles = [sched.submit(p, _greedy(8)) for p in prompts]
+        while sum(1 for b in batches for _, e in b if e.finish_reason) < len(prompts):
+            time.sleep(0.01)
+    for h, p in zip(handles, prompts, strict=True):
+        evs = [e for b in batches for hh, e in b if hh is h]
+        assert [t for e in evs for t in e.token_ids] == engine0.generate(p, _greedy(8)).token_ids
+        assert evs[-1].finish_reason == "length" and h._events.empty()  # handles' queues are not fed
+    assert any(len(b) > 1 for b in batches)  # requests decoding together arrive together
+
+
+def test_engine_stream_yields_the_completion_and_frees_the_slot_when_closed(engine3):
+    ref = engine3.generate("def f(x):", _greedy(12))
+    events = list(engine3.stream("def f(x):", _greedy(12)))
+    assert [t for e in events for t in e.token_ids] == ref.token_ids
+    assert "".join(e.text for e in events) == ref.text and events[-1].finish_reason == "length"
+    free = engine3.num_free_slots
+    it = engine3.stream("def f(x):", _greedy(50))
+    next(it)
+    assert engine3.num_free_slots == free - 1
+    it.close()  # the consumer stops early: cancelled, slot back
+    assert engine3.num_free_slots == free
+    with pytest.raises(RuntimeStateError):
+        engine3.stream("", _greedy(4))  # checked at the call, before any event

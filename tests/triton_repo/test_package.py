@@ -26,7 +26,8 @@ def test_cpu_engine_gives_the_nemotron_model_only(cpu_engine, tmp_path):
     assert params["engine_dir"] == str(cpu_engine.resolve())
     assert params["max_batch_size"] == "4" and params["max_seq_len"] == "512" and params["mtp"] == ""
     model_py = (repo / "nemotron" / "1" / "model.py").read_text()
-    assert "class TritonPythonModel" in model_py and "engine.scheduler()" in model_py
+    assert "class TritonPythonModel" in model_py and "engine.scheduler(" in model_py
+    assert params["stream_interval"] == "1"  # TensorRT-LLM's default: a response per iteration
     manifest = json.loads((repo / "manifest.json").read_text())
     assert manifest["target"] == "cpu" and list(manifest["models"]) == ["nemotron"]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp dir left behind

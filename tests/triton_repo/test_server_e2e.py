@@ -48,7 +48,9 @@ def default_engine(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(default_engine, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("served")
-    repo = package(default_engine, tmp / "repo", PackageConfig(max_batch_size=8, max_seq_len=MAX_SEQ_LEN, device="cpu"))
+    # stream_interval 2: streamed responses carry merged deltas (first token, then every 2nd iteration, last)
+    repo = package(default_engine, tmp / "repo", PackageConfig(max_batch_size=8, max_seq_len=MAX_SEQ_LEN, device="cpu",
+                                                               stream_interval=2))
     yield from serve_repo(default_engine, repo, tmp)
 
 
@@ -188,6 +190,22 @@ def test_eight_concurrent_streams_all_complete_correctly(served, reference):
     assert _wait_idle(served) < 60
 
 
+def test_thirty_two_concurrent_streams_over_grpc_and_http_complete_correctly(served, reference):
+    """More streams than engine slots (8): the rest queue in the scheduler; every text equals the request run
+    alone (greedy results do not depend on the batch), one sender thread answers them all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [p + " " * (i // len(PROMPTS)) for i, p in enumerate(PROMPTS * 4)]
+    with ThreadPoolExecutor(2) as pool:  # 16 gRPC and 16 HTTP streams in flight together
+        futs = [pool.submit(clients.generate_batch, part, url=url, protocol=proto, concurrency=16, stream=True,
+                            max_tokens=MAX_TOKENS)
+                for part, url, proto in ((prompts[:16], served.grpc, "grpc"), (prompts[16:], served.http, "http"))]
+        grpc, http = (f.result() for f in futs)
+    assert [r.text for r in grpc + http] == [reference(p).text for p in prompts]
+    assert all(r.finish_reason == reference(p).finish_reason for r, p in zip(grpc + http, prompts, strict=True))
+    assert _wait_idle(served) < 60
+
+
 def _raw_grpc_stream(served: Served, tensors: list[tuple[str, np.ndarray, str]]) -> list:
     """Send one raw request over a gRPC stream; the responses up to the final one, each an error message (str)
     or a dict {output name: first value}."""
@@ -319,8 +337,10 @@ def test_stop_request_by_id_cancels(served):
         x.set_data_from_numpy(np.array([True]))
         errors = []
         c.start_stream(callback=lambda result, error: errors.append(error))
+        # sampled (not greedy): each iteration is several calls, so the 240 tokens take long enough for the stop
+        # to arrive even when the prompt's prefix is cached and the host is quiet
         s = clients.TextStream("for i in range(10):", url=served.grpc, protocol="grpc", max_tokens=MAX_SEQ_LEN - 16,
-                               ignore_eos=True, request_id="cancel-me")
+                               ignore_eos=True, request_id="cancel-me", temperature=1.0, seed=3)
         next(s)
         c.async_stream_infer("nemotron", [x], request_id="cancel-me")
         with pytest.raises(clients.RequestRejected, match="cancelled"):

@@ -28,7 +28,8 @@ def bench_serve(url: str | None, engine: Path, protocol: str, model: str, concur
     """Throughput, TTFT and inter-token latency percentiles under concurrent streaming load.
 
     With --url, load that server. Without, build nothing: package --engine, start a real tritonserver and
-    compare it with the in-process runtime at each concurrency (serving overhead in %).
+    compare it, the CLI and the in-process scheduler with the engine's own speed (`Engine.generate`,
+    `generate_batch`) at each concurrency, ratios printed (`make bench-serve` runs interleaved rounds).
     """
     if url is not None:
         from clients.bench import run_load
@@ -49,8 +50,8 @@ def bench_serve(url: str | None, engine: Path, protocol: str, model: str, concur
 
     if not (engine / "build.json").is_file():
         raise PackageError(f"{engine} is not an engine dir; build it first (`make build-engine`) or pass --url")
-    result = compare(engine, BenchConfig(concurrencies=concurrency, requests_per_client=3, requests=requests,
-                                         max_tokens=max_tokens, protocol=protocol),
+    result = compare(engine, BenchConfig(concurrencies=concurrency, requests=requests, max_tokens=max_tokens,
+                                         protocols=(protocol,), rounds=1),
                      echo=(lambda m: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -172,19 +172,15 @@ def _local(prompt, model, stream, as_json, chat, *, device, max_seq_len, mtp, ba
     if chat:
         prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     out = sys.stdout
-    with engine.scheduler() as sched:
-        h = sched.submit(prompt, params)
-        text, last = [], None
-        try:
-            for ev in h:
-                text.append(ev.text)
-                if stream and not as_json and ev.text:
-                    out.write(ev.text)
-                    out.flush()
-                last = ev
-        except KeyboardInterrupt:
-            h.cancel()
-            raise
+    # one request: stepped on this thread (Engine.stream), at the engine's own speed -- no scheduler thread
+    # and no wake-up per token; Ctrl-C closes the stream, which frees the slot
+    text, last = [], None
+    for ev in engine.stream(prompt, params):
+        text.append(ev.text)
+        if stream and not as_json and ev.text:
+            out.write(ev.text)
+            out.flush()
+        last = ev
     from trtllm_nemotron.errors import RuntimeStateError
 
     if last is None:

@@ -22,17 +22,20 @@ continuous-batching `Scheduler` both call it):
      drafts the next K tokens. All-greedy batches take `step.spec_greedy` (one call on the native backend).
 3. every new token goes through EOS / stop-string / max_tokens checks and the UTF-8-safe detokenizer.
 
-Public API for drivers (generate, the scheduler, servers): `new_request`, `try_admit`, `iterate`, `finish`,
-`stats`, `num_free_slots`. Each takes the engine's lock, so callers never lock anything themselves; a
-request's slot is freed when it finishes inside `iterate` or is ended with `finish`.
+Public API for drivers (generate, stream, the scheduler, servers): `new_request`, `try_admit`, `iterate`,
+`finish`, `stats`, `num_free_slots`. Each takes the engine's lock, so callers never lock anything themselves; a
+request's slot is freed when it finishes inside `iterate` or is ended with `finish`. `stream` runs one request
+on the caller's thread (the CLI); the scheduler steps many on its own thread (servers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -233,18 +236,31 @@ class Engine:
 
     def generate(self, prompt: str | list[int], params: SamplingParams | None = None) -> Completion:
         """Blocking, single request."""
-        params = params or SamplingParams()
-        req = self.new_request(prompt, params)
-        pieces: list[str] = []
+        req = self.new_request(prompt, params or SamplingParams())
+        text = "".join(ev.text for ev in self._run(req))
+        return Completion(text, list(req.out_ids), cast(str, req.finish_reason), self.stats(req))
+
+    def stream(
+        self, prompt: str | list[int], params: SamplingParams | None = None, *, request_id: str | None = None
+    ) -> Iterator[StreamEvent]:
+        """One request stepped on the caller's thread, its `StreamEvent`s yielded as each iteration produces
+        them: no stepping thread, no queue, no wake-up per token (what a single local consumer such as the
+        CLI wants; the scheduler is for many concurrent requests). Options and the prompt are checked here, at
+        the call; the engine is held from the first event to the last. Closing the iterator early (`break`,
+        KeyboardInterrupt) ends the request as "cancelled" and frees its slot. Consume it on one thread."""
+        return self._run(self.new_request(prompt, params or SamplingParams(), request_id))
+
+    def _run(self, req: Request) -> Iterator[StreamEvent]:
         with self._lock:
             self.admit(req)
             try:
                 while req.finish_reason is None:
                     for _, ev in self.iterate([req]):
-                        pieces.append(ev.text)
+                        yield ev
             finally:
+                if req.finish_reason is None:  # the consumer stopped early
+                    self.finish(req, "cancelled")
                 self.release(req)
-        return Completion("".join(pieces), list(req.out_ids), req.finish_reason, self.stats(req))
 
     def generate_batch(
         self, prompts: list[str | list[int]], params: SamplingParams | None = None
@@ -353,13 +369,14 @@ class Engine:
             events: list[tuple[Request, StreamEvent]] = []
             decoding = [r for r in reqs if not r.in_prefill and r.finish_reason is None]
             pre = next((r for r in reqs if r.in_prefill and r.finish_reason is None), None)
-            if pre is not None:
-                self._prefill_chunk(pre, events)
-            if decoding:
-                if self.mtp:
-                    self._verify(decoding, events)
-                else:
-                    self._decode(decoding, events)
+            with self._glue_threads():
+                if pre is not None:
+                    self._prefill_chunk(pre, events)
+                if decoding:
+                    if self.mtp:
+                        self._verify(decoding, events)
+                    else:
+                        self._decode(decoding, events)
             for r, ev in events:
                 if ev.finish_reason is not None:
                     if self.prefix is not None and r.pending is not None:
@@ -367,6 +384,26 @@ class Engine:
                         self.prefix.insert_finished(r.prompt_ids + r.consumed, r.pending, r.slot)
                     self.release(r)
             return events
+
+    @contextlib.contextmanager
+    def _glue_threads(self):
+        """Around an iteration's torch ops between native steps (prefill's logits, cache-length updates,
+        drafting, sampling): one intra-op thread. They are small (one row's LM head), and torch's OpenMP pool
+        spins after each parallel op on the thread that ran it; beside the native step's own threads on few
+        cores that made each such op cost ~1-25 ms on a busy 2-core host (a [1, 256] x [256, 4096] matmul:
+        24.6 ms) and `generate_batch` on the main thread 3x slower than on a fresh thread (whose OpenMP pool
+        libgomp does not let spin). The native step keeps its own threads."""
+        if self.backend != "native" or self.device.type != "cpu":
+            yield
+            return
+        n = torch.get_num_threads()
+        if n > 1:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if n > 1:
+                torch.set_num_threads(n)
 
     def _prefill_chunk(self, req: Request, events) -> None:
         """Up to `prefill_chunk` prompt tokens. With the prefix cache the chunk runs in pieces that end on block

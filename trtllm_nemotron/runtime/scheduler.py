@@ -8,6 +8,14 @@ finished requests. Requests therefore join and leave between steps, and prefill 
 The scheduler drives the engine through its public API only (`new_request`, `try_admit`, `iterate`, `finish`;
 `SchedulableEngine` below), which locks itself, so `Engine.generate` on another thread interleaves safely.
 
+Delivery (what a consumer wakes up for): a request's events are merged and handed over on its first token,
+its last, and every `stream_interval`-th iteration in between (TensorRT-LLM's `stream_interval`: a response at
+the first decoding iteration, when finished, or when the iteration count is a multiple of the interval), so a
+server can trade streaming granularity for fewer wake-ups and responses. A `deliver` callback, when given,
+receives each iteration's deliveries as one list of (handle, event) on the scheduler's thread -- one wake-up
+of one sender thread per iteration for every stream, instead of one per stream and token; the handles'
+own queues (iteration, `result()`) are then not fed. Keep the callback short (hand the list to a queue).
+
 `submit` validates and tokenizes on the caller's thread, so an over-long prompt or an invalid option raises
 `RuntimeStateError` there. A `RequestHandle` is an iterator of `StreamEvent`s ending with one whose
 `finish_reason` is set; `cancel()` ends it with "cancelled". An exception inside the loop ends every active
@@ -20,6 +28,7 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from trtllm_nemotron.errors import RuntimeStateError
@@ -46,12 +55,15 @@ class SchedulableEngine(Protocol):
 class RequestHandle:
     """Iterate for `StreamEvent`s; the last one has `finish_reason` and `stats`."""
 
-    def __init__(self, sched: Scheduler, request: Request) -> None:
+    def __init__(self, sched: Scheduler, request: Request, stream_interval: int) -> None:
         self._sched = sched
         self.request = request
         self._events: queue.Queue[StreamEvent] = queue.Queue()
         self._done = False
         self.request_id = request.request_id
+        self.stream_interval = stream_interval
+        self._held: list[StreamEvent] = []  # produced, not yet delivered (scheduler thread only)
+        self._iters = 0  # iterations that produced an event for this request
 
     def __iter__(self) -> RequestHandle:
         return self
@@ -105,9 +117,36 @@ class RequestHandle:
         return len(self.request.prompt_ids)
 
 
+Deliver = Callable[[list[tuple[RequestHandle, StreamEvent]]], None]
+
+
+def merge_events(evs: list[StreamEvent]) -> StreamEvent:
+    """Consecutive events of one request as one (text and token ids concatenated, the last one's end)."""
+    if len(evs) == 1:
+        return evs[0]
+    last = evs[-1]
+    ids = [t for e in evs for t in e.token_ids]
+    return StreamEvent("".join(e.text for e in evs), ids, last.finish_reason, last.stats, last.error)
+
+
+def _check_interval(n: int) -> int:
+    if not isinstance(n, int) or n < 1:
+        raise RuntimeStateError(f"stream_interval must be an integer >= 1, got {n!r}")
+    return n
+
+
 class Scheduler:
-    def __init__(self, engine: SchedulableEngine, *, idle_wait_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        engine: SchedulableEngine,
+        *,
+        idle_wait_s: float = 0.05,
+        stream_interval: int = 1,
+        deliver: Deliver | None = None,
+    ) -> None:
         self.engine = engine
+        self.stream_interval = _check_interval(stream_interval)
+        self._deliver = deliver
         self._cv = threading.Condition()
         self._waiting: deque[RequestHandle] = deque()
         self._active: list[RequestHandle] = []
@@ -120,14 +159,21 @@ class Scheduler:
 
     # ---- public
     def submit(
-        self, prompt: str | list[int], params: SamplingParams | None = None, *, request_id: str | None = None
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        stream_interval: int | None = None,
     ) -> RequestHandle:
+        """Queue a request; `stream_interval` overrides the scheduler's for this request."""
         if self._stop:
             raise RuntimeStateError(
                 "the scheduler has been shut down; create a new one with engine.scheduler()"
             )
+        interval = self.stream_interval if stream_interval is None else _check_interval(stream_interval)
         req = self.engine.new_request(prompt, params or SamplingParams(), request_id)
-        h = RequestHandle(self, req)
+        h = RequestHandle(self, req, interval)
         with self._cv:
             self._waiting.append(h)
             self._cv.notify()
@@ -162,7 +208,34 @@ class Scheduler:
                 self._cv.notify()
 
     def _end(self, h: RequestHandle, reason: str, error: str | None = None) -> None:
-        h._events.put(self.engine.finish(h.request, reason, error))
+        h._held.append(self.engine.finish(h.request, reason, error))
+        self._send([(h, merge_events(h._held))])
+        h._held = []
+
+    def _send(self, out: list[tuple[RequestHandle, StreamEvent]]) -> None:
+        if not out:
+            return
+        if self._deliver is not None:
+            try:
+                self._deliver(out)
+            except Exception:  # noqa: BLE001 - a consumer's bug must not stop the loop
+                log.exception("scheduler deliver callback failed")
+            return
+        for h, ev in out:
+            h._events.put(ev)
+
+    def _route(self, events: list[tuple[Request, StreamEvent]], by_req: dict[int, RequestHandle]) -> None:
+        """Hold each request's new events; deliver (merged) at its first token, its end and every
+        stream_interval-th iteration."""
+        out = []
+        for req, ev in events:
+            h = by_req[id(req)]
+            h._held.append(ev)
+            h._iters += 1
+            if ev.finish_reason is not None or h._iters == 1 or h._iters % h.stream_interval == 0:
+                out.append((h, merge_events(h._held)))
+                h._held = []
+        self._send(out)
 
     def _loop(self) -> None:
         eng = self.engine
@@ -199,6 +272,6 @@ class Scheduler:
                 self._active.clear()
                 continue
             self.iterations += 1
-            for req, ev in events:
-                by_req[id(req)]._events.put(ev)
-            self._active = [h for h in self._active if not h.request.finished]
+            self._route(events, by_req)
+            if any(h.request.finished for h in self._active):
+                self._active = [h for h in self._active if not h.request.finished]

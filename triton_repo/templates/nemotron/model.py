@@ -9,7 +9,12 @@ Design:
 - The model is decoupled and `max_batch_size: 0`: Triton hands each request to `execute()` on its own, and
   batching is the runtime's continuous-batching scheduler (`engine.scheduler()`), which interleaves all
   requests in flight over `max_batch_size` engine slots. `execute()` only parses, validates and submits,
-  then returns; one pump thread per request iterates its `RequestHandle` and sends the responses.
+  then returns. Responses go out from ONE sender thread: the scheduler hands it each iteration's events of
+  every stream as one batch (its `deliver` callback), so a token costs no thread wake-up of its own; when the
+  sender falls behind it takes every batch already queued and sends one response per stream for all of them
+  (a stream's first token always in a response of its own, so clients measure TTFT).
+  The `stream_interval` parameter (TensorRT-LLM's; default 1) makes the scheduler deliver a stream's tokens at
+  its first token, its last and every n-th iteration only: fewer responses (the stub's IPC) at high load.
 - A bad request (missing/ill-shaped input, invalid sampling option, over-long prompt) gets an error response
   with the final flag; nothing a request does raises out of `execute()`, so the server stays up.
 - Cancellation: a watcher thread polls `response_sender.is_cancelled()` (set by Triton when a client cancels
@@ -26,9 +31,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -42,11 +49,16 @@ _CANCEL_POLL_S = 0.1  # as the llmapi model (cancellation_check_period_ms: 100)
 class _Live:
     """One request in flight: its Triton sender, runtime handle and bookkeeping."""
 
-    def __init__(self, sender, handle, user_id: str) -> None:
+    def __init__(self, sender, req, user_id: str, arrival_ns: int) -> None:
         self.sender = sender
-        self.handle = handle
+        self.req = req
+        self.handle: Any = None  # the RequestHandle, once submitted
         self.user_id = user_id
         self.cancelled = False
+        self.started = False  # a response (or the final one) has been sent
+        self.text = ""
+        self.num_tokens = 0
+        self.times = {"arrival_time_ns": arrival_ns, "first_scheduled_time_ns": arrival_ns}
         # Guards the sender: Triton frees a request's response factory once the final response is sent, and
         # `is_cancelled()` on it after that crashes the server. Sends and the watcher's check hold this lock;
         # `done` is set, under it, with the final send.
@@ -94,18 +106,20 @@ class TritonPythonModel:
         self.engine = Engine.load(engine_dir, device=device, max_batch_size=int(params.get("max_batch_size", "8")),
                                   max_seq_len=max_seq_len, mtp=mtp, prefix_cache_mb=prefix_mb)
         self.SamplingParams = SamplingParams
-        self.scheduler = self.engine.scheduler()
+        stream_interval = int(params.get("stream_interval", "") or 1)
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.scheduler = self.engine.scheduler(stream_interval=stream_interval, deliver=self.outbox.put)
         prefix = self.engine.prefix
         pb_utils.Logger.log_info(
             f"[nemotron] engine {engine_dir} on {device}: max_batch_size={self.engine.max_batch_size} "
-            f"max_seq_len={self.engine.max_seq_len} mtp={self.engine.mtp} torch_threads={torch.get_num_threads()} "
+            f"max_seq_len={self.engine.max_seq_len} mtp={self.engine.mtp} stream_interval={stream_interval} "
+            f"torch_threads={torch.get_num_threads()} "
             + (f"prefix_cache={prefix.budget_bytes / 2**20:.0f} MiB in blocks of {prefix.block_size} " if prefix
                else "prefix_cache=off ")
             + f"({time.perf_counter() - t0:.1f} s)")
 
         self.lock = threading.Lock()
-        self.live: dict[int, _Live] = {}
-        self.next_id = 0
+        self.live: dict[int, _Live] = {}  # id(RequestHandle) -> its request
         self.running = True
         self.metric_family = pb_utils.MetricFamily(name="nemotron_active_requests",
                                        description="requests queued or holding an engine slot",
@@ -119,6 +133,8 @@ class TritonPythonModel:
         self.cancelled_metric = self.cancelled_family.Metric(labels={"model": args["model_name"]})
         self.watcher = threading.Thread(target=self._watch_cancellation, name="nemotron-cancel", daemon=True)
         self.watcher.start()
+        self.sender_thread = threading.Thread(target=self._send_loop, name="nemotron-sender", daemon=True)
+        self.sender_thread.start()
 
     # -- request intake ------------------------------------------------------------------------------------
     def execute(self, requests):
@@ -142,62 +158,79 @@ class TritonPythonModel:
                 return
             params = self.SamplingParams(**req.sampling)
             params.validate()
-            handle = self.scheduler.submit(req.prompt, params, request_id=request.request_id() or None)
+            live = _Live(sender, req, request.request_id(), arrival_ns)
+            with self.lock:  # registered before the sender can look its first events up
+                live.handle = self.scheduler.submit(req.prompt, params, request_id=request.request_id() or None)
+                self.live[id(live.handle)] = live
+                self.active_metric.set(len(self.live))
         except Exception as e:  # noqa: BLE001 - every request problem becomes that request's error response
             kind = "INVALID_ARG" if isinstance(e, (RequestError, ValueError, TypeError)) or _is_user_error(e) else None
             self._send(sender, error=(f"bad request: {e}", kind), final=True)
             return
-        live = _Live(sender, handle, request.request_id())
-        with self.lock:
-            key = self.next_id
-            self.next_id += 1
-            self.live[key] = live
-            self.active_metric.set(len(self.live))
-        threading.Thread(target=self._pump, args=(key, live, req, arrival_ns), name=f"nemotron-req-{key}",
-                         daemon=True).start()
 
     # -- responses ---------------------------------------------------------------------------------------------
-    def _pump(self, key: int, live: _Live, req, arrival_ns: int) -> None:
-        times = {"arrival_time_ns": arrival_ns, "first_scheduled_time_ns": arrival_ns}
-        text, num_tokens = "", 0
-        n_prompt = live.handle.num_prompt_tokens
-        try:
+    def _send_loop(self) -> None:
+        """The one sender: each batch is (handle, event) pairs of one scheduler iteration; every batch already
+        queued is taken at once, and each stream gets one response for all of its new events."""
+        while True:
+            batches = [self.outbox.get()]
             while True:
-                # every event already queued at once: when the engine outpaces the responses (a fast decode
-                # step, many streams), one response carries several tokens instead of the queue growing
-                evs = live.handle.next_events()
-                ev = evs[-1]
-                for e in evs:
-                    if e.token_ids:
-                        num_tokens += len(e.token_ids)
-                        now = time.time_ns()
-                        times.setdefault("first_token_time_ns", now)
-                        times["last_token_time_ns"] = now
-                    text += e.text
-                if ev.finish_reason is None:
-                    if req.streaming and any(e.text for e in evs) and not live.cancelled:
-                        arrays = response_arrays(req, text=text, num_tokens=num_tokens, finish_reason=None,
-                                                 stop_reason=None, stats=None, times_ns=times,
-                                                 num_input_tokens=n_prompt)
-                        if not live.send(self, arrays=arrays):
-                            live.cancelled = True
-                            live.handle.cancel()
+                try:
+                    batches.append(self.outbox.get_nowait())
+                except queue.Empty:
+                    break
+            if any(b is None for b in batches):  # finalize()
+                return
+            order: dict[int, list] = {}
+            for batch in batches:
+                for h, ev in batch:
+                    order.setdefault(id(h), []).append(ev)
+            for key, evs in order.items():
+                with self.lock:
+                    live = self.live.get(key)
+                if live is None:
                     continue
-                if ev.finish_reason == "error":
-                    live.send(self, error=(f"generation failed: {ev.error}", None), final=True)
-                elif ev.finish_reason == "cancelled" or live.cancelled:
-                    self.cancelled_metric.increment(1)
-                    live.send(self, error=("Request cancelled by client", "CANCELLED"), final=True)
-                else:
-                    arrays = response_arrays(req, text=text, num_tokens=num_tokens, finish_reason=ev.finish_reason,
-                                             stop_reason=None, stats=ev.stats, times_ns=times,
+                if not live.started and len(evs) > 1:  # the first token goes out on its own (the client's TTFT)
+                    self._respond(key, live, evs[:1])
+                    evs = evs[1:]
+                self._respond(key, live, evs)
+
+    def _respond(self, key: int, live: _Live, evs: list) -> None:
+        live.started = True
+        try:
+            for e in evs:
+                if e.token_ids:
+                    live.num_tokens += len(e.token_ids)
+                    now = time.time_ns()
+                    live.times.setdefault("first_token_time_ns", now)
+                    live.times["last_token_time_ns"] = now
+                live.text += e.text
+            ev, req = evs[-1], live.req
+            n_prompt = live.handle.num_prompt_tokens
+            if ev.finish_reason is None:
+                if req.streaming and any(e.text for e in evs) and not live.cancelled:
+                    arrays = response_arrays(req, text=live.text, num_tokens=live.num_tokens, finish_reason=None,
+                                             stop_reason=None, stats=None, times_ns=live.times,
                                              num_input_tokens=n_prompt)
-                    live.send(self, arrays=arrays, final=True)
-                break
+                    if not live.send(self, arrays=arrays):
+                        live.cancelled = True
+                        live.handle.cancel()
+                return
+            if ev.finish_reason == "error":
+                live.send(self, error=(f"generation failed: {ev.error}", None), final=True)
+            elif ev.finish_reason == "cancelled" or live.cancelled:
+                self.cancelled_metric.increment(1)
+                live.send(self, error=("Request cancelled by client", "CANCELLED"), final=True)
+            else:
+                arrays = response_arrays(req, text=live.text, num_tokens=live.num_tokens,
+                                         finish_reason=ev.finish_reason, stop_reason=None, stats=ev.stats,
+                                         times_ns=live.times, num_input_tokens=n_prompt)
+                live.send(self, arrays=arrays, final=True)
         except Exception as e:  # noqa: BLE001 - report, never kill the stub
-            pb_utils.Logger.log_error(f"[nemotron] request {key} failed: {e!r}")
+            pb_utils.Logger.log_error(f"[nemotron] request {live.user_id or key} failed: {e!r}")
             live.send(self, error=(f"generation failed: {e}", None), final=True)
-        finally:
+            live.handle.cancel()
+        if live.done:
             with self.lock:
                 self.live.pop(key, None)
                 self.active_metric.set(len(self.live))
@@ -256,7 +289,7 @@ class TritonPythonModel:
                     continue
                 try:
                     gone = live.check_cancelled()
-                except Exception:  # noqa: BLE001 - a finished sender; the pump cleans up
+                except Exception:  # noqa: BLE001 - a finished sender; the sender thread cleans up
                     continue
                 if gone:
                     live.cancelled = True
@@ -278,6 +311,7 @@ class TritonPythonModel:
         for live in items:
             live.handle.cancel()
         self.scheduler.shutdown()
+        self.outbox.put(None)
         pb_utils.Logger.log_info("[nemotron] finalized")
 
 

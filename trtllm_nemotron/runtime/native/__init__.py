@@ -4,12 +4,13 @@ Why: at small sizes a decode step built from framework ops -- even captured by `
 per-op dispatch and thread synchronisation, not its maths (the embedded model's step is ~4 M multiply-adds; a
 compiled step spent ~94 % of its time outside matrix multiplies). `step.cpp` runs a whole step (embedding,
 every layer, final norm, LM head; for MTP the whole greedy iteration: verify, accept, commit, draft) in one
-call with no dispatch, fp32, OpenMP over output rows / experts / heads when the work is large enough.
+call with no dispatch, fp32, split over the step's own worker threads by output rows / experts / heads when the
+work is large enough (workers spin only while a step runs, then sleep: step.cpp "thread team").
 
-The library is compiled on first use with the host C++ compiler (`g++ -O3 -march=native -fopenmp`, ~4 s) into
-`<cache>/native/<hash>/` (`fileio.cache_dir()`: `$TRTLLM_NEMOTRON_CACHE_DIR`, default `~/.cache/trtllm-nemotron`),
-keyed by the source, the flags, the compiler and the CPU, written to a temp dir and renamed
-(`fileio.atomic_dir`) so concurrent builders never see half a file.
+The library is compiled on first use with the host C++ compiler (`g++ -O3 -march=native -fopenmp-simd
+-pthread`, ~4 s) into `<cache>/native/<hash>/` (`fileio.cache_dir()`: `$TRTLLM_NEMOTRON_CACHE_DIR`, default
+`~/.cache/trtllm-nemotron`), keyed by the source, the flags, the compiler and the CPU, written to a temp dir
+and renamed (`fileio.atomic_dir`) so concurrent builders never see half a file.
 No compiler -> `NativeUnavailable` with the reason; `backend="auto"` then takes the eager (torch) backend.
 
 `NativeBackend(model, pool)` binds the model's weights and the slot pool's caches once (pointers into
@@ -48,7 +49,7 @@ from trtllm_nemotron.runtime.backend import StepBackendBase, register
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("step.cpp")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
 PAR_MIN = 1 << 17  # multiply-adds from which one matvec / expert batch is split over threads
 # float32 weight bytes from which weights that are exactly bfloat16 are streamed as bfloat16: a model this big
 # does not stay in the CPU caches, so its decode step is bound by memory bandwidth and half the bytes is ~1.3x

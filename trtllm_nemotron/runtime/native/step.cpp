@@ -18,16 +18,23 @@
 // Every entry point checks its rows, positions and token ids against the bound caches before it writes
 // (nonzero return: runtime/native/__init__.py turns it into a RuntimeStateError).
 //
-// Build: g++ -O3 -march=native -fopenmp -shared -fPIC (runtime/native/__init__.py).
-
-#include <omp.h>
+// Build: g++ -O3 -march=native -fopenmp-simd -pthread -shared -fPIC (runtime/native/__init__.py).
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -35,6 +42,184 @@ typedef float v8 __attribute__((vector_size(32), aligned(4)));  // unaligned loa
 
 int g_threads = 1;
 long g_par_min = 1L << 17;  // multiply-adds from which a matvec is split over threads
+
+// ---------------------------------------------------------------------------------------------- thread team
+// The step's own worker threads. OpenMP is not used: libgomp's wait policy is a process-wide heuristic -- spin
+// ~300k iterations after every parallel region, unless it counts more OpenMP threads than cores, then sleep on
+// a futex at once -- and both are wrong for a server on few cores. Spinning keeps a core busy between steps
+// while the serving threads (the token's consumer, the RPC threads) need it, and collapses when other
+// processes share the cores: a master spinning at a barrier waits for a preempted worker (measured on a shared
+// 2-core host: 100x slower steps). Sleeping pays a futex wake at each of a step's ~10-20 regions (measured: the
+// same step ran at half the speed in a second thread, whose pool made libgomp count more threads than cores).
+//
+// Here a region is cut into chunks that threads claim from one atomic ticket (the caller claims too), so a
+// worker that is asleep, preempted or late simply claims nothing: the caller never waits for a worker that
+// has not started, only for chunks already running. Workers spin for the next region only while a step is
+// running (`StepScope`) and for at most kSpinNs, then sleep; when a step ends they sleep at once, leaving the
+// cores to the serving threads until the next step's first region wakes them. Which thread computes a chunk
+// never changes a result (work is split by output rows / items). Each thread that runs steps has its own team
+// (two engines stepped from two threads never share workers); a region inside a region runs serially.
+
+constexpr long kSpinNs = 50000;        // longest spin for the next region of a running step, or a running chunk
+constexpr long kChunksPerThread = 4;   // chunks per region and thread (load balance vs one atomic per chunk)
+constexpr uint64_t kClosed = 0xffffffffu;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
+inline long now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+thread_local bool tl_in_region = false;  // inside a region (caller or worker): nested regions run serially
+
+class Team {
+ public:
+  explicit Team(int workers) {
+    for (int i = 0; i < workers; i++) threads_.emplace_back([this] { work(); });
+  }
+  ~Team() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_.store(true);
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  int size() const { return (int)threads_.size() + 1; }
+  void set_stepping(bool on) { stepping_.store(on, std::memory_order_relaxed); }
+
+  // fn(begin, end) over chunks covering [0, count); returns when every chunk is done.
+  template <class F>
+  void run(long count, F& fn) {
+    const long nch = std::min(count, kChunksPerThread * size());
+    call_.store([](void* c, long b, long e) { (*static_cast<F*>(c))(b, e); }, std::memory_order_relaxed);
+    ctx_.store(&fn, std::memory_order_relaxed);
+    count_.store(count, std::memory_order_relaxed);
+    nch_.store(nch, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t g = ++gen_;
+    ticket_.store(g << 32);  // seq_cst: ordered against a worker's sleepers_ increment (no lost wake-up)
+    if (sleepers_.load() > 0) {
+      { std::lock_guard<std::mutex> lk(mu_); }
+      cv_.notify_all();
+    }
+    tl_in_region = true;
+    long mine = 0;
+    for (long c; (c = claim(g, nch)) >= 0; mine++) fn(count * c / nch, count * (c + 1) / nch);
+    tl_in_region = false;
+    ticket_.store((g << 32) | kClosed);  // a late worker reading the next region's fields claims nothing
+    if (done_.fetch_add(mine) + mine == nch) return;
+    const long t0 = now_ns();
+    for (int i = 1; done_.load(std::memory_order_acquire) != nch; i++) {
+      cpu_relax();
+      if ((i & 63) == 0 && now_ns() - t0 > kSpinNs) {  // the worker running a chunk was preempted
+        std::unique_lock<std::mutex> lk(done_mu_);
+        waiting_.store(true);
+        done_cv_.wait(lk, [&] { return done_.load() == nch; });
+        waiting_.store(false);
+        return;
+      }
+    }
+  }
+
+ private:
+  long claim(uint64_t g, long nch) {
+    uint64_t v = ticket_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((v >> 32) != g || (long)(v & kClosed) >= nch) return -1;
+      if (ticket_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel)) return (long)(v & kClosed);
+    }
+  }
+
+  void work() {
+    tl_in_region = true;
+    uint64_t seen = 0;
+    for (;;) {
+      const long t0 = now_ns();
+      for (int i = 1; (ticket_.load(std::memory_order_acquire) >> 32) == seen; i++) {
+        cpu_relax();
+        if ((i & 63) == 0 && (!stepping_.load(std::memory_order_relaxed) || now_ns() - t0 > kSpinNs)) {
+          std::unique_lock<std::mutex> lk(mu_);
+          sleepers_.fetch_add(1);
+          cv_.wait(lk, [&] { return (ticket_.load() >> 32) != seen || stop_.load(); });
+          sleepers_.fetch_sub(1);
+        }
+        if (stop_.load(std::memory_order_relaxed)) return;
+      }
+      const uint64_t g = ticket_.load(std::memory_order_acquire) >> 32;
+      seen = g;
+      // the fields may already be the next region's if this one closed meanwhile: claim() then refuses
+      auto call = call_.load(std::memory_order_relaxed);
+      void* ctx = ctx_.load(std::memory_order_relaxed);
+      const long count = count_.load(std::memory_order_relaxed), nch = nch_.load(std::memory_order_relaxed);
+      for (long c; (c = claim(g, nch)) >= 0;) {
+        call(ctx, count * c / nch, count * (c + 1) / nch);
+        if (done_.fetch_add(1) + 1 == nch && waiting_.load()) {
+          { std::lock_guard<std::mutex> lk(done_mu_); }
+          done_cv_.notify_one();
+        }
+      }
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  uint64_t gen_ = 0;  // the caller's region counter
+  std::atomic<void (*)(void*, long, long)> call_{nullptr};
+  std::atomic<void*> ctx_{nullptr};
+  std::atomic<long> count_{0}, nch_{0}, done_{0};
+  std::atomic<uint64_t> ticket_{0};  // (region << 32) | next chunk to claim
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false}, stepping_{false}, waiting_{false};
+  std::mutex mu_, done_mu_;
+  std::condition_variable cv_, done_cv_;
+};
+
+thread_local std::unique_ptr<Team> tl_team;
+
+Team& team() {
+  if (!tl_team || tl_team->size() != g_threads) {
+    tl_team.reset();
+    tl_team.reset(new Team(g_threads - 1));
+  }
+  return *tl_team;
+}
+
+// Threads for a region: all of them when `big` and not already inside a region, else 1.
+inline int region_threads(bool big) { return (g_threads > 1 && big && !tl_in_region) ? g_threads : 1; }
+
+// fn(begin, end) over ranges covering [0, count), on the team when nt > 1 (else one call on this thread).
+template <class F>
+void parallel_ranges(int nt, long count, F&& fn) {
+  if (count <= 0) return;
+  if (nt <= 1 || count == 1) {
+    fn(0L, count);
+    return;
+  }
+  team().run(count, fn);
+}
+
+// fn(i) for i in [0, count).
+template <class F>
+void parallel_for(int nt, long count, F&& fn) {
+  parallel_ranges(nt, count, [&](long b, long e) {
+    for (long i = b; i < e; i++) fn(i);
+  });
+}
+
+// The extent of one entry point: the team's workers spin between its regions and sleep after it.
+struct StepScope {
+  StepScope() {
+    if (g_threads > 1) team().set_stepping(true);
+  }
+  ~StepScope() {
+    if (tl_team) tl_team->set_stepping(false);
+  }
+};
 
 // The horizontal sums of four accumulators at once: a pairwise tree, the same additions for every row
 // (rows a caller does not have are zero vectors), so R = 1 and R = 4 give the same bits.
@@ -249,18 +434,15 @@ void matvec_packed(const WT* P, int out, int in, const float* X, long ldx, int n
 void matvec(const Mat& W, const float* b, const float* X, long ldx, int ncol, float* Y, long ldy) {
   const int out = W.out;
   long work = (long)out * W.in * ncol;
-  int nt = (g_threads > 1 && work >= g_par_min && !omp_in_parallel()) ? g_threads : 1;
+  int nt = region_threads(work >= g_par_min);
   if (nt == 1) {
     matvec_range(W, b, X, ldx, ncol, Y, ldy, 0, out);
     return;
   }
   int nb = (out + 3) / 4;
-#pragma omp parallel num_threads(nt)
-  {
-    int t = omp_get_thread_num(), n = omp_get_num_threads();
-    int b0 = (int)((long)nb * t / n), b1 = (int)((long)nb * (t + 1) / n);
-    matvec_range(W, b, X, ldx, ncol, Y, ldy, b0 * 4, std::min(out, b1 * 4));
-  }
+  parallel_ranges(nt, nb, [&](long b0, long b1) {
+    matvec_range(W, b, X, ldx, ncol, Y, ldy, (int)b0 * 4, std::min(out, (int)b1 * 4));
+  });
 }
 
 typedef int vi8 __attribute__((vector_size(32)));
@@ -400,10 +582,8 @@ void attention(Model& m, Layer& L, const float* x, float* h, const int64_t* rows
   long maxctx = 0;
   for (int b = 0; b < batch; b++) maxctx = std::max(maxctx, (long)start[b] + T);
   long work = (long)n * nh * maxctx * hd * 2;
-  int nt = (g_threads > 1 && work >= g_par_min) ? g_threads : 1;
-#pragma omp parallel for num_threads(nt) schedule(static) collapse(2) if (nt > 1)
-  for (int bt = 0; bt < n; bt++)
-    for (int hh = 0; hh < nh; hh++) {
+  parallel_for(region_threads(work >= g_par_min), (long)n * nh, [&](long item) {
+      int bt = (int)(item / nh), hh = (int)(item % nh);
       int b = bt / T, t = bt % T;
       long len = start[b] + t + 1;  // causal: positions 0..pos
       int g = hh / rep;
@@ -431,7 +611,7 @@ void attention(Model& m, Layer& L, const float* x, float* h, const int64_t* rows
         float w = sc[p] / den;
         for (int i = 0; i < hd; i++) ov[i] += w * vv[i];
       }
-    }
+    });
   float* y = grow(m.buf_e, (size_t)n * hid);
   matvec(L.o_w, L.o_b, o, nh * hd, n, y, hid);
   for (long i = 0; i < (long)n * hid; i++) h[i] += y[i];
@@ -454,9 +634,9 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
   }
   const long srow = (long)H * P * N, crow = (long)C * (K - 1);
   // rows are independent: several rows run in parallel (each row's tokens in order), one row splits its heads
-  const int row_threads = (g_threads > 1 && batch > 1 && (long)n * (srow + C * K) >= (1L << 15)) ? g_threads : 1;
-#pragma omp parallel for num_threads(row_threads) schedule(dynamic, 1) if (row_threads > 1)
-  for (int b = 0; b < batch; b++) {
+  const int row_threads = region_threads(batch > 1 && (long)n * (srow + C * K) >= (1L << 15));
+  parallel_for(row_threads, batch, [&](long bl) {
+    const int b = (int)bl;
     // conv window [C, K-1+T]: cached K-1 columns, then this step's xBC
     thread_local std::vector<float> win_local;
     float* win = record ? L.rec_window.data() + (long)b * C * W : (win_local.resize((size_t)C * W), win_local.data());
@@ -485,9 +665,8 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
       const float* xt = xc + (long)(b * T + t) * C;  // x [di], B [G*N], C [G*N]
       const float* dtr = zxd + (long)(b * T + t) * in_out + di + C;
       float* yt = y + (long)(b * T + t) * di;
-      int nt = (g_threads > 1 && srow >= (1L << 16) && !omp_in_parallel()) ? g_threads : 1;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-      for (int hh = 0; hh < H; hh++) {
+      parallel_for(region_threads(srow >= (1L << 16)), H, [&](long hl) {
+        const int hh = (int)hl;
         float d = softplus(dtr[hh] + L.dt_bias[hh]);
         if (L.has_dt_min) d = std::max(d, L.dt_min);
         float dA = std::exp(d * -std::exp(L.A_log[hh]));
@@ -506,7 +685,7 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
           }
           yt[hh * P + p] = acc + L.D[hh] * xv;
         }
-      }
+      });
       if (record) std::memcpy(L.rec_states.data() + ((long)b * T + t) * srow, state, sizeof(float) * srow);
     }
     if (!record) {
@@ -514,11 +693,10 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
       for (int c = 0; c < C; c++)
         for (int j = 0; j < K - 1; j++) csw[c * (K - 1) + j] = win[c * W + T + j];
     }
-  }
+  });
   // gated RMS norm (norm_before_gate = False): u = y * silu(z), normalised per group of `group` channels
-  const int norm_threads = (g_threads > 1 && n > 1 && (long)n * di >= (1L << 13)) ? g_threads : 1;
-#pragma omp parallel for num_threads(norm_threads) schedule(static) if (norm_threads > 1)
-  for (int i = 0; i < n; i++) {
+  const int norm_threads = region_threads(n > 1 && (long)n * di >= (1L << 13));
+  parallel_for(norm_threads, n, [&](long i) {
     float* yi = y + (long)i * di;
     const float* z = zxd + (long)i * in_out;
     thread_local std::vector<float> gate_buf;
@@ -534,7 +712,7 @@ void mamba(Model& m, Layer& L, const float* x, float* h, const int64_t* rows, in
       float r = 1.f / std::sqrt(ss / L.group + L.eps);
       for (int c = g0; c < g0 + L.group; c++) yi[c] = L.gnorm_w[c] * (yi[c] * r);
     }
-  }
+  });
   float* out = grow(m.buf_d, (size_t)n * hid);
   matvec(L.out_w, L.out_b, y, di, n, out, hid);
   for (long i = 0; i < (long)n * hid; i++) h[i] += out[i];
@@ -621,9 +799,8 @@ void moe(Model& m, Layer& L, const float* x, float* h, int n) {
   float* yexp = grow(m.buf_e, (size_t)n * k * X);  // expert outputs, grouped by expert
   for (int p = 0; p < n * k; p++) std::memcpy(xin + (long)p * X, r + (long)(order[p] / k) * X, sizeof(float) * X);
   long work = (long)n * k * F * X * 2;
-  int nt = (g_threads > 1 && work >= g_par_min && (int)active.size() > 1) ? g_threads : 1;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
-  for (size_t a = 0; a < active.size(); a++) {
+  int nt = region_threads(work >= g_par_min && (int)active.size() > 1);
+  parallel_for(nt, (long)active.size(), [&](long a) {
     int e = active[a], o = offs[e], c = count[e];
     if (L.up_packed_h.empty())
       matvec_packed(L.up_packed.data() + e * packed_size(F, X), F, X, xin + (long)o * X, X, c, hmid + (long)o * F, F);
@@ -640,7 +817,7 @@ void moe(Model& m, Layer& L, const float* x, float* h, int n) {
     else
       matvec_packed(L.down_packed_h.data() + e * packed_size(X, F), X, F, hmid + (long)o * F, F, c,
                     yexp + (long)o * X, X);
-  }
+  });
   std::vector<int> where((size_t)n * k);
   for (int q = 0; q < n * k; q++) where[order[q]] = q;
   std::vector<float> routed((size_t)n * X, 0.f);
@@ -956,6 +1133,7 @@ int check(const Model& m, const int64_t* ids, long n_ids, const int64_t* rows, c
 int nt_forward(void* mp, const int64_t* ids, const int64_t* rows, const int64_t* start, int batch, int T,
                int record, float* hidden_out, float* logits_out, int64_t* argmax_out) {
   Model& m = *static_cast<Model*>(mp);
+  StepScope scope;
   if (int e = check(m, ids, (long)batch * T, rows, start, batch, T, false)) return e;
   backbone(m, ids, rows, start, batch, T, record != 0, hidden_out);
   head(m, hidden_out, batch * T, logits_out, argmax_out);
@@ -968,6 +1146,7 @@ int nt_forward(void* mp, const int64_t* ids, const int64_t* rows, const int64_t*
 int nt_decode_greedy(void* mp, const int64_t* ids, const int64_t* rows, int64_t* lengths, int batch,
                      float* hidden_scratch, int64_t* argmax_out) {
   Model& m = *static_cast<Model*>(mp);
+  StepScope scope;
   if (int e = check(m, ids, batch, rows, nullptr, batch, 1, false)) return e;
   std::vector<int64_t> start(batch);
   for (int b = 0; b < batch; b++) start[b] = lengths[rows[b]];
@@ -997,6 +1176,7 @@ int nt_commit(void* mp, const int64_t* rows, const int64_t* accept, int batch) {
 int nt_mtp(void* mp, const float* hidden, const int64_t* next_ids, const int64_t* rows, const int64_t* start,
            int batch, int T, float* g_out, float* logits_out, int64_t* argmax_out) {
   Model& m = *static_cast<Model*>(mp);
+  StepScope scope;
   if (int e = check(m, next_ids, (long)batch * T, rows, start, batch, T, true)) return e;
   mtp_block(m, hidden, next_ids, rows, start, batch, T, g_out);
   head(m, g_out, batch * T, logits_out, argmax_out);
@@ -1008,6 +1188,7 @@ int nt_mtp(void* mp, const float* hidden, const int64_t* next_ids, const int64_t
 int nt_spec_greedy(void* mp, const int64_t* ids, const int64_t* rows, const int64_t* start, int batch, int K,
                    int64_t* y, int64_t* j, int64_t* drafts, int64_t* lengths, int64_t* mtp_lengths) {
   Model& m = *static_cast<Model*>(mp);
+  StepScope scope;
   if (K < 1) return 4;
   if (int e = check(m, ids, (long)batch * (K + 1), rows, nullptr, batch, 0, false)) return e;
   std::vector<int64_t> start_v(batch);
