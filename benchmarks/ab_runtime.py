@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---:|---:|---:|---:|---:|")
     for (be, mtp, b), d in res.items():
-        print(f"| {be} | {mtp} | {b} | {med(d['before']):.1f} | {med(d['after']):.1f} | "
-              f"**{med(d['ratio']):.2f}** ({min(d['ratio']):.2f}-{max(d['ratio']):.2f}) |")  # fmt: skip
+        print(
+            f"| {be} | {mtp} | {b} | {med(d['before']):.1f} | {med(d['after']):.1f} | "
+            f"**{med(d['ratio']):.2f}** ({min(d['ratio']):.2f}-{max(d['ratio']):.2f}) |"
+        )
     for p in procs.values():
         p.stdin.close()
         p.wait()

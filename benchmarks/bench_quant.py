@@ -125,7 +125,9 @@ def _run_child(src: Path, out: Path, recipe: str, samples: int, seq_len: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", default="1,2", help="comma-separated pattern repeats (1 -> ~0.64 GB, 2 -> ~1.25 GB)")
+    ap.add_argument(
+        "--reps", default="1,2", help="comma-separated pattern repeats (1 -> ~0.64 GB, 2 -> ~1.25 GB)"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="interleaved plain/quantize rounds per size")
     ap.add_argument("--recipe", default="nvfp4-super")
     ap.add_argument("--calib-samples", type=int, default=8)
@@ -167,9 +169,15 @@ def main() -> None:
             for i in range(args.rounds):
                 plain = _run_child(src, work / f"plain-{reps}", "plain", 0, 0)
                 q = _run_child(src, work / f"out-{reps}", args.recipe, args.calib_samples, args.calib_seq_len)
-                rounds.append({"plain_s": plain["seconds"], "quant_s": q["seconds"],
-                               "ratio": q["seconds"] / plain["seconds"], "quant_rss_mb": q["peak_rss_mb"],
-                               "plain_rss_mb": plain["peak_rss_mb"]})  # fmt: skip
+                rounds.append(
+                    {
+                        "plain_s": plain["seconds"],
+                        "quant_s": q["seconds"],
+                        "ratio": q["seconds"] / plain["seconds"],
+                        "quant_rss_mb": q["peak_rss_mb"],
+                        "plain_rss_mb": plain["peak_rss_mb"],
+                    }
+                )
                 print(f"  reps {reps} round {i + 1}: " + json.dumps(rounds[-1]), flush=True)
             mb = q["source_bytes"] / 1e6
             row = {

@@ -296,17 +296,40 @@ def llamacpp_check(peer: Path, bindir: Path, gguf: Path, path: Path, ids: list[i
 def llamacpp_b1(bindir: Path, gguf: Path, *, threads: int, n_new: int, reps: int = 5) -> float:
     """`llama-bench -p 0 -n N -t T -r reps`: batch-1 generation tokens/s."""
     out = subprocess.run(
-        [str(bindir / "llama-bench"), "-m", str(gguf), "-p", "0", "-n", str(n_new), "-t", str(threads),
-         "-r", str(reps), "-o", "json"],
-        check=True, capture_output=True, text=True, env=dict(os.environ, LD_LIBRARY_PATH=str(bindir)),
-    ).stdout  # fmt: skip
+        [
+            str(bindir / "llama-bench"),
+            "-m",
+            str(gguf),
+            "-p",
+            "0",
+            "-n",
+            str(n_new),
+            "-t",
+            str(threads),
+            "-r",
+            str(reps),
+            "-o",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, LD_LIBRARY_PATH=str(bindir)),
+    ).stdout
     return float(json.loads(out)[0]["avg_ts"])
 
 
 def paired_b1(
-    path: Path, *, n_new: int, pairs: int, mtp: int, backend: str, bindir: Path | None, gguf: Path | None,
+    path: Path,
+    *,
+    n_new: int,
+    pairs: int,
+    mtp: int,
+    backend: str,
+    bindir: Path | None,
+    gguf: Path | None,
     threads: int,
-) -> dict:  # fmt: skip
+) -> dict:
     """Batch-1 A/B runs interleaved in time -- ours without MTP, ours with MTP (each the median of 3 generations),
     llama.cpp (`llama-bench -r 3`), `pairs` rounds -- so a shared or throttled host slows every side alike; the
     ratios are the medians of the per-round ratios. This is the measurement the batch-1 targets are judged on."""
@@ -469,9 +492,15 @@ def main(argv: list[str] | None = None) -> int:
             gguf = None
         if args.pairs:
             r["paired_b1"] = paired_b1(
-                path, n_new=args.new_tokens, pairs=args.pairs, mtp=mtps_here[-1], backend=backends[0],
-                bindir=bindir, gguf=gguf, threads=args.threads,
-            )  # fmt: skip
+                path,
+                n_new=args.new_tokens,
+                pairs=args.pairs,
+                mtp=mtps_here[-1],
+                backend=backends[0],
+                bindir=bindir,
+                gguf=gguf,
+                threads=args.threads,
+            )
         report["models"][name] = r
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))

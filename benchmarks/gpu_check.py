@@ -41,8 +41,13 @@ def _run(cmd: list[str], limit: int, env: dict[str, str] | None = None) -> dict:
         raw = (e.stdout or b"") + (e.stderr or b"")
         out = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         rc, timed_out = None, True
-    return {"cmd": " ".join(cmd), "rc": rc, "timed_out": timed_out, "seconds": time.perf_counter() - t0,
-            "output": out}  # fmt: skip
+    return {
+        "cmd": " ".join(cmd),
+        "rc": rc,
+        "timed_out": timed_out,
+        "seconds": time.perf_counter() - t0,
+        "output": out,
+    }
 
 
 def _version(mod: str) -> str:
@@ -71,8 +76,10 @@ def environment() -> dict:
     try:
         smi = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         env["nvidia-smi"] = smi.stdout.strip() or smi.stderr.strip()
     except Exception as e:
         env["nvidia-smi"] = f"unavailable ({e})"
@@ -90,8 +97,19 @@ def _pytest_summary(out: str) -> str:
 def run_pytest(marker: str, limit: int) -> dict:
     """`pytest -m <marker>` over tests/; modules whose imports are missing on this host (server clients,
     format oracles) are reported as collection errors and the rest still run."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", marker, "tests", "-p", "no:cacheprovider",
-           "--continue-on-collection-errors", "-rfEs"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        marker,
+        "tests",
+        "-p",
+        "no:cacheprovider",
+        "--continue-on-collection-errors",
+        "-rfEs",
+    ]
     r = _run(cmd, limit)
     r["summary"] = _pytest_summary(r["output"])
     failed = r["timed_out"] or (r["rc"] not in (0, 5) and " failed" in r["summary"])
@@ -136,8 +154,22 @@ def run_trt_engine(limit: int, work: Path) -> dict:
     target = _target()
     if target is None:
         return {"status": "not available", "why": "no CUDA GPU that is a build target (sm_90 / sm_100)"}
-    r = _run(_cli("build", "--target", target, "--recipe", "bf16", "--onnx", "--trt", "--validate",
-                  "--out", str(work / "engine-trt"), "--no-progress"), limit)  # fmt: skip
+    r = _run(
+        _cli(
+            "build",
+            "--target",
+            target,
+            "--recipe",
+            "bf16",
+            "--onnx",
+            "--trt",
+            "--validate",
+            "--out",
+            str(work / "engine-trt"),
+            "--no-progress",
+        ),
+        limit,
+    )
     r["status"] = "ok" if r["rc"] == 0 else "FAILED"
     manifest = work / "engine-trt" / "build.json"
     if manifest.exists():
@@ -152,8 +184,20 @@ def run_validate(limit: int, work: Path) -> dict:
     target = _target()
     if target is None:
         return {"status": "not available", "why": "no CUDA GPU that is a build target (sm_90 / sm_100)"}
-    r = _run(_cli("build", "--target", target, "--recipe", "bf16", "--validate", "--out", str(work / "engine"),
-                  "--no-progress"), limit)  # fmt: skip
+    r = _run(
+        _cli(
+            "build",
+            "--target",
+            target,
+            "--recipe",
+            "bf16",
+            "--validate",
+            "--out",
+            str(work / "engine"),
+            "--no-progress",
+        ),
+        limit,
+    )
     r["status"] = "ok" if r["rc"] == 0 else "FAILED"
     return r
 
@@ -199,8 +243,13 @@ def report(env: dict, steps: dict, total_s: float) -> str:
     lines.append("")
     if "json" in steps["bench"]:
         lines += ["## Plugin benchmark (Super's shapes)", ""] + _bench_table(steps["bench"]["json"]) + [""]
-    titles = {"gpu_tests": "pytest -m gpu", "trt_tests": "pytest -m trt", "bench": "bench_plugins output",
-              "trt_engine": "TensorRT engine of the embedded model", "validate": "build --validate (tensorrt_llm)"}  # fmt: skip
+    titles = {
+        "gpu_tests": "pytest -m gpu",
+        "trt_tests": "pytest -m trt",
+        "bench": "bench_plugins output",
+        "trt_engine": "TensorRT engine of the embedded model",
+        "validate": "build --validate (tensorrt_llm)",
+    }
     for name, r in steps.items():
         lines += _section(titles[name], r)
     return "\n".join(lines) + "\n"
@@ -209,8 +258,13 @@ def report(env: dict, steps: dict, total_s: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="build/gpu-check/report.md", help="the report file (markdown)")
-    ap.add_argument("--limit", action="append", default=[], metavar="STEP=SECONDS",
-                    help=f"override a step's time limit (steps and defaults: {LIMITS})")  # fmt: skip
+    ap.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="STEP=SECONDS",
+        help=f"override a step's time limit (steps and defaults: {LIMITS})",
+    )
     args = ap.parse_args(argv)
     for item in args.limit:
         step, _, secs = item.partition("=")

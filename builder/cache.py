@@ -92,7 +92,9 @@ def quantize_key(inputs: dict[str, str], recipe: str, calib: dict[str, Any], *, 
 
 def plugins_key(sm: int | None, config: dict[str, Any], *, root: Path = ROOT) -> str:
     """The `plugins` entry's key: see the module docstring."""
-    return make_key(sm=sm, config=config, versions=_versions("triton", "torch"), src=source_hash(root / "plugins"))
+    return make_key(
+        sm=sm, config=config, versions=_versions("triton", "torch"), src=source_hash(root / "plugins")
+    )
 
 
 def make_key(**parts: Any) -> str:

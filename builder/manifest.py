@@ -47,9 +47,24 @@ FORMAT_VERSION = 1
 KIND = "trtllm-nemotron-engine"
 MANIFEST = "build.json"
 REQUIRED_KEYS = (
-    "format_version", "kind", "created_utc", "target", "recipe", "mtp", "model", "plan", "trtllm", "plugins",
-    "tools", "inputs", "outputs", "stages", "quantization", "accuracy", "validation",
-)  # fmt: skip
+    "format_version",
+    "kind",
+    "created_utc",
+    "target",
+    "recipe",
+    "mtp",
+    "model",
+    "plan",
+    "trtllm",
+    "plugins",
+    "tools",
+    "inputs",
+    "outputs",
+    "stages",
+    "quantization",
+    "accuracy",
+    "validation",
+)
 _CHUNK = 1 << 20
 
 
@@ -67,7 +82,11 @@ def hash_tree(root: str | Path, *, exclude: tuple[str, ...] = (MANIFEST,)) -> di
     out: dict[str, str] = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if not p.is_file() or rel in exclude or any(part.startswith(".") for part in p.relative_to(root).parts):
+        if (
+            not p.is_file()
+            or rel in exclude
+            or any(part.startswith(".") for part in p.relative_to(root).parts)
+        ):
             continue
         out[rel] = sha256_file(p)
     return out

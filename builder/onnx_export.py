@@ -137,12 +137,22 @@ class _Graph:
         self._n += 1
         return f"{hint}_{self._n}"
 
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, *, name: str | None = None,
-           domain: str = "", outs: list[str] | None = None, **attrs: Any) -> list[str]:  # fmt: skip
+    def op(
+        self,
+        op_type: str,
+        inputs: list[str],
+        n_out: int = 1,
+        *,
+        name: str | None = None,
+        domain: str = "",
+        outs: list[str] | None = None,
+        **attrs: Any,
+    ) -> list[str]:
         onnx = _onnx()
         outs = outs or [self.fresh(f"{(name or op_type).replace('/', '_')}") for _ in range(n_out)]
-        node = onnx.helper.make_node(op_type, inputs, outs, name=name or self.fresh(op_type), domain=domain,
-                                     **attrs)  # fmt: skip
+        node = onnx.helper.make_node(
+            op_type, inputs, outs, name=name or self.fresh(op_type), domain=domain, **attrs
+        )
         self.nodes.append(node)
         return outs
 
@@ -189,9 +199,10 @@ class _Graph:
             self.nodes, self.name, self.inputs, self.outputs, list(self.inits.values())
         )
         m = onnx.helper.make_model(
-            g, opset_imports=[onnx.helper.make_opsetid("", OPSET), onnx.helper.make_opsetid(DOMAIN, 1)],
+            g,
+            opset_imports=[onnx.helper.make_opsetid("", OPSET), onnx.helper.make_opsetid(DOMAIN, 1)],
             producer_name="trtllm-nemotron",
-        )  # fmt: skip
+        )
         m.ir_version = IR_VERSION
         return m
 
@@ -342,14 +353,21 @@ class _Exporter:
         ssm_in = g.add_input(f"ssm_state_{i}", "float32", ["pool", H, P, N], "ssm_state", i)
         # the rows' conv windows, read before the plugin updates the pool in place (the QDP's `conv_window`)
         window = g.op1("Gather", conv_in, "slot_idx", axis=0, name=f"{p}/conv_window")
-        outs = [g.fresh(f"{p}/y"), f"present_conv_state_{i}", f"present_ssm_state_{i}", g.fresh("ssm_steps"),
-                g.fresh("conv_steps")]  # fmt: skip
+        outs = [
+            g.fresh(f"{p}/y"),
+            f"present_conv_state_{i}",
+            f"present_ssm_state_{i}",
+            g.fresh("ssm_steps"),
+            g.fresh("conv_steps"),
+        ]
         g.op(
             "mamba_state_update",
             [xbc3, dt3, conv_w, conv_b, dt_bias, A, D, "slot_idx", conv_in, ssm_in, window],
-            domain=DOMAIN, outs=outs, name=f"{p}/mamba_state_update",
+            domain=DOMAIN,
+            outs=outs,
+            name=f"{p}/mamba_state_update",
             **_plugin_attrs(num_heads=H, n_groups=G, head_dim=P, state_size=N, conv_kernel=K, keep_steps=0),
-        )  # fmt: skip
+        )
         g.add_output(outs[1], self.dtype, ["pool", c.conv_dim, K - 1], "present_conv_state", i)
         g.add_output(outs[2], "float32", ["pool", H, P, N], "present_ssm_state", i)
         y = g.op1("Reshape", outs[0], g.const([-1, c.d_inner]))  # [n, d_inner] fp32
@@ -397,8 +415,9 @@ class _Exporter:
         k = g.op1("Reshape", self.linear(g, x, f"{p}.k_proj", b), shp["kv"])  # [batch, T, nkv, hd]
         v = g.op1("Reshape", self.linear(g, x, f"{p}.v_proj", b), shp["kv"])
         kt, vt = (g.op1("Transpose", t, perm=[0, 2, 1, 3]) for t in (k, v))  # [batch, nkv, T, hd]
-        new = g.op1("Concat", g.op1("Unsqueeze", kt, g.const([1])), g.op1("Unsqueeze", vt, g.const([1])),
-                    axis=1)  # [batch, 2, nkv, T, hd]  # fmt: skip
+        new = g.op1(
+            "Concat", g.op1("Unsqueeze", kt, g.const([1])), g.op1("Unsqueeze", vt, g.const([1])), axis=1
+        )  # [batch, 2, nkv, T, hd]
         cache_in = g.add_input(
             f"{prefix}kv_cache_{i}", self.dtype, ["pool", 2, nkv, "max_seq_len", hd], "kv_cache", i
         )
@@ -436,12 +455,28 @@ class _Exporter:
         )
         bias = self.weight(g, f"{p}.gate.e_score_correction_bias", to="float32")
         w, idx = g.op(
-            "latent_moe_routing", [logits, bias], 2, domain=DOMAIN, name=f"{p}/latent_moe_routing",
-            **_plugin_attrs(num_experts=E, top_k=k, n_group=c.n_group, topk_group=c.topk_group,
-                            norm_topk_prob=int(c.norm_topk_prob), routed_scaling_factor=float(c.routed_scaling_factor)),
-        )  # fmt: skip
-        counts, perm = g.op("moe_expert_permutation", [idx], 2, domain=DOMAIN, name=f"{p}/moe_expert_permutation",
-                            **_plugin_attrs(num_experts=E))  # fmt: skip
+            "latent_moe_routing",
+            [logits, bias],
+            2,
+            domain=DOMAIN,
+            name=f"{p}/latent_moe_routing",
+            **_plugin_attrs(
+                num_experts=E,
+                top_k=k,
+                n_group=c.n_group,
+                topk_group=c.topk_group,
+                norm_topk_prob=int(c.norm_topk_prob),
+                routed_scaling_factor=float(c.routed_scaling_factor),
+            ),
+        )
+        counts, perm = g.op(
+            "moe_expert_permutation",
+            [idx],
+            2,
+            domain=DOMAIN,
+            name=f"{p}/moe_expert_permutation",
+            **_plugin_attrs(num_experts=E),
+        )
         latent = bool(c.moe_latent_size)
         r = self.linear(g, x, f"{p}.fc1_latent_proj", c.mlp_bias) if latent else x
         routed = self.experts(g, r, w, counts, perm, p)  # [n, X] fp32
@@ -497,15 +532,25 @@ class _Exporter:
                 ]
             elif fmt == "F8_E4M3":
                 w8 = g.tensor(f"{key}.weight", stack("weight", onnx.TensorProto.FLOAT8E4M3FN, [E, o, i_]))
-                dq = g.op1("DequantizeLinear", w8, g.tensor(f"{key}.weight_scale", scales("weight_scale")),
-                           axis=0, name=f"{key}/weight_dq")  # fmt: skip
+                dq = g.op1(
+                    "DequantizeLinear",
+                    w8,
+                    g.tensor(f"{key}.weight_scale", scales("weight_scale")),
+                    axis=0,
+                    name=f"{key}/weight_dq",
+                )
                 weights.append(self.to_act(g, dq))
             else:
-                weights.append(g.tensor(f"{key}.weight", stack("weight", getattr(onnx.TensorProto, _ST_TO_ONNX[fmt]),
-                                                               [E, o, i_])))  # fmt: skip
+                weights.append(
+                    g.tensor(
+                        f"{key}.weight",
+                        stack("weight", getattr(onnx.TensorProto, _ST_TO_ONNX[fmt]), [E, o, i_]),
+                    )
+                )
         op_type = "latent_moe_experts_nvfp4" if fmt == "U8" else "latent_moe_experts"
-        per_slot = g.op1(op_type, r, w, counts, perm, *weights, domain=DOMAIN, name=f"{p}/{op_type}",
-                         **_plugin_attrs())  # fmt: skip
+        per_slot = g.op1(
+            op_type, r, w, counts, perm, *weights, domain=DOMAIN, name=f"{p}/{op_type}", **_plugin_attrs()
+        )
         return g.op1("ReduceSum", per_slot, g.const([1]), keepdims=0, name=f"{p}/expert_sum")
 
     # ---- graphs ----
@@ -535,8 +580,9 @@ class _Exporter:
         first = next(i for i, ch in enumerate(self._pattern(prefix)) if ch == "*")
         S = g.op1("Gather", g.op1("Shape", f"{prefix}kv_cache_{first}"), g.const(3), axis=0)
         key_pos = g.op1("Range", g.const(0), S, g.const(1))  # [S]
-        allowed = g.op1("LessOrEqual", g.op1("Unsqueeze", key_pos, g.const([0, 1])),
-                        g.op1("Unsqueeze", pos, g.const([2])))  # [batch, T, S]  # fmt: skip
+        allowed = g.op1(
+            "LessOrEqual", g.op1("Unsqueeze", key_pos, g.const([0, 1])), g.op1("Unsqueeze", pos, g.const([2]))
+        )  # [batch, T, S]
         neg = g.op1("Where", allowed, g.const(0.0, "float32"), g.const(float("-inf"), "float32"))
         shp["mask"] = g.op1("Unsqueeze", neg, g.const([1, 2]))
         shp["scores5"] = cat(batch, g.const([nkv, grp]), T, g.const([-1]))
@@ -613,8 +659,12 @@ class _Exporter:
         shp, bt = self._common_shapes(g, "mtp_")
         e = self._embed(g)
         hid = g.op1("Reshape", "hidden_states", g.const([-1, c.hidden_size]))
-        cat = g.op1("Concat", self.rms_norm(g, e, "mtp.layers.0.enorm.weight"),
-                    self.rms_norm(g, hid, "mtp.layers.0.hnorm.weight"), axis=-1)  # fmt: skip
+        cat = g.op1(
+            "Concat",
+            self.rms_norm(g, e, "mtp.layers.0.enorm.weight"),
+            self.rms_norm(g, hid, "mtp.layers.0.hnorm.weight"),
+            axis=-1,
+        )
         u = self.linear(g, cat, "mtp.layers.0.eh_proj")
         n = len(c.mtp_pattern)
         for j, ch in enumerate(c.mtp_pattern):
@@ -646,14 +696,26 @@ class _Exporter:
             self.data_mtp.close()
         files = {"model": MODEL_FILE, "mtp": MTP_FILE}
         io: dict[str, Any] = {
-            "format": IO_FORMAT, "opset": OPSET, "ir_version": IR_VERSION, "domain": DOMAIN, "dtype": self.dtype,
-            "model_type": "nemotron_h", "config": {"pattern": c.pattern, "mtp_pattern": c.mtp_pattern,
-                                                    "vocab_size": c.vocab_size, "hidden_size": c.hidden_size},
-            "dims": {"batch": "sequences in this call", "tokens": "new tokens per sequence (prefill chunk or "
-                     "1 + drafts)", "pool": "state rows the runtime allocated (slot_idx indexes them)",
-                     "max_seq_len": "KV positions per pool row"},
+            "format": IO_FORMAT,
+            "opset": OPSET,
+            "ir_version": IR_VERSION,
+            "domain": DOMAIN,
+            "dtype": self.dtype,
+            "model_type": "nemotron_h",
+            "config": {
+                "pattern": c.pattern,
+                "mtp_pattern": c.mtp_pattern,
+                "vocab_size": c.vocab_size,
+                "hidden_size": c.hidden_size,
+            },
+            "dims": {
+                "batch": "sequences in this call",
+                "tokens": "new tokens per sequence (prefill chunk or 1 + drafts)",
+                "pool": "state rows the runtime allocated (slot_idx indexes them)",
+                "max_seq_len": "KV positions per pool row",
+            },
             "graphs": {},
-        }  # fmt: skip
+        }
         for key, g in graphs.items():
             m = g.model()
             onnx.save_model(m, str(self.out / files[key]))
@@ -681,8 +743,9 @@ def _plugin_attrs(**attrs: int | float) -> dict[str, Any]:
     return {**attrs, "plugin_namespace": DOMAIN, "aot": 1}
 
 
-def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "float32",
-                progress: bool = False) -> dict[str, Any]:  # fmt: skip
+def export_onnx(
+    checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "float32", progress: bool = False
+) -> dict[str, Any]:
     """Export `checkpoint` (HF / ModelOpt-format dir, or an engine dir's checkpoint/) to `out_dir` (see the
     module docstring). Written to a temp dir beside `out_dir`, then renamed. Returns the io.json content."""
     from trtllm_nemotron.checkpoint import open_checkpoint
@@ -750,33 +813,74 @@ _F32, _I32, _I8 = ("float",), ("int32",), ("int8",)
 # Each plugin node as an ONNX operator schema of domain `trtllm_nemotron`: inputs and outputs (name, dtypes) in the
 # QDP's order (plugins/<op>/trt.py) and its attributes; `register_schemas()` makes `onnx.checker` check every
 # plugin node against it (input / output counts and dtypes, attribute names and types).
-PLUGIN_SCHEMAS: dict[str, tuple[list[tuple[str, tuple[str, ...]]], list[tuple[str, tuple[str, ...]]],
-                                dict[str, str]]] = {
+PLUGIN_SCHEMAS: dict[
+    str, tuple[list[tuple[str, tuple[str, ...]]], list[tuple[str, tuple[str, ...]]], dict[str, str]]
+] = {
     "mamba_state_update": (
-        [("xbc", _F), ("dt", _F), ("conv_weight", _F), ("conv_bias", _F), ("dt_bias", _F32), ("A", _F32),
-         ("D", _F32), ("slot_idx", _I32), ("conv_state", _F), ("ssm_state", ("float", "float16")),
-         ("conv_window", _F)],
-        [("y", _F32), ("conv_state_out", _F), ("ssm_state_out", ("float", "float16")), ("ssm_steps", _F),
-         ("conv_steps", _F)],
-        {"num_heads": "INT", "n_groups": "INT", "head_dim": "INT", "state_size": "INT", "conv_kernel": "INT",
-         "keep_steps": "INT"},
+        [
+            ("xbc", _F),
+            ("dt", _F),
+            ("conv_weight", _F),
+            ("conv_bias", _F),
+            ("dt_bias", _F32),
+            ("A", _F32),
+            ("D", _F32),
+            ("slot_idx", _I32),
+            ("conv_state", _F),
+            ("ssm_state", ("float", "float16")),
+            ("conv_window", _F),
+        ],
+        [
+            ("y", _F32),
+            ("conv_state_out", _F),
+            ("ssm_state_out", ("float", "float16")),
+            ("ssm_steps", _F),
+            ("conv_steps", _F),
+        ],
+        {
+            "num_heads": "INT",
+            "n_groups": "INT",
+            "head_dim": "INT",
+            "state_size": "INT",
+            "conv_kernel": "INT",
+            "keep_steps": "INT",
+        },
     ),
     "latent_moe_routing": (
-        [("logits", _F32), ("bias", _F32)], [("weights", _F32), ("idx", _I32)],
-        {"num_experts": "INT", "top_k": "INT", "n_group": "INT", "topk_group": "INT", "norm_topk_prob": "INT",
-         "routed_scaling_factor": "FLOAT"},
+        [("logits", _F32), ("bias", _F32)],
+        [("weights", _F32), ("idx", _I32)],
+        {
+            "num_experts": "INT",
+            "top_k": "INT",
+            "n_group": "INT",
+            "topk_group": "INT",
+            "norm_topk_prob": "INT",
+            "routed_scaling_factor": "FLOAT",
+        },
     ),
     "moe_expert_permutation": ([("idx", _I32)], [("counts", _I32), ("perm", _I32)], {"num_experts": "INT"}),
     "latent_moe_experts": (
         [("x", _F), ("weights", _F32), ("counts", _I32), ("perm", _I32), ("up", _F), ("down", _F)],
-        [("out", _F32)], {},
+        [("out", _F32)],
+        {},
     ),
     "latent_moe_experts_nvfp4": (
-        [("x", _F), ("weights", _F32), ("counts", _I32), ("perm", _I32), ("up", _I8), ("up_scale", _I8),
-         ("up_scale_2", _F32), ("down", _I8), ("down_scale", _I8), ("down_scale_2", _F32)],
-        [("out", _F32)], {},
+        [
+            ("x", _F),
+            ("weights", _F32),
+            ("counts", _I32),
+            ("perm", _I32),
+            ("up", _I8),
+            ("up_scale", _I8),
+            ("up_scale_2", _F32),
+            ("down", _I8),
+            ("down_scale", _I8),
+            ("down_scale_2", _F32),
+        ],
+        [("out", _F32)],
+        {},
     ),
-}  # fmt: skip
+}
 _REGISTERED: list[str] = []
 
 
@@ -801,8 +905,16 @@ def register_schemas() -> None:
             OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace"),
             OpSchema.Attribute("aot", OpSchema.AttrType.INT, "1: TensorRT's AOT implementation"),
         ]
-        schema = OpSchema(op, DOMAIN, 1, inputs=params[0], outputs=params[1], type_constraints=constraints,
-                          attributes=attributes, doc=f"TensorRT plugin {DOMAIN}::{op}")  # fmt: skip
+        schema = OpSchema(
+            op,
+            DOMAIN,
+            1,
+            inputs=params[0],
+            outputs=params[1],
+            type_constraints=constraints,
+            attributes=attributes,
+            doc=f"TensorRT plugin {DOMAIN}::{op}",
+        )
         onnx.defs.register_schema(schema)
         _REGISTERED.append(op)
 

@@ -51,7 +51,17 @@ from trtllm_nemotron.errors import BuildError, NemotronError
 from trtllm_nemotron.fileio import OLD_MARK, TEMP_MARK, atomic_write_text, replace_dir
 from trtllm_nemotron.locking import LockHeld, path_lock
 
-STAGES = ("inspect", "quantize", "checkpoint", "plugins", "trtllm_config", "onnx", "trt", "validate", "manifest")
+STAGES = (
+    "inspect",
+    "quantize",
+    "checkpoint",
+    "plugins",
+    "trtllm_config",
+    "onnx",
+    "trt",
+    "validate",
+    "manifest",
+)
 STATE_FILE = ".state.json"
 CPU_PLAN_SEQ_LEN = 4096
 VALIDATE_PROMPT = "def fibonacci(n):"
@@ -111,7 +121,7 @@ def _replace_paths(obj: Any, mapping: dict[str, str]) -> Any:
         text = str(obj)
         for old, new in mapping.items():
             if text == old or text.startswith(old + "/"):
-                return new + text[len(old):]
+                return new + text[len(old) :]
         return text if isinstance(obj, Path) else obj
     return obj
 
@@ -119,16 +129,41 @@ def _replace_paths(obj: Any, mapping: dict[str, str]) -> Any:
 class _Build:
     """One build: its parameters, its staging dir and the state carried between stages."""
 
-    def __init__(self, model_dir: Path, out_dir: Path, target: Target, recipe: str, mtp: int, *,
-                 validate: bool, progress: bool, gpus: int | None, max_seq_len: int | None,
-                 max_batch_size: int | None, cache: bool = True, calib_samples: int | None = None,
-                 calib_seq_len: int | None = None, onnx: bool = False, trt: bool = False,
-                 preset: str | None = None) -> None:  # fmt: skip
-        self.model_dir, self.out_dir, self.target, self.recipe, self.mtp = model_dir, out_dir, target, recipe, mtp
+    def __init__(
+        self,
+        model_dir: Path,
+        out_dir: Path,
+        target: Target,
+        recipe: str,
+        mtp: int,
+        *,
+        validate: bool,
+        progress: bool,
+        gpus: int | None,
+        max_seq_len: int | None,
+        max_batch_size: int | None,
+        cache: bool = True,
+        calib_samples: int | None = None,
+        calib_seq_len: int | None = None,
+        onnx: bool = False,
+        trt: bool = False,
+        preset: str | None = None,
+    ) -> None:
+        self.model_dir, self.out_dir, self.target, self.recipe, self.mtp = (
+            model_dir,
+            out_dir,
+            target,
+            recipe,
+            mtp,
+        )
         self.validate, self.progress = validate, progress
         self.onnx, self.trt = onnx or trt, trt
         self.gpus, self.max_seq_len, self.max_batch_size = gpus, max_seq_len, max_batch_size
-        self.cache, self.calib_samples, self.calib_seq_len = cache and bc.enabled(), calib_samples, calib_seq_len
+        self.cache, self.calib_samples, self.calib_seq_len = (
+            cache and bc.enabled(),
+            calib_samples,
+            calib_seq_len,
+        )
         self.preset = preset
         self.stage_dir = staging_dir(out_dir)
         self.state: dict[str, Any] = {"params": self.params(), "done": {}}
@@ -136,12 +171,20 @@ class _Build:
 
     def params(self) -> dict[str, Any]:
         return {
-            "model_dir": str(self.model_dir), "target": self.target.name, "recipe": self.recipe, "mtp": self.mtp,
-            "gpus": self.gpus, "max_seq_len": self.max_seq_len, "max_batch_size": self.max_batch_size,
-            "validate": self.validate, "calib_samples": self.calib_samples, "calib_seq_len": self.calib_seq_len,
-            "onnx": self.onnx, "trt": self.trt,
+            "model_dir": str(self.model_dir),
+            "target": self.target.name,
+            "recipe": self.recipe,
+            "mtp": self.mtp,
+            "gpus": self.gpus,
+            "max_seq_len": self.max_seq_len,
+            "max_batch_size": self.max_batch_size,
+            "validate": self.validate,
+            "calib_samples": self.calib_samples,
+            "calib_seq_len": self.calib_seq_len,
+            "onnx": self.onnx,
+            "trt": self.trt,
             "preset": self.preset,
-        }  # fmt: skip
+        }
 
     # ---- state ----
     def load_state(self, resume: bool) -> None:
@@ -191,18 +234,35 @@ class _Build:
                 "build it with --recipe bf16 (copies it as is) or point --model at the BF16 checkpoint"
             )
         if self.mtp and not cfg.num_nextn_predict_layers:
-            raise BuildError(f"--mtp {self.mtp}: the model has no MTP layers (num_nextn_predict_layers = 0); "
-                             "use --mtp 0")  # fmt: skip
+            raise BuildError(
+                f"--mtp {self.mtp}: the model has no MTP layers (num_nextn_predict_layers = 0); use --mtp 0"
+            )
         if self.target.is_gpu:
-            plan = plan_for_build(cfg, self.target, recipe=self.recipe, mtp=self.mtp, gpus=self.gpus,
-                                  max_seq_len=self.max_seq_len, batch=self.max_batch_size)  # fmt: skip
+            plan = plan_for_build(
+                cfg,
+                self.target,
+                recipe=self.recipe,
+                mtp=self.mtp,
+                gpus=self.gpus,
+                max_seq_len=self.max_seq_len,
+                batch=self.max_batch_size,
+            )
         else:
             seq = self.max_seq_len or min(cfg.max_position_embeddings, CPU_PLAN_SEQ_LEN)
-            plan = plan_memory(cfg, self.target, recipe=self.recipe, gpus=1, max_seq_len=seq,
-                               batch=self.max_batch_size or 1, mtp=self.mtp).check()  # fmt: skip
+            plan = plan_memory(
+                cfg,
+                self.target,
+                recipe=self.recipe,
+                gpus=1,
+                max_seq_len=seq,
+                batch=self.max_batch_size or 1,
+                mtp=self.mtp,
+            ).check()
         inputs = mf.hash_tree(self.model_dir, exclude=())
-        detail = (f"{len(inputs)} files, {cfg.num_hidden_layers} layers, plan: {plan.gpus} x {plan.target}, "
-                  f"batch {plan.batch} at {plan.max_seq_len} tokens")  # fmt: skip
+        detail = (
+            f"{len(inputs)} files, {cfg.num_hidden_layers} layers, plan: {plan.gpus} x {plan.target}, "
+            f"batch {plan.batch} at {plan.max_seq_len} tokens"
+        )
         return "done", detail, {"inputs": inputs, "plan": plan.to_dict()}
 
     def stage_quantize(self) -> tuple[str, str, dict[str, Any]]:
@@ -214,11 +274,16 @@ class _Build:
             return "done", "bf16: checkpoint copied unchanged", {"summary": None}
         from trtllm_nemotron.quant import quantize_checkpoint
 
-        calib = {k: v for k, v in (("calib_samples", self.calib_samples), ("calib_seq_len", self.calib_seq_len))
-                 if v is not None}  # fmt: skip
+        calib = {
+            k: v
+            for k, v in (("calib_samples", self.calib_samples), ("calib_seq_len", self.calib_seq_len))
+            if v is not None
+        }
 
         def produce(dest: Path) -> Any:
-            summary = quantize_checkpoint(self.model_dir, dest, recipe=self.recipe, progress=self.progress, **calib)
+            summary = quantize_checkpoint(
+                self.model_dir, dest, recipe=self.recipe, progress=self.progress, **calib
+            )
             # paths inside the summary name the staging dir: record them relative to the engine dir
             return _replace_paths(summary, {str(dest.absolute()): "checkpoint", str(dest): "checkpoint"})
 
@@ -236,8 +301,13 @@ class _Build:
         ckpt = self.stage_dir / "checkpoint"
         added = []
         for p in sorted(self.model_dir.iterdir()):  # tokenizer / generation files the quantizer did not copy
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".safetensors") \
-                    and p.name not in ("config.json", "model.safetensors.index.json") and not (ckpt / p.name).exists():
+            if (
+                p.is_file()
+                and not p.name.startswith(".")
+                and not p.name.endswith(".safetensors")
+                and p.name not in ("config.json", "model.safetensors.index.json")
+                and not (ckpt / p.name).exists()
+            ):
                 shutil.copy2(p, ckpt / p.name)
                 added.append(p.name)
         reader = open_checkpoint(ckpt)
@@ -288,19 +358,34 @@ class _Build:
         assert self.cfg is not None
         plan = self.plan()
         fmts, _ = recipe_formats(self.cfg, self.recipe)
-        expert_fmt = next((f for n, f in fmts.items() if ".experts.0.up_proj." in n and n.startswith("backbone.")), None)
+        expert_fmt = next(
+            (f for n, f in fmts.items() if ".experts.0.up_proj." in n and n.startswith("backbone.")), None
+        )
         notes: list[str] = []
-        cfg_dict = llm_api_config(self.cfg, self.target, recipe=self.recipe, mtp=self.mtp, plan=plan,
-                                  expert_format=expert_fmt, preset=self.preset, notes=notes)  # fmt: skip
+        cfg_dict = llm_api_config(
+            self.cfg,
+            self.target,
+            recipe=self.recipe,
+            mtp=self.mtp,
+            plan=plan,
+            expert_format=expert_fmt,
+            preset=self.preset,
+            notes=notes,
+        )
         write_llm_api_yaml(cfg_dict, self.stage_dir / "trtllm" / "llm_api.yaml")
-        backend, reason = (self.target.moe_backend(expert_fmt) if "E" in self.cfg.pattern else (None, "no MoE layers"))
+        backend, reason = (
+            self.target.moe_backend(expert_fmt) if "E" in self.cfg.pattern else (None, "no MoE layers")
+        )
         if self.preset is not None and "moe_config" in cfg_dict:  # the preset may choose another backend
             backend, reason = cfg_dict["moe_config"]["backend"], "; ".join(notes[1:]) or reason
         detail = f"TP {plan.gpus}, batch {plan.batch}, seq {plan.max_seq_len}, moe {backend}"
         if self.preset is not None:
             detail += f", preset {self.preset}"
-        return "done", detail, {"moe_backend": backend, "moe_backend_reason": reason, "preset": self.preset,
-                                "notes": notes}  # fmt: skip
+        return (
+            "done",
+            detail,
+            {"moe_backend": backend, "moe_backend_reason": reason, "preset": self.preset, "notes": notes},
+        )
 
     def stage_onnx(self) -> tuple[str, str, dict[str, Any]]:
         if not self.onnx:
@@ -313,9 +398,22 @@ class _Build:
         counts = check_onnx(dest)
         size = sum(p.stat().st_size for p in dest.iterdir())
         nodes = {k: g["nodes"] for k, g in io["graphs"].items()}
-        detail = f"{', '.join(f'{k}.onnx {n} nodes' for k, n in nodes.items())}, {size / 2**20:.1f} MiB, {dtype}"
-        return "done", detail, {"dir": "onnx", "dtype": dtype, "opset": io["opset"], "bytes": size,
-                                "nodes": nodes, "plugin_nodes": counts, "checker": "full_check passed"}  # fmt: skip
+        detail = (
+            f"{', '.join(f'{k}.onnx {n} nodes' for k, n in nodes.items())}, {size / 2**20:.1f} MiB, {dtype}"
+        )
+        return (
+            "done",
+            detail,
+            {
+                "dir": "onnx",
+                "dtype": dtype,
+                "opset": io["opset"],
+                "bytes": size,
+                "nodes": nodes,
+                "plugin_nodes": counts,
+                "checker": "full_check passed",
+            },
+        )
 
     def trt_unavailable(self) -> str | None:
         if not self.trt:
@@ -337,9 +435,15 @@ class _Build:
         assert self.target.sm is not None
         batch = plan.batch if self.max_batch_size else min(plan.batch, TRT_DEFAULT_BATCH)
         seq = plan.max_seq_len if self.max_seq_len else min(plan.max_seq_len, TRT_DEFAULT_SEQ_LEN)
-        info = build_trt_engines(self.stage_dir / "onnx", self.stage_dir / "trt", sm=self.target.sm,
-                                 max_batch=batch, max_tokens=min(TRT_CONTEXT_TOKENS, seq), mtp=self.mtp,
-                                 max_seq_len=seq)  # fmt: skip
+        info = build_trt_engines(
+            self.stage_dir / "onnx",
+            self.stage_dir / "trt",
+            sm=self.target.sm,
+            max_batch=batch,
+            max_tokens=min(TRT_CONTEXT_TOKENS, seq),
+            mtp=self.mtp,
+            max_seq_len=seq,
+        )
         detail = ", ".join(f"{p['file']} {p['bytes'] / 2**20:.1f} MiB" for p in info["plans"].values())
         return "done", detail, info
 
@@ -359,8 +463,11 @@ class _Build:
             text = outs[0].outputs[0].text
         finally:
             llm.shutdown()
-        return "done", f"one prompt ran: {text!r}", {"status": "passed", "reason": "tensorrt_llm.LLM", "output": text,
-                                                     "tensorrt": trt}  # fmt: skip
+        return (
+            "done",
+            f"one prompt ran: {text!r}",
+            {"status": "passed", "reason": "tensorrt_llm.LLM", "output": text, "tensorrt": trt},
+        )
 
     def validate_trt(self) -> dict[str, Any]:
         """One prompt through the TensorRT engine (trt stage) vs the reference network's greedy tokens."""
@@ -392,8 +499,12 @@ class _Build:
         same = next((i for i, (a, b) in enumerate(zip(got, ref, strict=True)) if a != b), len(ref))
         # bf16 engines and the bf16 reference round differently, so later tokens may drift; the first must agree
         status = "passed" if same >= 1 else "failed"
-        out = {"status": status, "reason": f"{same}/{len(ref)} leading greedy tokens equal the reference network's",
-               "tokens": got, "reference_tokens": ref}  # fmt: skip
+        out = {
+            "status": status,
+            "reason": f"{same}/{len(ref)} leading greedy tokens equal the reference network's",
+            "tokens": got,
+            "reference_tokens": ref,
+        }
         if status == "failed":
             raise BuildError(f"the TensorRT engine's first token differs from the reference network's: {out}")
         return out
@@ -425,27 +536,43 @@ class _Build:
         n = self.cfg.num_nextn_predict_layers
         stages = [
             {"name": s, **{k: v for k, v in self.state["done"][s].items() if k != "data"}}
-            for s in STAGES if s in self.state["done"] and s != "manifest"
-        ]  # fmt: skip
-        stages.append({"name": "manifest", "status": "done", "seconds": 0.0, "detail": "build.json written last"})
+            for s in STAGES
+            if s in self.state["done"] and s != "manifest"
+        ]
+        stages.append(
+            {"name": "manifest", "status": "done", "seconds": 0.0, "detail": "build.json written last"}
+        )
         trt = None
         if self.target.is_gpu:
-            trt = {"yaml": "trtllm/llm_api.yaml", **self.data("trtllm_config"), "llm_args_keys_source": TRTLLM_SOURCE}
+            trt = {
+                "yaml": "trtllm/llm_api.yaml",
+                **self.data("trtllm_config"),
+                "llm_args_keys_source": TRTLLM_SOURCE,
+            }
         m = {
             "format_version": mf.FORMAT_VERSION,
             "kind": mf.KIND,
             "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "target": self.target.to_dict(),
             "recipe": {"name": self.recipe, "kv_cache": kv_fmt, "weight_modes": plan.weight_modes},
-            "mtp": {"max_draft_len": self.mtp, "num_nextn_predict_layers": n,
-                    "mode": None if not self.mtp else ("MTP_EAGLE_ONE_MODEL" if n == 1 else "MTP")},
-            "model": {"source": str(self.model_dir), "family": model_family(self.cfg),
-                      "architecture": (self.cfg.to_dict().get("architectures") or ["NemotronHForCausalLM"])[0],
-                      "parameters": self.cfg.parameter_counts()},
+            "mtp": {
+                "max_draft_len": self.mtp,
+                "num_nextn_predict_layers": n,
+                "mode": None if not self.mtp else ("MTP_EAGLE_ONE_MODEL" if n == 1 else "MTP"),
+            },
+            "model": {
+                "source": str(self.model_dir),
+                "family": model_family(self.cfg),
+                "architecture": (self.cfg.to_dict().get("architectures") or ["NemotronHForCausalLM"])[0],
+                "parameters": self.cfg.parameter_counts(),
+            },
             "plan": plan.to_dict(),
             "trtllm": trt,
-            "plugins": ({"dir": f"plugins/{self.target.sm_name}", "summary": self.data("plugins").get("summary")}
-                        if self.target.is_gpu else None),
+            "plugins": (
+                {"dir": f"plugins/{self.target.sm_name}", "summary": self.data("plugins").get("summary")}
+                if self.target.is_gpu
+                else None
+            ),
             "tools": tool_versions(),
             "onnx": self.data("onnx") or None,
             "tensorrt_engine": self.data("trt") or None,
@@ -456,9 +583,13 @@ class _Build:
             "quantization": quant,
             "accuracy": ckpt["accuracy"],
             "validation": self.data("validate"),
-        }  # fmt: skip
+        }
         if not m["validation"]:
-            m["validation"] = {"status": "skipped", "reason": self.state["done"]["validate"]["detail"], "output": None}
+            m["validation"] = {
+                "status": "skipped",
+                "reason": self.state["done"]["validate"]["detail"],
+                "output": None,
+            }
         mf.write_manifest(self.stage_dir, m)
         return "done", "build.json written last", {}
 
@@ -469,15 +600,29 @@ class _Build:
         ptx = None
         if self.target.sm_name is not None:
             files = sorted((self.stage_dir / "plugins" / self.target.sm_name).glob("*.ptx"))
-            ptx = next((ln.split()[1] for ln in files[0].read_text().splitlines() if ln.startswith(".version")),
-                       None) if files else None  # fmt: skip
+            ptx = (
+                next(
+                    (ln.split()[1] for ln in files[0].read_text().splitlines() if ln.startswith(".version")),
+                    None,
+                )
+                if files
+                else None
+            )
         return {"tensorrt": tensorrt_version(), "triton": tool_versions()["triton"], "ptx": ptx}
 
     def plan(self) -> Plan:
         d = self.data("inspect")["plan"]
         assert self.cfg is not None  # set by the checkpoint stage
-        return plan_memory(self.cfg, self.target, recipe=self.recipe, gpus=d["gpus"], max_seq_len=d["max_seq_len"],
-                           batch=d["batch"], mtp=self.mtp, max_num_tokens=d["max_num_tokens"])  # fmt: skip
+        return plan_memory(
+            self.cfg,
+            self.target,
+            recipe=self.recipe,
+            gpus=d["gpus"],
+            max_seq_len=d["max_seq_len"],
+            batch=d["batch"],
+            mtp=self.mtp,
+            max_num_tokens=d["max_num_tokens"],
+        )
 
     # ---- driver ----
     def run(self, resume: bool) -> Path:
@@ -487,8 +632,14 @@ class _Build:
 
         self.cfg = read_config(self.model_dir / "config.json")  # a bad config fails before any staging dir
         self.load_state(resume)
-        bar = tqdm(total=len(STAGES), desc="build", unit="stage", file=sys.stderr, disable=not self.progress,
-                   bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar}| {elapsed}<{remaining}")  # fmt: skip
+        bar = tqdm(
+            total=len(STAGES),
+            desc="build",
+            unit="stage",
+            file=sys.stderr,
+            disable=not self.progress,
+            bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar}| {elapsed}<{remaining}",
+        )
         try:
             for i, name in enumerate(STAGES, 1):
                 bar.set_description_str(f"build [{name}]")
@@ -504,7 +655,9 @@ class _Build:
                 except NemotronError as e:
                     raise type(e)(f"{e}\n(build stage '{name}' failed; {self._hint()})") from e
                 except Exception as e:
-                    raise BuildError(f"build stage '{name}' failed: {type(e).__name__}: {e}; {self._hint()}") from e
+                    raise BuildError(
+                        f"build stage '{name}' failed: {type(e).__name__}: {e}; {self._hint()}"
+                    ) from e
                 secs = round(time.perf_counter() - t0, 3)
                 self.state["done"][name] = {"status": status, "seconds": secs, "detail": detail, "data": data}
                 self.save_state()
@@ -539,7 +692,9 @@ def remove_leftovers(root: Path) -> list[Path]:
     gone = []
     for p in sorted(root.rglob(".*"), key=lambda q: len(q.parts)):
         n = p.name
-        if (TEMP_MARK in n or OLD_MARK in n or n.endswith(".tmp") or n.startswith(f"{STATE_FILE}.")) and p.exists():
+        if (
+            TEMP_MARK in n or OLD_MARK in n or n.endswith(".tmp") or n.startswith(f"{STATE_FILE}.")
+        ) and p.exists():
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
             gone.append(p)
     return gone
@@ -551,8 +706,9 @@ def check_writable(d: Path, what: str) -> None:
     while not p.exists() and p != p.parent:
         p = p.parent
     if not os.access(p, os.W_OK | os.X_OK):
-        raise BuildError(f"cannot write {what} {d}: {p} is read-only or not writable by this user; choose "
-                         f"another {what}")
+        raise BuildError(
+            f"cannot write {what} {d}: {p} is read-only or not writable by this user; choose another {what}"
+        )
 
 
 def build_engine(
@@ -591,8 +747,10 @@ def build_engine(
     if not model.is_dir():
         raise BuildError(f"model dir {model} does not exist; pass a HF checkpoint directory with config.json")
     if os.path.ismount(out):
-        raise BuildError(f"--out {out} is a mount point: the finished build is renamed onto --out, which cannot "
-                         f"replace a mount point; use a directory inside it, e.g. --out {out / 'engine'}")
+        raise BuildError(
+            f"--out {out} is a mount point: the finished build is renamed onto --out, which cannot "
+            f"replace a mount point; use a directory inside it, e.g. --out {out / 'engine'}"
+        )
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / mf.MANIFEST).is_file())):
         raise BuildError(
             f"{out} exists and is not an engine dir (no {mf.MANIFEST}); refusing to replace it. "
@@ -603,13 +761,28 @@ def build_engine(
     if not 0 <= mtp <= MAX_DRAFT_LEN:
         raise BuildError(f"--mtp must be in 0..{MAX_DRAFT_LEN} (draft tokens per step), got {mtp}")
     check_writable(out.parent, "--out")
-    b = _Build(model, out, t, recipe or t.default_recipe, mtp, validate=validate, progress=progress,
-               gpus=gpus, max_seq_len=max_seq_len, max_batch_size=max_batch_size, cache=cache,
-               calib_samples=calib_samples, calib_seq_len=calib_seq_len, onnx=onnx, trt=trt,
-               preset=preset)  # fmt: skip
+    b = _Build(
+        model,
+        out,
+        t,
+        recipe or t.default_recipe,
+        mtp,
+        validate=validate,
+        progress=progress,
+        gpus=gpus,
+        max_seq_len=max_seq_len,
+        max_batch_size=max_batch_size,
+        cache=cache,
+        calib_samples=calib_samples,
+        calib_seq_len=calib_seq_len,
+        onnx=onnx,
+        trt=trt,
+        preset=preset,
+    )
     try:
         with path_lock(out):  # held until the engine is in place; released by the kernel if we are killed
             return b.run(resume)
     except LockHeld as e:  # only path_lock(out) raises it
-        raise BuildError(f"another build is writing {out} ({e.holder}); wait for it to finish or choose another "
-                         "--out") from None
+        raise BuildError(
+            f"another build is writing {out} ({e.holder}); wait for it to finish or choose another --out"
+        ) from None

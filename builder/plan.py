@@ -82,6 +82,7 @@ _REPLICATED = ("fc1_latent_proj", "fc2_latent_proj", "mixer.gate.")  # not TP/EP
 
 PREFIX_BLOCK = 64  # tokens per prefix-cache block (the runtime's default `prefix_block`)
 
+
 def dtype_bytes(name: str) -> int:
     key = str(name).lower().replace("torch.", "")
     if key not in _DTYPE_BYTES:
@@ -238,14 +239,17 @@ class Plan:
 
     @property
     def per_seq_bytes(self) -> int:
-        return self.kv_bytes_per_token * self.max_seq_len + self.state_bytes_per_seq + self.logits_bytes_per_seq
+        return (
+            self.kv_bytes_per_token * self.max_seq_len + self.state_bytes_per_seq + self.logits_bytes_per_seq
+        )
 
     @property
     def prefix_block_bytes(self) -> int:
         """One prefix-cache block (PREFIX_BLOCK tokens): its KV plus a snapshot of every Mamba layer's state at the
         block boundary (runtime/prefix_cache.py): what reusing a prefix costs a hybrid model per block."""
-        return (self.kv_bytes_per_token * PREFIX_BLOCK
-                + self.num_mamba_layers * (self.conv_bytes_per_layer + self.ssm_bytes_per_layer))
+        return self.kv_bytes_per_token * PREFIX_BLOCK + self.num_mamba_layers * (
+            self.conv_bytes_per_layer + self.ssm_bytes_per_layer
+        )
 
     @property
     def fixed_bytes(self) -> int:
@@ -273,7 +277,9 @@ class Plan:
     def min_gpus_hint(self) -> str:
         if self.weights_fit:
             return ""
-        need = math.ceil(self.weights_bytes / max(1, self.capacity_bytes - self.workspace_bytes - self.activation_bytes))
+        need = math.ceil(
+            self.weights_bytes / max(1, self.capacity_bytes - self.workspace_bytes - self.activation_bytes)
+        )
         return f"the weights alone need >= {need} x {self.target}"
 
     def explain(self) -> str:
@@ -401,7 +407,9 @@ def plan_memory(
     if ssm_dtype == "auto":
         ssm_dtype = cfg.mamba_ssm_cache_dtype
     conv_layer = math.ceil(cfg.conv_dim / tp) * (cfg.conv_kernel - 1) * model_b
-    ssm_layer = math.ceil(cfg.mamba_num_heads / tp) * cfg.mamba_head_dim * cfg.ssm_state_size * dtype_bytes(ssm_dtype)
+    ssm_layer = (
+        math.ceil(cfg.mamba_num_heads / tp) * cfg.mamba_head_dim * cfg.ssm_state_size * dtype_bytes(ssm_dtype)
+    )
     copies = 1 + (mtp + 1 if mtp else 0)
     state_per_seq = n_mamba * (conv_layer + ssm_layer) * copies
     logits_per_seq = (mtp + 1) * math.ceil(cfg.vocab_size / tp) * 4
@@ -409,10 +417,19 @@ def plan_memory(
     # ---- activations (estimate) ----
     tokens = max_num_tokens or max(DEFAULT_MAX_NUM_TOKENS, batch * (mtp + 1))
     q = cfg.num_attention_heads * cfg.head_dim
-    widest = max(cfg.d_in_proj, q + 2 * cfg.num_key_value_heads * cfg.head_dim, cfg.intermediate_size,
-                 cfg.shared_expert_size, 2 * cfg.hidden_size)
-    routed = cfg.num_experts_per_tok * max(cfg.expert_dim, cfg.moe_intermediate_size) if "E" in cfg.pattern else 0
-    activation = tokens * model_b * (4 * cfg.hidden_size + 2 * math.ceil(widest / tp) + 2 * math.ceil(routed / tp))
+    widest = max(
+        cfg.d_in_proj,
+        q + 2 * cfg.num_key_value_heads * cfg.head_dim,
+        cfg.intermediate_size,
+        cfg.shared_expert_size,
+        2 * cfg.hidden_size,
+    )
+    routed = (
+        cfg.num_experts_per_tok * max(cfg.expert_dim, cfg.moe_intermediate_size) if "E" in cfg.pattern else 0
+    )
+    activation = (
+        tokens * model_b * (4 * cfg.hidden_size + 2 * math.ceil(widest / tp) + 2 * math.ceil(routed / tp))
+    )
 
     capacity = (t.memory_bytes if t.is_gpu else None) or _host_memory_bytes()
     src_bytes, quant_s, quant_rate = estimate_quantize_seconds(cfg, t)

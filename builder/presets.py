@@ -98,7 +98,7 @@ PRESETS: dict[str, Preset] = {
             sources=(
                 f"{_GUIDE}, config A (2xB200 TEP2): YAML + serve flags --max_batch_size 16 "
                 "--max_num_tokens 8192 --tp_size 2 --ep_size 2",
-            ),  # fmt: skip
+            ),
             options={
                 "max_batch_size": 16,
                 "max_num_tokens": 8192,
@@ -127,7 +127,7 @@ PRESETS: dict[str, Preset] = {
             sources=(
                 "TensorRT-LLM examples/models/core/nemotron/README_nemotron_super_v3.md, MTP + SSM "
                 "stochastic rounding config (spec deployment.md §2.5)",
-            ),  # fmt: skip
+            ),
             options={
                 "trust_remote_code": True,
                 "kv_cache_config": {

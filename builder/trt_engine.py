@@ -105,8 +105,16 @@ def build_profiles(*, max_batch: int, max_tokens: int, mtp: int, pool: int, max_
     ]
 
 
-def build_trt_engines(onnx_dir: str | Path, out_dir: str | Path, *, sm: int, max_batch: int, max_tokens: int,
-                      mtp: int, max_seq_len: int) -> dict[str, Any]:  # fmt: skip
+def build_trt_engines(
+    onnx_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    sm: int,
+    max_batch: int,
+    max_tokens: int,
+    mtp: int,
+    max_seq_len: int,
+) -> dict[str, Any]:
     """Build `<out_dir>/sm_<sm>.plan` (and `.mtp.plan`) from `onnx_dir` (see the module docstring). Needs
     `trt_unavailable(sm) is None`. Returns what build.json records about them."""
     import tensorrt as trt
@@ -128,5 +136,10 @@ def build_trt_engines(onnx_dir: str | Path, out_dir: str | Path, *, sm: int, max
         plan = out / f"sm_{sm}{suffix}.plan"
         size = _build_one(trt, d / g["file"], g, plan, profiles)
         plans[key] = {"file": f"trt/{plan.name}", "bytes": size}
-    return {"plans": plans, "profiles": profiles, "pool": pool, "max_seq_len": max_seq_len,
-            "tensorrt": tensorrt_version()}  # fmt: skip
+    return {
+        "plans": plans,
+        "profiles": profiles,
+        "pool": pool,
+        "max_seq_len": max_seq_len,
+        "tensorrt": tensorrt_version(),
+    }

@@ -100,7 +100,9 @@ def unknown_keys(config: dict[str, Any]) -> list[str]:
             continue
         cls = nested.get(key)
         if cls is None:
-            problems += _check_value(key, value, types.get("TorchLlmArgs", {}).get(key), table["values"].get(key))
+            problems += _check_value(
+                key, value, types.get("TorchLlmArgs", {}).get(key), table["values"].get(key)
+            )
             continue
         if value is None:
             continue
@@ -130,15 +132,27 @@ def hybrid_block_reuse() -> tuple[bool, str]:
         import tensorrt_llm
         from tensorrt_llm._torch.models.modeling_nemotron_h import NemotronHForCausalLM
     except Exception as e:  # noqa: BLE001 - absent or broken: the safe answer is "no"
-        return False, f"tensorrt_llm is not importable here ({type(e).__name__}); block reuse stays off for NemotronH"
+        return (
+            False,
+            f"tensorrt_llm is not importable here ({type(e).__name__}); block reuse stays off for NemotronH",
+        )
     version = getattr(tensorrt_llm, "__version__", "?")
     try:
         defaults = NemotronHForCausalLM.get_model_defaults(None) or {}
     except Exception as e:  # noqa: BLE001
-        return False, f"tensorrt_llm {version}: NemotronH model defaults unreadable ({e}); block reuse stays off"
+        return (
+            False,
+            f"tensorrt_llm {version}: NemotronH model defaults unreadable ({e}); block reuse stays off",
+        )
     if (defaults.get("kv_cache_config") or {}).get("enable_block_reuse") is False:
-        return False, f"tensorrt_llm {version} forces enable_block_reuse=false for NemotronH (hybrid reuse unsupported)"
-    return True, f"tensorrt_llm {version} reuses KV blocks for NemotronH (its model defaults no longer force it off)"
+        return (
+            False,
+            f"tensorrt_llm {version} forces enable_block_reuse=false for NemotronH (hybrid reuse unsupported)",
+        )
+    return (
+        True,
+        f"tensorrt_llm {version} reuses KV blocks for NemotronH (its model defaults no longer force it off)",
+    )
 
 
 def llm_api_config(
@@ -162,7 +176,9 @@ def llm_api_config(
     """
     t = target if isinstance(target, Target) else get_target(target)
     if not t.is_gpu:
-        raise BuildError(f"target {t.name!r} has no TensorRT-LLM config: only GPU targets get trtllm/llm_api.yaml")
+        raise BuildError(
+            f"target {t.name!r} has no TensorRT-LLM config: only GPU targets get trtllm/llm_api.yaml"
+        )
     if mtp and not config.num_nextn_predict_layers:
         raise BuildError(f"MTP {mtp} asked for, but the model has no MTP layers; use --mtp 0")
     batch = plan.batch
@@ -200,7 +216,9 @@ def llm_api_config(
             notes += why
     bad = unknown_keys(out)
     if bad:  # a bug here, not user input: the table or this function drifted
-        raise BuildError(f"generated TensorRT-LLM options have unknown keys {bad}; update builder/trtllm_config.py")
+        raise BuildError(
+            f"generated TensorRT-LLM options have unknown keys {bad}; update builder/trtllm_config.py"
+        )
     return out
 
 

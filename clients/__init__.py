@@ -18,5 +18,13 @@ from clients.client import (
     stream,
 )
 
-__all__ = ["ClientResult", "RequestRejected", "TextStream", "generate", "generate_batch", "parse_url", "server_ready",
-           "stream"]
+__all__ = [
+    "ClientResult",
+    "RequestRejected",
+    "TextStream",
+    "generate",
+    "generate_batch",
+    "parse_url",
+    "server_ready",
+    "stream",
+]

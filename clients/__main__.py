@@ -18,8 +18,10 @@ from trtllm_nemotron.errors import ClientError
 
 def _stats(r: ClientResult) -> str:
     ttft = f"{r.ttft_s * 1e3:.1f} ms" if r.ttft_s is not None else "n/a"
-    s = (f"[{r.num_tokens} tokens, {r.tokens_per_s:.1f} tok/s, TTFT {ttft}, "
-         f"ITL p50 {percentile(r.itl_s, 50) * 1e3:.1f} ms, finish {r.finish_reason}")
+    s = (
+        f"[{r.num_tokens} tokens, {r.tokens_per_s:.1f} tok/s, TTFT {ttft}, "
+        f"ITL p50 {percentile(r.itl_s, 50) * 1e3:.1f} ms, finish {r.finish_reason}"
+    )
     if r.acceptance_rate is not None:
         s += f", acceptance {r.acceptance_rate:.2f} (length {r.acceptance_length or 0:.2f})"
     return s + f"; {r.protocol} {r.url} model {r.model}]"
@@ -38,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    ap.add_argument("--batch", type=argparse.FileType("r"), default=None, help="file with one prompt per line")
+    ap.add_argument(
+        "--batch", type=argparse.FileType("r"), default=None, help="file with one prompt per line"
+    )
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--json", action="store_true", help="print results as JSON")
     ap.add_argument("--timeout", type=float, default=300.0)
@@ -46,8 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     prompts = list(a.prompts) + ([ln.rstrip("\n") for ln in a.batch if ln.strip()] if a.batch else [])
     if not prompts:
         ap.error("give a prompt (or --batch FILE)")
-    opts = dict(max_tokens=a.max_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
-                stop=a.stop, model=a.model, timeout=a.timeout)
+    opts = dict(
+        max_tokens=a.max_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        seed=a.seed,
+        stop=a.stop,
+        model=a.model,
+        timeout=a.timeout,
+    )
     try:
         if len(prompts) == 1 and a.stream and not a.json:
             s = stream(prompts[0], url=a.url, protocol=a.protocol, **opts)
@@ -57,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write("\n")
             print(_stats(s.result), file=sys.stderr)
             return 0
-        results = generate_batch(prompts, url=a.url, protocol=a.protocol, concurrency=a.concurrency,
-                                 stream=a.stream, **opts)
+        results = generate_batch(
+            prompts, url=a.url, protocol=a.protocol, concurrency=a.concurrency, stream=a.stream, **opts
+        )
     except ClientError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1

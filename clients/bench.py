@@ -48,11 +48,13 @@ class LoadReport:
         return {**asdict(self), "cpu_ms_per_token": self.cpu_ms_per_token}
 
     def line(self) -> str:
-        return (f"{self.label:<22} c={self.concurrency:<3} n={self.requests:<4} err={self.errors:<2} "
-                f"{self.tokens_per_s:8.1f} tok/s {self.requests_per_s:6.2f} req/s  "
-                f"TTFT p50 {self.ttft_p50_s * 1e3:7.1f} ms p99 {self.ttft_p99_s * 1e3:7.1f} ms  "
-                f"ITL p50 {self.itl_p50_s * 1e3:6.1f} ms p99 {self.itl_p99_s * 1e3:6.1f} ms"
-                + (f"  CPU {self.cpu_ms_per_token:5.2f} ms/tok" if self.cpu_ms_per_token is not None else ""))
+        return (
+            f"{self.label:<22} c={self.concurrency:<3} n={self.requests:<4} err={self.errors:<2} "
+            f"{self.tokens_per_s:8.1f} tok/s {self.requests_per_s:6.2f} req/s  "
+            f"TTFT p50 {self.ttft_p50_s * 1e3:7.1f} ms p99 {self.ttft_p99_s * 1e3:7.1f} ms  "
+            f"ITL p50 {self.itl_p50_s * 1e3:6.1f} ms p99 {self.itl_p99_s * 1e3:6.1f} ms"
+            + (f"  CPU {self.cpu_ms_per_token:5.2f} ms/tok" if self.cpu_ms_per_token is not None else "")
+        )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -66,39 +68,73 @@ def percentile(values: list[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
-def summarize(label: str, concurrency: int, results: list[ClientResult], errors: int, wall_s: float) -> LoadReport:
+def summarize(
+    label: str, concurrency: int, results: list[ClientResult], errors: int, wall_s: float
+) -> LoadReport:
     """One report from per-request results (TTFT, ITL gaps, e2e) and the run's wall time."""
     ttft = [r.ttft_s for r in results if r.ttft_s is not None]
     itl = [g for r in results for g in r.itl_s]
     e2e = [r.e2e_s for r in results]
     tokens = sum(r.num_tokens for r in results)
-    decode = [(r.num_tokens - 1) / (r.e2e_s - r.ttft_s) for r in results
-              if r.ttft_s is not None and r.num_tokens > 1 and r.e2e_s > r.ttft_s]
+    decode = [
+        (r.num_tokens - 1) / (r.e2e_s - r.ttft_s)
+        for r in results
+        if r.ttft_s is not None and r.num_tokens > 1 and r.e2e_s > r.ttft_s
+    ]
     return LoadReport(
-        label=label, concurrency=concurrency, requests=len(results), errors=errors, wall_s=wall_s,
-        requests_per_s=len(results) / wall_s if wall_s > 0 else 0.0, tokens=tokens,
+        label=label,
+        concurrency=concurrency,
+        requests=len(results),
+        errors=errors,
+        wall_s=wall_s,
+        requests_per_s=len(results) / wall_s if wall_s > 0 else 0.0,
+        tokens=tokens,
         tokens_per_s=tokens / wall_s if wall_s > 0 else 0.0,
-        ttft_p50_s=percentile(ttft, 50), ttft_p90_s=percentile(ttft, 90), ttft_p99_s=percentile(ttft, 99),
-        itl_p50_s=percentile(itl, 50), itl_p90_s=percentile(itl, 90), itl_p99_s=percentile(itl, 99),
-        e2e_p50_s=percentile(e2e, 50), e2e_p99_s=percentile(e2e, 99),
+        ttft_p50_s=percentile(ttft, 50),
+        ttft_p90_s=percentile(ttft, 90),
+        ttft_p99_s=percentile(ttft, 99),
+        itl_p50_s=percentile(itl, 50),
+        itl_p90_s=percentile(itl, 90),
+        itl_p99_s=percentile(itl, 99),
+        e2e_p50_s=percentile(e2e, 50),
+        e2e_p99_s=percentile(e2e, 99),
         decode_tokens_per_s=percentile(decode, 50) if decode else None,
     )
 
 
-def run_load(prompts: list[str], *, url: str, protocol: str = "grpc", concurrency: int = 8, requests: int = 32,
-             max_tokens: int = 64, temperature: float = 0.0, ignore_eos: bool = True, model: str = "nemotron",
-             timeout: float = 300.0, label: str | None = None, progress: bool = True) -> LoadReport:
+def run_load(
+    prompts: list[str],
+    *,
+    url: str,
+    protocol: str = "grpc",
+    concurrency: int = 8,
+    requests: int = 32,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    ignore_eos: bool = True,
+    model: str = "nemotron",
+    timeout: float = 300.0,
+    label: str | None = None,
+    progress: bool = True,
+) -> LoadReport:
     """`requests` streaming requests (prompts cycled) from `concurrency` clients; see the module docstring."""
     from tqdm import tqdm
 
     if concurrency < 1 or requests < 1 or not prompts:
-        raise ClientError(f"need concurrency >= 1, requests >= 1 and prompts; got {concurrency}, {requests}, {len(prompts)}")
+        raise ClientError(
+            f"need concurrency >= 1, requests >= 1 and prompts; got {concurrency}, {requests}, {len(prompts)}"
+        )
     lock = threading.Lock()
     next_idx = [0]
     results: list[ClientResult] = []
     errors: list[str] = []
-    bar = tqdm(total=requests, desc=label or f"{protocol} c={concurrency}", unit="req", file=sys.stderr,
-               disable=not progress)
+    bar = tqdm(
+        total=requests,
+        desc=label or f"{protocol} c={concurrency}",
+        unit="req",
+        file=sys.stderr,
+        disable=not progress,
+    )
 
     unreachable: list[ClientError] = []
 
@@ -110,8 +146,17 @@ def run_load(prompts: list[str], *, url: str, protocol: str = "grpc", concurrenc
                     return
                 next_idx[0] += 1
             try:
-                r = generate(prompts[i % len(prompts)], url=url, protocol=protocol, stream=True, max_tokens=max_tokens,
-                             temperature=temperature, model=model, timeout=timeout, ignore_eos=ignore_eos)
+                r = generate(
+                    prompts[i % len(prompts)],
+                    url=url,
+                    protocol=protocol,
+                    stream=True,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    model=model,
+                    timeout=timeout,
+                    ignore_eos=ignore_eos,
+                )
                 with lock:
                     results.append(r)
             except ClientError as e:

@@ -67,11 +67,21 @@ class ClientResult:
     model: str = ""
 
     def to_json(self) -> dict:
-        return {"text": self.text, "num_tokens": self.num_tokens, "tokens_per_s": self.tokens_per_s,
-                "ttft_s": self.ttft_s, "acceptance_rate": self.acceptance_rate,
-                "acceptance_length": self.acceptance_length, "accepted_draft_tokens": self.accepted_draft_tokens,
-                "draft_tokens": self.draft_tokens, "finish_reason": self.finish_reason,
-                "e2e_s": self.e2e_s, "url": self.url, "protocol": self.protocol, "model": self.model}
+        return {
+            "text": self.text,
+            "num_tokens": self.num_tokens,
+            "tokens_per_s": self.tokens_per_s,
+            "ttft_s": self.ttft_s,
+            "acceptance_rate": self.acceptance_rate,
+            "acceptance_length": self.acceptance_length,
+            "accepted_draft_tokens": self.accepted_draft_tokens,
+            "draft_tokens": self.draft_tokens,
+            "finish_reason": self.finish_reason,
+            "e2e_s": self.e2e_s,
+            "url": self.url,
+            "protocol": self.protocol,
+            "model": self.model,
+        }
 
 
 def parse_url(url: str, protocol: str) -> str:
@@ -81,9 +91,11 @@ def parse_url(url: str, protocol: str) -> str:
     u = url.strip()
     for scheme in ("grpc://", "http://"):
         if u.startswith(scheme):
-            u = u[len(scheme):]
+            u = u[len(scheme) :]
     if "://" in u:
-        raise ClientError(f"unsupported URL scheme in {url!r}: use host:port, http://host:port or grpc://host:port")
+        raise ClientError(
+            f"unsupported URL scheme in {url!r}: use host:port, http://host:port or grpc://host:port"
+        )
     u = u.rstrip("/")
     if not u:
         raise ClientError(f"empty URL {url!r}")
@@ -95,9 +107,18 @@ def parse_url(url: str, protocol: str) -> str:
     return u
 
 
-def _request_tensors(prompt: str, *, stream: bool, max_tokens: int, temperature: float, top_k: int, top_p: float,
-                     seed: int | None, stop: list[str] | tuple[str, ...] | None, ignore_eos: bool
-                     ) -> list[tuple[str, np.ndarray, str]]:
+def _request_tensors(
+    prompt: str,
+    *,
+    stream: bool,
+    max_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    stop: list[str] | tuple[str, ...] | None,
+    ignore_eos: bool,
+) -> list[tuple[str, np.ndarray, str]]:
     """The llmapi inputs as (name, array, Triton dtype); shapes without a batch dim (max_batch_size 0)."""
     t: list[tuple[str, np.ndarray, str]] = [
         ("text_input", np.array([prompt.encode("utf-8")], dtype=np.object_), "BYTES"),
@@ -113,7 +134,9 @@ def _request_tensors(prompt: str, *, stream: bool, max_tokens: int, temperature:
     if seed is not None:
         t.append(("sampling_param_seed", np.array([seed], dtype=np.uint64), "UINT64"))
     if stop:
-        t.append(("sampling_param_stop", np.array([s.encode("utf-8") for s in stop], dtype=np.object_), "BYTES"))
+        t.append(
+            ("sampling_param_stop", np.array([s.encode("utf-8") for s in stop], dtype=np.object_), "BYTES")
+        )
     if ignore_eos:  # our model's extension; TensorRT-LLM's llmapi model has no such input
         t.append(("sampling_param_ignore_eos", np.array([True]), "BOOL"))
     return t
@@ -136,9 +159,11 @@ _DECOUPLED_CACHE: dict[tuple[str, str, str], bool] = {}
 
 
 def _connect_error(url: str, protocol: str, e: BaseException) -> ClientError:
-    return ClientError(f"cannot reach Triton at {url} over {protocol}: {e}. Is the server running "
-                       f"(`trtllm-nemotron serve REPO`) and is this the {protocol} port "
-                       f"(default {DEFAULT_PORTS[protocol]})?")
+    return ClientError(
+        f"cannot reach Triton at {url} over {protocol}: {e}. Is the server running "
+        f"(`trtllm-nemotron serve REPO`) and is this the {protocol} port "
+        f"(default {DEFAULT_PORTS[protocol]})?"
+    )
 
 
 class _Grpc:
@@ -157,7 +182,11 @@ class _Grpc:
                 cfg = self.client.get_model_config(model, as_json=True, client_timeout=self.timeout)["config"]
             except InferenceServerException as e:
                 msg = str(e)
-                if "unavailable" in msg.lower() or "failed to connect" in msg.lower() or "deadline" in msg.lower():
+                if (
+                    "unavailable" in msg.lower()
+                    or "failed to connect" in msg.lower()
+                    or "deadline" in msg.lower()
+                ):
                     raise _connect_error(self.url, "grpc", e) from e
                 raise RequestRejected(f"model {model!r} at {self.url} (grpc): {msg}") from e
             _DECOUPLED_CACHE[key] = bool(cfg.get("model_transaction_policy", {}).get("decoupled", False))
@@ -175,7 +204,9 @@ class _Grpc:
             try:
                 result = self.client.infer(model, inputs, request_id=request_id, client_timeout=self.timeout)
             except InferenceServerException as e:
-                raise RequestRejected(f"server error from {model!r} at {self.url} (grpc): {e.message()}") from e
+                raise RequestRejected(
+                    f"server error from {model!r} at {self.url} (grpc): {e.message()}"
+                ) from e
             yield {**self._outputs(result), "__final__": True}
             return
         q: queue.Queue = queue.Queue()
@@ -183,7 +214,9 @@ class _Grpc:
         finished = False
         try:
             try:
-                self.client.async_stream_infer(model, inputs, request_id=request_id, enable_empty_final_response=True)
+                self.client.async_stream_infer(
+                    model, inputs, request_id=request_id, enable_empty_final_response=True
+                )
             except InferenceServerException as e:
                 finished = True
                 _, error = q.get(timeout=5) if not q.empty() else (None, e)
@@ -192,7 +225,9 @@ class _Grpc:
                 try:
                     result, error = q.get(timeout=self.timeout)
                 except queue.Empty as e:
-                    raise ClientError(f"no response from {model!r} at {self.url} (grpc) within {self.timeout} s") from e
+                    raise ClientError(
+                        f"no response from {model!r} at {self.url} (grpc) within {self.timeout} s"
+                    ) from e
                 if error is not None:
                     finished = True
                     msg = error.message() if hasattr(error, "message") else str(error)
@@ -200,7 +235,11 @@ class _Grpc:
                         raise _connect_error(self.url, "grpc", error)
                     raise RequestRejected(f"server error from {model!r} at {self.url} (grpc): {msg}")
                 resp = result.get_response()
-                final = resp.parameters["triton_final_response"].bool_param if "triton_final_response" in resp.parameters else True
+                final = (
+                    resp.parameters["triton_final_response"].bool_param
+                    if "triton_final_response" in resp.parameters
+                    else True
+                )
                 out = self._outputs(result)
                 out["__final__"] = final
                 finished = final
@@ -228,7 +267,9 @@ class _Http:
         self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
             data = json.dumps(body).encode() if body is not None else None
-            self.conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+            self.conn.request(
+                method, path, body=data, headers={"Content-Type": "application/json"} if data else {}
+            )
             return self.conn.getresponse()
         except (ConnectionError, OSError, http.client.HTTPException) as e:
             raise _connect_error(self.url, "http", e) from e
@@ -240,7 +281,9 @@ class _Http:
             body = r.read()
             self.close()
             if r.status != 200:
-                raise RequestRejected(f"model {model!r} at {self.url} (http): HTTP {r.status} {body.decode(errors='replace')}")
+                raise RequestRejected(
+                    f"model {model!r} at {self.url} (http): HTTP {r.status} {body.decode(errors='replace')}"
+                )
             cfg = json.loads(body)
             _DECOUPLED_CACHE[key] = bool(cfg.get("model_transaction_policy", {}).get("decoupled", False))
         return _DECOUPLED_CACHE[key]
@@ -256,8 +299,10 @@ class _Http:
             if endpoint == "generate":
                 data = json.loads(r.read() or b"{}")
                 if r.status != 200 or "error" in data:
-                    raise RequestRejected(f"server error from {model!r} at {self.url} (http): "
-                                          f"{data.get('error', f'HTTP {r.status}')}")
+                    raise RequestRejected(
+                        f"server error from {model!r} at {self.url} (http): "
+                        f"{data.get('error', f'HTTP {r.status}')}"
+                    )
                 yield {**{k: _scalar(v) for k, v in data.items()}, "__final__": True}
                 return
             if r.status != 200:
@@ -276,7 +321,9 @@ class _Http:
                     continue
                 data = json.loads(line[5:])
                 if "error" in data:
-                    raise RequestRejected(f"server error from {model!r} at {self.url} (http): {data['error']}")
+                    raise RequestRejected(
+                        f"server error from {model!r} at {self.url} (http): {data['error']}"
+                    )
                 if pending is not None:
                     yield pending
                 pending = {k: _scalar(v) for k, v in data.items()}
@@ -316,7 +363,7 @@ class _Collector:
         text = out.get("text_output")
         delta = ""
         if isinstance(text, str) and len(text) >= len(r.text):
-            delta = text[len(r.text):]
+            delta = text[len(r.text) :]
             r.text = text
         n = out.get("num_output_tokens")
         if delta or (n is not None and int(n) > self.tokens_seen):
@@ -332,9 +379,14 @@ class _Collector:
         r.num_responses += 1
         if out.get("finish_reason") not in (None, "", "None"):
             r.finish_reason = str(out["finish_reason"])
-        for key, attr in (("acceptance_rate", "acceptance_rate"), ("total_accepted_draft_tokens", "accepted_draft_tokens"),
-                          ("total_draft_tokens", "draft_tokens"), ("kv_cache_reused_block", "kv_cache_reused_block"),
-                          ("kv_cache_missed_block", "kv_cache_missed_block"), ("kv_cache_hit_rate", "kv_cache_hit_rate")):
+        for key, attr in (
+            ("acceptance_rate", "acceptance_rate"),
+            ("total_accepted_draft_tokens", "accepted_draft_tokens"),
+            ("total_draft_tokens", "draft_tokens"),
+            ("kv_cache_reused_block", "kv_cache_reused_block"),
+            ("kv_cache_missed_block", "kv_cache_missed_block"),
+            ("kv_cache_hit_rate", "kv_cache_hit_rate"),
+        ):
             if out.get(key) is not None:
                 setattr(r, attr, float(out[key]) if attr.endswith("rate") else int(out[key]))
         return delta
@@ -358,14 +410,37 @@ class TextStream:
     Leaving the loop early (break, close()) cancels the request on the server.
     """
 
-    def __init__(self, prompt: str, *, url: str, protocol: str = "grpc", stream: bool = True, max_tokens: int = 64,
-                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                 stop: list[str] | tuple[str, ...] | None = None, model: str = "nemotron", timeout: float = 300.0,
-                 ignore_eos: bool = False, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        prompt: str,
+        *,
+        url: str,
+        protocol: str = "grpc",
+        stream: bool = True,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: list[str] | tuple[str, ...] | None = None,
+        model: str = "nemotron",
+        timeout: float = 300.0,
+        ignore_eos: bool = False,
+        request_id: str | None = None,
+    ) -> None:
         self.result = ClientResult(url=url, protocol=protocol, model=model)
         self._transport = _transport(url, protocol, timeout)
-        self._tensors = _request_tensors(prompt, stream=stream, max_tokens=max_tokens, temperature=temperature,
-                                         top_k=top_k, top_p=top_p, seed=seed, stop=stop, ignore_eos=ignore_eos)
+        self._tensors = _request_tensors(
+            prompt,
+            stream=stream,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            ignore_eos=ignore_eos,
+        )
         self._model = model
         self._request_id = request_id or uuid.uuid4().hex
         self._gen = self._run()
@@ -397,25 +472,51 @@ def stream(prompt: str, *, url: str, protocol: str = "grpc", **options) -> TextS
     return TextStream(prompt, url=url, protocol=protocol, stream=True, **options)
 
 
-def generate(prompt: str, *, url: str, protocol: str = "grpc", stream: bool = True, max_tokens: int = 64,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-             stop: list[str] | tuple[str, ...] | None = None, model: str = "nemotron", timeout: float = 300.0,
-             ignore_eos: bool = False) -> ClientResult:
+def generate(
+    prompt: str,
+    *,
+    url: str,
+    protocol: str = "grpc",
+    stream: bool = True,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: list[str] | tuple[str, ...] | None = None,
+    model: str = "nemotron",
+    timeout: float = 300.0,
+    ignore_eos: bool = False,
+) -> ClientResult:
     """One request to a Triton llmapi-protocol model; blocks until it finished.
 
     Raises:
         ClientError: the server cannot be reached (names URL and protocol).
         RequestRejected: the server answered with an error (bad option, over-long prompt, ...).
     """
-    s = TextStream(prompt, url=url, protocol=protocol, stream=stream, max_tokens=max_tokens, temperature=temperature,
-                   top_k=top_k, top_p=top_p, seed=seed, stop=stop, model=model, timeout=timeout, ignore_eos=ignore_eos)
+    s = TextStream(
+        prompt,
+        url=url,
+        protocol=protocol,
+        stream=stream,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=stop,
+        model=model,
+        timeout=timeout,
+        ignore_eos=ignore_eos,
+    )
     for _ in s:
         pass
     return s.result
 
 
-def generate_batch(prompts: list[str], *, url: str, protocol: str = "grpc", concurrency: int = 8,
-                   **options) -> list[ClientResult]:
+def generate_batch(
+    prompts: list[str], *, url: str, protocol: str = "grpc", concurrency: int = 8, **options
+) -> list[ClientResult]:
     """`generate` for every prompt, `concurrency` requests in flight (the server batches them); results in order."""
     if concurrency < 1:
         raise ClientError(f"concurrency must be >= 1, got {concurrency}")
@@ -447,5 +548,13 @@ def server_ready(url: str, protocol: str = "http", timeout: float = 5.0) -> bool
         return False
 
 
-__all__ = ["ClientResult", "RequestRejected", "TextStream", "generate", "generate_batch", "parse_url", "server_ready",
-           "stream"]
+__all__ = [
+    "ClientResult",
+    "RequestRejected",
+    "TextStream",
+    "generate",
+    "generate_batch",
+    "parse_url",
+    "server_ready",
+    "stream",
+]

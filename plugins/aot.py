@@ -60,29 +60,43 @@ def _jobs(cfg: Any) -> list[dict[str, Any]]:
         spec = ml.launch_spec(batch=1, T=1, **v)
         jobs.append(
             dict(
-                name=ml.variant_name(v), op="mamba_state_update", module="plugins.mamba_state_update.kernel",
-                spec=spec, grid=ml.GRID_RULE, inputs=ml.INPUTS, scalars=ml.SCALARS, outputs=ml.OUTPUTS,
+                name=ml.variant_name(v),
+                op="mamba_state_update",
+                module="plugins.mamba_state_update.kernel",
+                spec=spec,
+                grid=ml.GRID_RULE,
+                inputs=ml.INPUTS,
+                scalars=ml.SCALARS,
+                outputs=ml.OUTPUTS,
             )
-        )  # fmt: skip
+        )
     for name, spec in rl.aot_variants(cfg):
         route = spec.kernel == rl.ROUTE_KERNEL
         jobs.append(
             dict(
-                name=name, op="latent_moe_routing", module="plugins.latent_moe_routing.kernel", spec=spec,
+                name=name,
+                op="latent_moe_routing",
+                module="plugins.latent_moe_routing.kernel",
+                spec=spec,
                 grid=rl.ROUTE_GRID_RULE if route else rl.PERM_GRID_RULE,
                 inputs=rl.ROUTE_INPUTS if route else rl.PERM_INPUTS,
                 scalars=rl.ROUTE_SCALARS if route else rl.PERM_SCALARS,
                 outputs=rl.ROUTE_OUTPUTS if route else rl.PERM_OUTPUTS,
             )
-        )  # fmt: skip
+        )
     for name, spec in xl.aot_variants(cfg):
         jobs.append(
             dict(
-                name=name, op="latent_moe_experts", module="plugins.latent_moe_experts.kernel", spec=spec,
-                grid=xl.GRID_RULE, inputs=xl.INPUTS_NVFP4 if spec.kernel == xl.KERNEL_NVFP4 else xl.INPUTS,
-                scalars=xl.SCALARS, outputs=xl.OUTPUTS,
+                name=name,
+                op="latent_moe_experts",
+                module="plugins.latent_moe_experts.kernel",
+                spec=spec,
+                grid=xl.GRID_RULE,
+                inputs=xl.INPUTS_NVFP4 if spec.kernel == xl.KERNEL_NVFP4 else xl.INPUTS,
+                scalars=xl.SCALARS,
+                outputs=xl.OUTPUTS,
             )
-        )  # fmt: skip
+        )
     return jobs
 
 
@@ -229,10 +243,20 @@ def disassemble(cubin: str | Path) -> str:
 
 def _config_summary(cfg: Any) -> dict[str, Any]:
     keys = (
-        "mamba_num_heads", "mamba_head_dim", "ssm_state_size", "n_groups", "conv_kernel", "n_routed_experts",
-        "num_experts_per_tok", "n_group", "topk_group", "norm_topk_prob", "routed_scaling_factor",
-        "moe_intermediate_size", "moe_latent_size",
-    )  # fmt: skip
+        "mamba_num_heads",
+        "mamba_head_dim",
+        "ssm_state_size",
+        "n_groups",
+        "conv_kernel",
+        "n_routed_experts",
+        "num_experts_per_tok",
+        "n_group",
+        "topk_group",
+        "norm_topk_prob",
+        "routed_scaling_factor",
+        "moe_intermediate_size",
+        "moe_latent_size",
+    )
     return {k: getattr(cfg, k) for k in keys}
 
 

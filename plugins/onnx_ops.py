@@ -43,17 +43,45 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 class mamba_state_update(OpRun):  # noqa: N801 - the class name is the ONNX op_type
     op_domain = DOMAIN
 
-    def _run(self, xbc, dt, conv_weight, conv_bias, dt_bias, A, D, slot_idx, conv_state, ssm_state, conv_window,
-             num_heads=None, n_groups=None, head_dim=None, state_size=None, conv_kernel=None, keep_steps=None,
-             plugin_namespace=None, aot=None):  # fmt: skip
+    def _run(
+        self,
+        xbc,
+        dt,
+        conv_weight,
+        conv_bias,
+        dt_bias,
+        A,
+        D,
+        slot_idx,
+        conv_state,
+        ssm_state,
+        conv_window,
+        num_heads=None,
+        n_groups=None,
+        head_dim=None,
+        state_size=None,
+        conv_kernel=None,
+        keep_steps=None,
+        plugin_namespace=None,
+        aot=None,
+    ):
         from plugins.mamba_state_update.reference import mamba_state_update_ref
 
         conv, ssm = to_torch(conv_state).clone(), to_torch(ssm_state).clone()
         y, ssm_steps, conv_steps = mamba_state_update_ref(
-            to_torch(xbc), to_torch(dt), conv, ssm, to_torch(conv_weight), to_torch(conv_bias),
-            to_torch(dt_bias), to_torch(A), to_torch(D), to_torch(slot_idx).long(), n_groups=int(n_groups),
+            to_torch(xbc),
+            to_torch(dt),
+            conv,
+            ssm,
+            to_torch(conv_weight),
+            to_torch(conv_bias),
+            to_torch(dt_bias),
+            to_torch(A),
+            to_torch(D),
+            to_torch(slot_idx).long(),
+            n_groups=int(n_groups),
             keep_steps=bool(keep_steps),
-        )  # fmt: skip
+        )
         if not keep_steps:  # the plugin's shape-[1] placeholders
             ssm_steps, conv_steps = ssm.new_zeros(1), conv.new_zeros(1)
         return tuple(to_numpy(t) for t in (y, conv, ssm, ssm_steps, conv_steps))
@@ -62,14 +90,30 @@ class mamba_state_update(OpRun):  # noqa: N801 - the class name is the ONNX op_t
 class latent_moe_routing(OpRun):  # noqa: N801
     op_domain = DOMAIN
 
-    def _run(self, logits, bias, num_experts=None, top_k=None, n_group=None, topk_group=None, norm_topk_prob=None,
-             routed_scaling_factor=None, plugin_namespace=None, aot=None):  # fmt: skip
+    def _run(
+        self,
+        logits,
+        bias,
+        num_experts=None,
+        top_k=None,
+        n_group=None,
+        topk_group=None,
+        norm_topk_prob=None,
+        routed_scaling_factor=None,
+        plugin_namespace=None,
+        aot=None,
+    ):
         from plugins.latent_moe_routing.reference import latent_moe_routing_ref
 
         w, idx, _, _ = latent_moe_routing_ref(
-            to_torch(logits), to_torch(bias), int(top_k), int(n_group), int(topk_group), bool(norm_topk_prob),
+            to_torch(logits),
+            to_torch(bias),
+            int(top_k),
+            int(n_group),
+            int(topk_group),
+            bool(norm_topk_prob),
             float(routed_scaling_factor),
-        )  # fmt: skip
+        )
         return to_numpy(w), to_numpy(idx)
 
 
@@ -96,19 +140,42 @@ class latent_moe_experts(OpRun):  # noqa: N801
 class latent_moe_experts_nvfp4(OpRun):  # noqa: N801
     op_domain = DOMAIN
 
-    def _run(self, x, weights, counts, perm, up, up_scale, up_scale_2, down, down_scale, down_scale_2,
-             plugin_namespace=None, aot=None):  # fmt: skip
+    def _run(
+        self,
+        x,
+        weights,
+        counts,
+        perm,
+        up,
+        up_scale,
+        up_scale_2,
+        down,
+        down_scale,
+        down_scale_2,
+        plugin_namespace=None,
+        aot=None,
+    ):
         from plugins.latent_moe_experts.reference import latent_moe_experts_ref
 
         def bits(a: Any, dtype: torch.dtype) -> torch.Tensor:  # INT8 tensors holding E2M1 pairs / E4M3 bits
             return to_torch(a).view(torch.uint8).view(dtype)
 
-        return (to_numpy(latent_moe_experts_ref(
-            to_torch(x), to_torch(weights), to_torch(counts), to_torch(perm), bits(up, torch.uint8),
-            up_scale=bits(up_scale, torch.float8_e4m3fn), up_scale_2=to_torch(up_scale_2),
-            down=bits(down, torch.uint8), down_scale=bits(down_scale, torch.float8_e4m3fn),
-            down_scale_2=to_torch(down_scale_2),
-        )),)  # fmt: skip
+        return (
+            to_numpy(
+                latent_moe_experts_ref(
+                    to_torch(x),
+                    to_torch(weights),
+                    to_torch(counts),
+                    to_torch(perm),
+                    bits(up, torch.uint8),
+                    up_scale=bits(up_scale, torch.float8_e4m3fn),
+                    up_scale_2=to_torch(up_scale_2),
+                    down=bits(down, torch.uint8),
+                    down_scale=bits(down_scale, torch.float8_e4m3fn),
+                    down_scale_2=to_torch(down_scale_2),
+                )
+            ),
+        )
 
 
 OPS = (
@@ -144,8 +211,12 @@ def register_ort_ops() -> str:
 
         _ORT_REGISTERED.append(onnx_op(op_type=cls.__name__, inputs=inputs, outputs=outputs, attrs=a)(fn))
 
-    op(mamba_state_update, [f] * 7 + [i32, f, f, f], [f] * 5,
-       attrs("num_heads", "n_groups", "head_dim", "state_size", "conv_kernel", "keep_steps"))  # fmt: skip
+    op(
+        mamba_state_update,
+        [f] * 7 + [i32, f, f, f],
+        [f] * 5,
+        attrs("num_heads", "n_groups", "head_dim", "state_size", "conv_kernel", "keep_steps"),
+    )
     op(
         latent_moe_routing,
         [f, f],

@@ -71,8 +71,13 @@ def driver_requirement(isa: str) -> dict[str, Any]:
     cuda = cuda_for_ptx_isa(isa)
     known = MIN_LINUX_DRIVER.get(cuda)
     text = f"a driver that supports CUDA {cuda}" + (f" (Linux >= {known})" if known else "")
-    return {"ptx_isa": isa, "min_cuda_driver_api": cuda, "min_linux_driver": known, "needs": text,
-            "source": SOURCE}  # fmt: skip
+    return {
+        "ptx_isa": isa,
+        "min_cuda_driver_api": cuda,
+        "min_linux_driver": known,
+        "needs": text,
+        "source": SOURCE,
+    }
 
 
 def host_driver() -> dict[str, str] | None:
@@ -88,8 +93,10 @@ def host_driver() -> dict[str, str] | None:
     try:
         smi = subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         if smi.returncode == 0 and smi.stdout.strip():
             out["driver"] = smi.stdout.strip().splitlines()[0].strip()
     except (OSError, subprocess.SubprocessError):

@@ -34,7 +34,13 @@ def test_nano_parameter_counts():
 def test_super_derived_dims():
     s = preset("super-120b")
     assert (s.d_inner, s.conv_dim, s.d_in_proj, s.norm_group_size, s.heads_per_group, s.expert_dim) == (
-        8192, 10240, 18560, 1024, 16, 1024)
+        8192,
+        10240,
+        18560,
+        1024,
+        16,
+        1024,
+    )
     n = preset("nano-30b")
     assert (n.d_inner, n.conv_dim, n.d_in_proj, n.expert_dim) == (4096, 6144, 10304, 2688)
 
@@ -50,11 +56,21 @@ def test_preset_round_trip(name, tmp_path):
 
 def test_round_trip_is_lossless_for_legacy_and_unknown_keys():
     d = {
-        "model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "hidden_size": 64,
-        "layers_block_type": ["mamba", "moe", "attention", "mlp"], "mamba_n_groups": 2, "mamba_d_conv": 3,
-        "mamba_num_heads": 4, "mamba_head_dim": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "attention_head_dim": 16, "custom_field": {"a": [1, 2]}, "time_step_limit": [0.0, math.inf],
-        "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "model_type": "nemotron_h",
+        "architectures": ["NemotronHForCausalLM"],
+        "hidden_size": 64,
+        "layers_block_type": ["mamba", "moe", "attention", "mlp"],
+        "mamba_n_groups": 2,
+        "mamba_d_conv": 3,
+        "mamba_num_heads": 4,
+        "mamba_head_dim": 8,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "attention_head_dim": 16,
+        "custom_field": {"a": [1, 2]},
+        "time_step_limit": [0.0, math.inf],
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
     }
     cfg = NemotronHConfig.from_dict(d)
     assert cfg.pattern == "ME*-" and cfg.n_groups == 2 and cfg.conv_kernel == 3 and cfg.head_dim == 16
@@ -64,8 +80,13 @@ def test_round_trip_is_lossless_for_legacy_and_unknown_keys():
 
 
 def test_layers_block_type_wins_and_mtp_fields():
-    d = {"model_type": "nemotron_h", "hybrid_override_pattern": "MM", "num_nextn_predict_layers": 1,
-         "layers_block_type": ["linear_attention", "moe", "full_attention"], "mtp_hybrid_override_pattern": "*E"}
+    d = {
+        "model_type": "nemotron_h",
+        "hybrid_override_pattern": "MM",
+        "num_nextn_predict_layers": 1,
+        "layers_block_type": ["linear_attention", "moe", "full_attention"],
+        "mtp_hybrid_override_pattern": "*E",
+    }
     cfg = NemotronHConfig.from_dict(d)
     assert cfg.pattern == "ME*" and cfg.mtp_pattern == "*E" and cfg.num_nextn_predict_layers == 1
     names = expected_tensors(cfg)
@@ -80,11 +101,23 @@ def test_layers_block_type_wins_and_mtp_fields():
         ({"model_type": "nemotron_h_puzzle", "hybrid_override_pattern": "ME"}, "nemotron_h_puzzle"),
         ({"model_type": "nemotron_h"}, "neither 'hybrid_override_pattern'"),
         ({"model_type": "nemotron_h", "hybrid_override_pattern": "MXE"}, "unknown layer characters"),
-        ({"model_type": "nemotron_h", "hybrid_override_pattern": "ME", "num_hidden_layers": 3}, "num_hidden_layers"),
-        ({"model_type": "nemotron_h", "hybrid_override_pattern": "E", "n_routed_experts": 8,
-          "num_experts_per_tok": 9}, "num_experts_per_tok"),
-        ({"model_type": "nemotron_h", "hybrid_override_pattern": "M", "mamba_num_heads": 6, "n_groups": 4},
-         "multiple of n_groups"),
+        (
+            {"model_type": "nemotron_h", "hybrid_override_pattern": "ME", "num_hidden_layers": 3},
+            "num_hidden_layers",
+        ),
+        (
+            {
+                "model_type": "nemotron_h",
+                "hybrid_override_pattern": "E",
+                "n_routed_experts": 8,
+                "num_experts_per_tok": 9,
+            },
+            "num_experts_per_tok",
+        ),
+        (
+            {"model_type": "nemotron_h", "hybrid_override_pattern": "M", "mamba_num_heads": 6, "n_groups": 4},
+            "multiple of n_groups",
+        ),
         ({"model_type": "nemotron_h", "layers_block_type": ["mamba", "conv"]}, "unknown layer types"),
     ],
 )

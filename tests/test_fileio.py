@@ -95,7 +95,9 @@ def test_stale_siblings_are_those_of_dead_writers(tmp_path):
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(dead.stdout)
     target = tmp_path / "out"
     (tmp_path / f".out{TEMP_MARK}{dead_pid}-abcd1234").mkdir()

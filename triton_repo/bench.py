@@ -133,23 +133,48 @@ def _engine_runs(engine, cfg: BenchConfig) -> dict:
     t0 = time.perf_counter()
     cs = engine.generate_batch(prompts, _params(cfg.max_tokens))
     wall = time.perf_counter() - t0
-    return {"generate": {"decode_tokens_per_s": c.stats["tokens_per_s"], "ttft_s": c.stats["ttft_s"],
-                         "tokens": c.stats["num_tokens"], "acceptance_length": c.stats["acceptance_length"]},
-            "generate_batch": {"batch": len(prompts), "tokens": sum(len(x.token_ids) for x in cs),
-                               "wall_s": wall, "tokens_per_s": sum(len(x.token_ids) for x in cs) / wall}}
+    return {
+        "generate": {
+            "decode_tokens_per_s": c.stats["tokens_per_s"],
+            "ttft_s": c.stats["ttft_s"],
+            "tokens": c.stats["num_tokens"],
+            "acceptance_length": c.stats["acceptance_length"],
+        },
+        "generate_batch": {
+            "batch": len(prompts),
+            "tokens": sum(len(x.token_ids) for x in cs),
+            "wall_s": wall,
+            "tokens_per_s": sum(len(x.token_ids) for x in cs) / wall,
+        },
+    }
 
 
 def _cli_run(engine_dir: Path, cfg: BenchConfig) -> dict:
     """`trtllm-nemotron generate --model ENGINE --json` in a fresh process; its JSON (decode tok/s, TTFT)."""
-    cmd = [sys.executable, "-m", "trtllm_nemotron", "generate", "--model", str(engine_dir), "--json",
-           "--max-tokens", str(cfg.single_tokens), "--ignore-eos", PROMPTS[0]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trtllm_nemotron",
+        "generate",
+        "--model",
+        str(engine_dir),
+        "--json",
+        "--max-tokens",
+        str(cfg.single_tokens),
+        "--ignore-eos",
+        PROMPTS[0],
+    ]
     if cfg.mtp is not None:
         cmd[-1:-1] = ["--mtp", str(cfg.mtp)]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     res = json.loads(out.strip().splitlines()[-1])
-    return {"decode_tokens_per_s": res["tokens_per_s"], "ttft_s": res["ttft_s"], "tokens": res["num_tokens"],
-            "process_wall_s": time.perf_counter() - t0}
+    return {
+        "decode_tokens_per_s": res["tokens_per_s"],
+        "ttft_s": res["ttft_s"],
+        "tokens": res["num_tokens"],
+        "process_wall_s": time.perf_counter() - t0,
+    }
 
 
 def _median(xs: list[float]) -> float | None:
@@ -171,9 +196,16 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
     engine_dir = Path(engine_dir)
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        repo = package(engine_dir, Path(tmp) / "repo",
-                       PackageConfig(max_batch_size=cfg.max_batch_size, device="cpu", mtp=cfg.mtp,
-                                     stream_interval=cfg.stream_interval))
+        repo = package(
+            engine_dir,
+            Path(tmp) / "repo",
+            PackageConfig(
+                max_batch_size=cfg.max_batch_size,
+                device="cpu",
+                mtp=cfg.mtp,
+                stream_interval=cfg.stream_interval,
+            ),
+        )
         h, g, m = free_ports(3)
         scfg = ServerConfig(repo, http_port=h, grpc_port=g, metrics_port=m)
         urls = {"grpc": scfg.grpc_url, "http": scfg.http_url}
@@ -184,8 +216,16 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
 
             def triton(proto: str, c: int, n: int, tokens: int) -> LoadReport:
                 cpu0 = group_cpu_s(pid)
-                rep = run_load(list(PROMPTS), url=urls[proto], protocol=proto, concurrency=c, requests=n,
-                               max_tokens=tokens, label=f"triton {proto}", progress=False)
+                rep = run_load(
+                    list(PROMPTS),
+                    url=urls[proto],
+                    protocol=proto,
+                    concurrency=c,
+                    requests=n,
+                    max_tokens=tokens,
+                    label=f"triton {proto}",
+                    progress=False,
+                )
                 return replace(rep, cpu_s=group_cpu_s(pid) - cpu0)
 
             def one_round() -> dict:
@@ -205,10 +245,12 @@ def compare(engine_dir: Path | str, cfg: BenchConfig | None = None, *, echo=prin
             for i in range(cfg.rounds):
                 r = one_round()
                 rounds.append(r)
-                echo(f"round {i + 1}/{cfg.rounds}: generate {r['generate']['decode_tokens_per_s']:.0f} tok/s, "
-                     f"generate_batch({cfg.max_batch_size}) {r['generate_batch']['tokens_per_s']:.0f} tok/s"
-                     + (f", CLI {r['cli']['decode_tokens_per_s']:.0f}" if "cli" in r else "")
-                     + "".join(f", {k} {v['tokens_per_s']:.0f}" for k, v in r.items() if " c" in k))
+                echo(
+                    f"round {i + 1}/{cfg.rounds}: generate {r['generate']['decode_tokens_per_s']:.0f} tok/s, "
+                    f"generate_batch({cfg.max_batch_size}) {r['generate_batch']['tokens_per_s']:.0f} tok/s"
+                    + (f", CLI {r['cli']['decode_tokens_per_s']:.0f}" if "cli" in r else "")
+                    + "".join(f", {k} {v['tokens_per_s']:.0f}" for k, v in r.items() if " c" in k)
+                )
     return summarize_rounds(rounds, cfg, echo=echo)
 
 
@@ -231,25 +273,51 @@ def summarize_rounds(rounds: list[dict], cfg: BenchConfig, *, echo=print) -> dic
         for p in paths:
             key = f"{p} c{c}"
             if c == 1:
-                ratio(f"{key} / generate (decode tok/s of the stream)",
-                      lambda r, k=key: r[k]["decode_tokens_per_s"], gen)
+                ratio(
+                    f"{key} / generate (decode tok/s of the stream)",
+                    lambda r, k=key: r[k]["decode_tokens_per_s"],
+                    gen,
+                )
             else:
-                ratio(f"{key} / generate_batch({cfg.max_batch_size}) (tokens/wall)",
-                      lambda r, k=key: r[k]["tokens_per_s"], gb)
+                ratio(
+                    f"{key} / generate_batch({cfg.max_batch_size}) (tokens/wall)",
+                    lambda r, k=key: r[k]["tokens_per_s"],
+                    gb,
+                )
     med = {}
     for k in rounds[0]:
         if " c" in k:
-            med[k] = {f: _median([r[k][f] for r in rounds]) for f in
-                      ("tokens_per_s", "decode_tokens_per_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "itl_p50_s",
-                       "itl_p90_s", "itl_p99_s", "e2e_p50_s", "cpu_ms_per_token")}
+            med[k] = {
+                f: _median([r[k][f] for r in rounds])
+                for f in (
+                    "tokens_per_s",
+                    "decode_tokens_per_s",
+                    "ttft_p50_s",
+                    "ttft_p90_s",
+                    "ttft_p99_s",
+                    "itl_p50_s",
+                    "itl_p90_s",
+                    "itl_p99_s",
+                    "e2e_p50_s",
+                    "cpu_ms_per_token",
+                )
+            }
             med[k]["errors"] = sum(r[k]["errors"] for r in rounds)
-    engine_med = {"generate decode tok/s": _median([gen(r) for r in rounds]),
-                  f"generate_batch({cfg.max_batch_size}) tok/s": _median([gb(r) for r in rounds])}
+    engine_med = {
+        "generate decode tok/s": _median([gen(r) for r in rounds]),
+        f"generate_batch({cfg.max_batch_size}) tok/s": _median([gb(r) for r in rounds]),
+    }
     if cfg.cli:
         engine_med["cli decode tok/s"] = _median([r["cli"]["decode_tokens_per_s"] for r in rounds])
     echo(render(engine_med, med, ratios, ranges, len(rounds)))
-    return {"config": {**asdict(cfg)}, "rounds": rounds, "engine": engine_med, "paths": med, "ratios": ratios,
-            "ratio_ranges": ranges}
+    return {
+        "config": {**asdict(cfg)},
+        "rounds": rounds,
+        "engine": engine_med,
+        "paths": med,
+        "ratios": ratios,
+        "ratio_ranges": ranges,
+    }
 
 
 def render(engine_med: dict, med: dict, ratios: dict, ranges: dict, n_rounds: int) -> str:
@@ -258,14 +326,20 @@ def render(engine_med: dict, med: dict, ratios: dict, ranges: dict, n_rounds: in
 
     lines = [f"medians over {n_rounds} interleaved rounds", ""]
     lines += [f"{k}: {v:.1f}" for k, v in engine_med.items() if v is not None]
-    lines += ["", "| path | tok/s | decode tok/s (one stream) | TTFT p50 / p90 / p99 ms | ITL p50 / p90 / p99 ms "
-              "| CPU ms/token | errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| path | tok/s | decode tok/s (one stream) | TTFT p50 / p90 / p99 ms | ITL p50 / p90 / p99 ms "
+        "| CPU ms/token | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for k, v in med.items():
         dec = "-" if v["decode_tokens_per_s"] is None else f"{v['decode_tokens_per_s']:.1f}"
         cpu = "-" if v["cpu_ms_per_token"] is None else f"{v['cpu_ms_per_token']:.2f}"
-        lines.append(f"| {k} | {v['tokens_per_s']:.1f} | {dec} | {ms(v['ttft_p50_s'])} / {ms(v['ttft_p90_s'])} / "
-                     f"{ms(v['ttft_p99_s'])} | {ms(v['itl_p50_s'])} / {ms(v['itl_p90_s'])} / {ms(v['itl_p99_s'])} "
-                     f"| {cpu} | {v['errors']} |")
+        lines.append(
+            f"| {k} | {v['tokens_per_s']:.1f} | {dec} | {ms(v['ttft_p50_s'])} / {ms(v['ttft_p90_s'])} / "
+            f"{ms(v['ttft_p99_s'])} | {ms(v['itl_p50_s'])} / {ms(v['itl_p90_s'])} / {ms(v['itl_p99_s'])} "
+            f"| {cpu} | {v['errors']} |"
+        )
     lines += ["", "ratios (median of per-round ratios [lowest, highest round]):"]
     for k, v in ratios.items():
         rng = ranges.get(k) or []

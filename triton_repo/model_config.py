@@ -21,8 +21,20 @@ from trtllm_nemotron.errors import PackageError
 
 # The Triton data types a config may name (model_config.proto `DataType`).
 TRITON_DTYPES = (
-    "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64", "TYPE_INT8", "TYPE_INT16",
-    "TYPE_INT32", "TYPE_INT64", "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_STRING", "TYPE_BF16",
+    "TYPE_BOOL",
+    "TYPE_UINT8",
+    "TYPE_UINT16",
+    "TYPE_UINT32",
+    "TYPE_UINT64",
+    "TYPE_INT8",
+    "TYPE_INT16",
+    "TYPE_INT32",
+    "TYPE_INT64",
+    "TYPE_FP16",
+    "TYPE_FP32",
+    "TYPE_FP64",
+    "TYPE_STRING",
+    "TYPE_BF16",
 )
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL")
 
@@ -38,7 +50,9 @@ class TensorSpec:
 
     def __post_init__(self) -> None:
         if self.dtype not in TRITON_DTYPES:
-            raise PackageError(f"tensor {self.name!r}: unknown Triton dtype {self.dtype!r}; expected one of {TRITON_DTYPES}")
+            raise PackageError(
+                f"tensor {self.name!r}: unknown Triton dtype {self.dtype!r}; expected one of {TRITON_DTYPES}"
+            )
         if not self.dims or any(d < -1 or d == 0 for d in self.dims):
             raise PackageError(f"tensor {self.name!r}: dims must be positive or -1, got {self.dims}")
 
@@ -50,7 +64,9 @@ class InstanceGroup:
 
     def __post_init__(self) -> None:
         if self.kind not in INSTANCE_KINDS or self.count < 1:
-            raise PackageError(f"instance group: expected count >= 1 and kind in {INSTANCE_KINDS}, got {self}")
+            raise PackageError(
+                f"instance group: expected count >= 1 and kind in {INSTANCE_KINDS}, got {self}"
+            )
 
 
 @dataclass(frozen=True)
@@ -142,12 +158,21 @@ def validate_pbtxt(spec: ModelConfigSpec, text: str) -> None:
         got = [(t.name, model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in pb_list]
         check(f"{kind}s", got, [(t.name, t.dtype, t.dims) for t in specs])
         if kind == "input":
-            check("optional inputs", [t.name for t in pb_list if t.optional], [t.name for t in specs if t.optional])
-    check("instance_group", [(g.count, model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind)) for g in pb.instance_group],
-          [(g.count, g.kind) for g in spec.instance_groups])
+            check(
+                "optional inputs",
+                [t.name for t in pb_list if t.optional],
+                [t.name for t in specs if t.optional],
+            )
+    check(
+        "instance_group",
+        [(g.count, model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind)) for g in pb.instance_group],
+        [(g.count, g.kind) for g in spec.instance_groups],
+    )
     check("parameters", {k: v.string_value for k, v in pb.parameters.items()}, spec.parameter_dict)
     if problems:
-        raise PackageError(f"config.pbtxt for {spec.name!r} does not round-trip through ModelConfig: " + "; ".join(problems))
+        raise PackageError(
+            f"config.pbtxt for {spec.name!r} does not round-trip through ModelConfig: " + "; ".join(problems)
+        )
 
 
 def write_config(spec: ModelConfigSpec, model_dir) -> str:
@@ -162,6 +187,12 @@ def write_config(spec: ModelConfigSpec, model_dir) -> str:
 
 
 __all__ = [
-    "TRITON_DTYPES", "TensorSpec", "InstanceGroup", "ModelConfigSpec", "render_pbtxt", "parse_pbtxt",
-    "validate_pbtxt", "write_config",
+    "TRITON_DTYPES",
+    "TensorSpec",
+    "InstanceGroup",
+    "ModelConfigSpec",
+    "render_pbtxt",
+    "parse_pbtxt",
+    "validate_pbtxt",
+    "write_config",
 ]

@@ -36,7 +36,14 @@ import numpy as np
 
 from triton_repo.model_config import TensorSpec
 
-_S, _B, _I32, _U64, _F32, _I64 = "TYPE_STRING", "TYPE_BOOL", "TYPE_INT32", "TYPE_UINT64", "TYPE_FP32", "TYPE_INT64"
+_S, _B, _I32, _U64, _F32, _I64 = (
+    "TYPE_STRING",
+    "TYPE_BOOL",
+    "TYPE_INT32",
+    "TYPE_UINT64",
+    "TYPE_FP32",
+    "TYPE_INT64",
+)
 
 # TensorRT-LLM's llmapi model, in its order.
 LLMAPI_INPUTS: tuple[TensorSpec, ...] = (
@@ -84,11 +91,21 @@ LLMAPI_OUTPUTS: tuple[TensorSpec, ...] = (
 
 # What our runtime implements: the llmapi names it can honour, plus the two extensions above.
 _NEMOTRON_INPUT_NAMES = (
-    "text_input", "streaming", "sampling_param_temperature", "sampling_param_top_k", "sampling_param_top_p",
-    "sampling_param_frequency_penalty", "sampling_param_presence_penalty",
-    "sampling_param_max_tokens", "sampling_param_stop", "sampling_param_seed",
-    "sampling_param_exclude_input_from_output", "sampling_param_return_perf_metrics", "return_finish_reason",
-    "return_stop_reason", "stop",
+    "text_input",
+    "streaming",
+    "sampling_param_temperature",
+    "sampling_param_top_k",
+    "sampling_param_top_p",
+    "sampling_param_frequency_penalty",
+    "sampling_param_presence_penalty",
+    "sampling_param_max_tokens",
+    "sampling_param_stop",
+    "sampling_param_seed",
+    "sampling_param_exclude_input_from_output",
+    "sampling_param_return_perf_metrics",
+    "return_finish_reason",
+    "return_stop_reason",
+    "stop",
 )
 # The inflight-batcher (`ensemble` / `tensorrt_llm_bls`) name -> (dtype, dims, the llmapi input it stands for).
 # Dims as the ensemble declares them without its batch dim; our model is `max_batch_size: 0`, so a client sends
@@ -109,14 +126,27 @@ INFLIGHT_ALIASES: dict[str, tuple[str, tuple[int, ...], str]] = {
 }
 # Options the runtime does not implement: accepted at their neutral value only.
 NEUTRAL_ONLY: dict[str, float] = {
-    "sampling_param_frequency_penalty": 0.0, "sampling_param_presence_penalty": 0.0, "repetition_penalty": 1.0,
+    "sampling_param_frequency_penalty": 0.0,
+    "sampling_param_presence_penalty": 0.0,
+    "repetition_penalty": 1.0,
     "beam_width": 1,
 }
 _NEMOTRON_OUTPUT_NAMES = (
-    "text_output", "finish_reason", "stop_reason", "arrival_time_ns", "first_scheduled_time_ns",
-    "first_token_time_ns", "last_token_time_ns", "acceptance_rate", "total_accepted_draft_tokens",
-    "total_draft_tokens", "kv_cache_reused_block", "kv_cache_missed_block", "kv_cache_alloc_new_blocks",
-    "kv_cache_alloc_total_blocks", "kv_cache_hit_rate",
+    "text_output",
+    "finish_reason",
+    "stop_reason",
+    "arrival_time_ns",
+    "first_scheduled_time_ns",
+    "first_token_time_ns",
+    "last_token_time_ns",
+    "acceptance_rate",
+    "total_accepted_draft_tokens",
+    "total_draft_tokens",
+    "kv_cache_reused_block",
+    "kv_cache_missed_block",
+    "kv_cache_alloc_new_blocks",
+    "kv_cache_alloc_total_blocks",
+    "kv_cache_hit_rate",
 )
 # prefix-cache counters of the runtime's stats -> the llmapi KV-cache outputs (sent with the perf metrics, as the
 # llmapi model does from `request_perf_metrics.kv_cache_metrics`)
@@ -127,13 +157,17 @@ KV_CACHE_OUTPUTS: dict[str, tuple[str, type]] = {
     "kv_cache_alloc_total_blocks": ("kv_cache_alloc_total_blocks", np.int32),
     "kv_cache_hit_rate": ("kv_cache_hit_rate", np.float32),
 }
-NEMOTRON_INPUTS: tuple[TensorSpec, ...] = tuple(t for t in LLMAPI_INPUTS if t.name in _NEMOTRON_INPUT_NAMES) + (
+NEMOTRON_INPUTS: tuple[TensorSpec, ...] = tuple(
+    t for t in LLMAPI_INPUTS if t.name in _NEMOTRON_INPUT_NAMES
+) + (
     TensorSpec("sampling_param_ignore_eos", _B, (1,), optional=True),
     *(TensorSpec(name, dtype, dims, optional=True) for name, (dtype, dims, _) in INFLIGHT_ALIASES.items()),
     TensorSpec("return_num_input_tokens", _B, (1,), optional=True),
     TensorSpec("return_num_output_tokens", _B, (1,), optional=True),
 )
-NEMOTRON_OUTPUTS: tuple[TensorSpec, ...] = tuple(t for t in LLMAPI_OUTPUTS if t.name in _NEMOTRON_OUTPUT_NAMES) + (
+NEMOTRON_OUTPUTS: tuple[TensorSpec, ...] = tuple(
+    t for t in LLMAPI_OUTPUTS if t.name in _NEMOTRON_OUTPUT_NAMES
+) + (
     TensorSpec("num_output_tokens", _I32, (1,)),
     TensorSpec("num_input_tokens", _I32, (1,)),
 )
@@ -172,7 +206,9 @@ def _decode(v: object, name: str = "text_input") -> str:
     try:
         return v.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RequestError(f"input {name!r} is not valid UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text") from e
+        raise RequestError(
+            f"input {name!r} is not valid UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text"
+        ) from e
 
 
 def _scalar(name: str, arr: np.ndarray) -> object:
@@ -193,8 +229,9 @@ def _with_aliases(get: Callable[[str], np.ndarray | None]) -> Callable[[str], np
         if other is None:
             return value
         if value is not None and not np.array_equal(value.reshape(-1), other.reshape(-1)):
-            raise RequestError(f"inputs {alias!r} and {name!r} are the same option with different values; "
-                               f"send one of them")
+            raise RequestError(
+                f"inputs {alias!r} and {name!r} are the same option with different values; send one of them"
+            )
         return other
 
     return get2
@@ -214,8 +251,10 @@ def parse_request(get: Callable[[str], np.ndarray | None]) -> ParsedRequest:
             return ParsedRequest(prompt="", sampling={}, stop_request=True)
         raise RequestError("input 'text_input' is missing: send the prompt as a STRING tensor of shape [1]")
     if text.ndim != 1 or text.size != 1:
-        raise RequestError(f"input 'text_input': expected a 1-D STRING tensor with one prompt, got shape "
-                           f"{list(text.shape)}; send one request per prompt")
+        raise RequestError(
+            f"input 'text_input': expected a 1-D STRING tensor with one prompt, got shape "
+            f"{list(text.shape)}; send one request per prompt"
+        )
     prompt = _decode(text[0])
 
     sampling: dict = {}
@@ -226,31 +265,47 @@ def parse_request(get: Callable[[str], np.ndarray | None]) -> ParsedRequest:
     stop_words = get("sampling_param_stop")
     if stop_words is not None:
         # an empty stop string means none (llmapi clients send "" for "no stop"); `generate --stop ""` agrees
-        sampling["stop"] = tuple(s for s in (_decode(v, "sampling_param_stop") for v in stop_words.reshape(-1)) if s)
+        sampling["stop"] = tuple(
+            s for s in (_decode(v, "sampling_param_stop") for v in stop_words.reshape(-1)) if s
+        )
 
     for name, neutral in NEUTRAL_ONLY.items():
         arr = get(name)
         value = _scalar(name, arr) if arr is not None else neutral
         if value != neutral:
-            raise RequestError(f"input {name!r} = {value!r} is not supported by the nemotron runtime; "
-                               f"leave it out or send {neutral:g}")
+            raise RequestError(
+                f"input {name!r} = {value!r} is not supported by the nemotron runtime; "
+                f"leave it out or send {neutral:g}"
+            )
 
     def flag(name: str, default: bool = False) -> bool:
         arr = get(name)
         return default if arr is None else bool(_scalar(name, arr))
 
     return ParsedRequest(
-        prompt=prompt, sampling=sampling, streaming=flag("streaming"),
+        prompt=prompt,
+        sampling=sampling,
+        streaming=flag("streaming"),
         exclude_input=flag("sampling_param_exclude_input_from_output", default=True),
-        return_finish_reason=flag("return_finish_reason"), return_stop_reason=flag("return_stop_reason"),
-        return_perf_metrics=flag("sampling_param_return_perf_metrics"), stop_request=stop_request,
+        return_finish_reason=flag("return_finish_reason"),
+        return_stop_reason=flag("return_stop_reason"),
+        return_perf_metrics=flag("sampling_param_return_perf_metrics"),
+        stop_request=stop_request,
         return_num_input_tokens=flag("return_num_input_tokens"),
     )
 
 
-def response_arrays(req: ParsedRequest, *, text: str, num_tokens: int, finish_reason: str | None,
-                    stop_reason: str | None, stats: dict | None, times_ns: dict[str, int],
-                    num_input_tokens: int | None = None) -> dict[str, np.ndarray]:
+def response_arrays(
+    req: ParsedRequest,
+    *,
+    text: str,
+    num_tokens: int,
+    finish_reason: str | None,
+    stop_reason: str | None,
+    stats: dict | None,
+    times_ns: dict[str, int],
+    num_input_tokens: int | None = None,
+) -> dict[str, np.ndarray]:
     """The output tensors of one response (name -> numpy array), honouring the request's `return_*` flags.
 
     `text` is the cumulative generated text; `times_ns` holds the `*_time_ns` outputs known so far;
@@ -273,7 +328,9 @@ def response_arrays(req: ParsedRequest, *, text: str, num_tokens: int, finish_re
         if stats is not None:
             rate = stats.get("acceptance_rate")
             arrays["acceptance_rate"] = np.array([rate if rate is not None else 0.0], dtype=np.float32)
-            arrays["total_accepted_draft_tokens"] = np.array([stats.get("accepted_draft_tokens") or 0], dtype=np.int32)
+            arrays["total_accepted_draft_tokens"] = np.array(
+                [stats.get("accepted_draft_tokens") or 0], dtype=np.int32
+            )
             arrays["total_draft_tokens"] = np.array([stats.get("draft_tokens") or 0], dtype=np.int32)
             for name, (key, dt) in KV_CACHE_OUTPUTS.items():
                 if stats.get(key) is not None:

@@ -79,12 +79,17 @@ class ServerConfig:
     def __post_init__(self) -> None:
         ports = (self.http_port, self.grpc_port, self.metrics_port)
         if len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports):
-            raise PackageError(f"HTTP, gRPC and metrics ports must be 3 distinct ports in 1..65535, got {ports}")
+            raise PackageError(
+                f"HTTP, gRPC and metrics ports must be 3 distinct ports in 1..65535, got {ports}"
+            )
         if self.http_max_body_bytes < 1024:
-            raise PackageError(f"the HTTP request size limit must be >= 1024 bytes, got {self.http_max_body_bytes}")
+            raise PackageError(
+                f"the HTTP request size limit must be >= 1024 bytes, got {self.http_max_body_bytes}"
+            )
         if self.openai_port is not None and (self.openai_port in ports or not 0 < self.openai_port < 65536):
-            raise PackageError(f"--openai-port must be a port in 1..65535 distinct from {ports}, "
-                               f"got {self.openai_port}")
+            raise PackageError(
+                f"--openai-port must be a port in 1..65535 distinct from {ports}, got {self.openai_port}"
+            )
 
     @property
     def http_url(self) -> str:
@@ -125,13 +130,19 @@ def _pytriton_backend_dir(dist: Path) -> Path:
     pyver = f"{sys.version_info[0]}.{sys.version_info[1]}"
     stub = dist / "python_backend_stubs" / pyver / "triton_python_backend_stub"
     if not stub.is_file():
-        raise PackageError(f"nvidia-pytriton has no Python-backend stub for Python {pyver} ({stub}); "
-                           f"use Python 3.8-3.13")
+        raise PackageError(
+            f"nvidia-pytriton has no Python-backend stub for Python {pyver} ({stub}); use Python 3.8-3.13"
+        )
     backends = cache_dir() / f"triton-backends-py{pyver}"
-    files = [dist / "backends" / "python" / "libtriton_python.so",
-             dist / "backends" / "python" / "triton_python_backend_utils.py", stub]
+    files = [
+        dist / "backends" / "python" / "libtriton_python.so",
+        dist / "backends" / "python" / "triton_python_backend_utils.py",
+        stub,
+    ]
     target = backends / "python"
-    if all((target / f.name).is_file() and (target / f.name).stat().st_size == f.stat().st_size for f in files):
+    if all(
+        (target / f.name).is_file() and (target / f.name).stat().st_size == f.stat().st_size for f in files
+    ):
         return backends
     try:
         with atomic_dir(backends, replace=backends.exists()) as tmp:  # an outdated copy is replaced
@@ -141,8 +152,10 @@ def _pytriton_backend_dir(dist: Path) -> Path:
     except OSError as e:
         if (target / stub.name).is_file():  # another process wrote it first: theirs is identical
             return backends
-        raise PackageError(f"cannot write tritonserver's backend dir {backends} ({e}); set "
-                           f"${CACHE_ENV} to a writable directory") from e
+        raise PackageError(
+            f"cannot write tritonserver's backend dir {backends} ({e}); set "
+            f"${CACHE_ENV} to a writable directory"
+        ) from e
     return backends
 
 
@@ -150,12 +163,20 @@ def find_tritonserver() -> TritonInstall:
     """The tritonserver to run on this host (see the module docstring); PackageError when there is none."""
     gpu = has_cuda_gpu()
     if (GPU_TRITON_HOME / "bin" / "tritonserver").is_file():
-        return TritonInstall(GPU_TRITON_HOME / "bin" / "tritonserver", GPU_TRITON_HOME / "backends", None, {},
-                             source=str(GPU_TRITON_HOME), has_gpu=gpu)
+        return TritonInstall(
+            GPU_TRITON_HOME / "bin" / "tritonserver",
+            GPU_TRITON_HOME / "backends",
+            None,
+            {},
+            source=str(GPU_TRITON_HOME),
+            has_gpu=gpu,
+        )
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise PackageError("no tritonserver found: neither /opt/tritonserver (NVIDIA's container) nor the "
-                           "nvidia-pytriton wheel; install it with `pip install -e '.[serve]'`")
+        raise PackageError(
+            "no tritonserver found: neither /opt/tritonserver (NVIDIA's container) nor the "
+            "nvidia-pytriton wheel; install it with `pip install -e '.[serve]'`"
+        )
     dist = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
     libs = dist.parent.parent / "nvidia_pytriton.libs"
     binary = dist / "bin" / "tritonserver"
@@ -164,18 +185,29 @@ def find_tritonserver() -> TritonInstall:
     pylibdir = sysconfig.get_config_var("LIBDIR") or ""
     ldso = sysconfig.get_config_var("LDLIBRARY") or ""
     if not (Path(pylibdir) / ldso).exists() or not ldso.endswith(".so") and ".so." not in ldso:
-        raise PackageError(f"this Python has no shared libpython ({pylibdir}/{ldso}); the Python-backend stub "
-                           f"embeds one: use a Python built with --enable-shared")
+        raise PackageError(
+            f"this Python has no shared libpython ({pylibdir}/{ldso}); the Python-backend stub "
+            f"embeds one: use a Python built with --enable-shared"
+        )
     env = {
-        "LD_LIBRARY_PATH": os.pathsep.join(p for p in (pylibdir, str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p),
+        "LD_LIBRARY_PATH": os.pathsep.join(
+            p for p in (pylibdir, str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p
+        ),
         "PATH": os.pathsep.join((str(Path(sys.prefix) / "bin"), os.environ.get("PATH", ""))),
     }
-    return TritonInstall(binary, _pytriton_backend_dir(dist), dist / "caches", env,
-                         source="nvidia-pytriton wheel (Triton 2.51)", has_gpu=gpu)
+    return TritonInstall(
+        binary,
+        _pytriton_backend_dir(dist),
+        dist / "caches",
+        env,
+        source="nvidia-pytriton wheel (Triton 2.51)",
+        has_gpu=gpu,
+    )
 
 
-def plan_models(repo: Path, install: TritonInstall, wanted: tuple[str, ...] | None = None
-                ) -> tuple[list[str], dict[str, str]]:
+def plan_models(
+    repo: Path, install: TritonInstall, wanted: tuple[str, ...] | None = None
+) -> tuple[list[str], dict[str, str]]:
     """(models to load, {skipped model: reason}) for this host."""
     available = repo_models(repo)
     if wanted:
@@ -192,13 +224,17 @@ def plan_models(repo: Path, install: TritonInstall, wanted: tuple[str, ...] | No
             elif missing:
                 skipped[name] = f"{missing} missing in {repo / name / '1'}: NVIDIA's code, see its README.md"
             elif importlib.util.find_spec("tensorrt_llm") is None:
-                skipped[name] = "the tensorrt_llm package is not importable (run inside NVIDIA's trtllm container)"
+                skipped[name] = (
+                    "the tensorrt_llm package is not importable (run inside NVIDIA's trtllm container)"
+                )
             else:
                 load.append(name)
         else:
             load.append(name)
     if not load:
-        raise PackageError(f"no model in {repo} can run on this host: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        raise PackageError(
+            f"no model in {repo} can run on this host: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
     return load, skipped
 
 
@@ -225,7 +261,6 @@ def free_ports(n: int = 3) -> list[int]:
     return ports
 
 
-
 def _listening_inodes(port: int) -> set[str]:
     """Socket inodes listening on TCP `port` (any address), from /proc/net/tcp{,6}."""
     inodes = set()
@@ -247,9 +282,12 @@ def port_holder(port: int) -> dict | None:
         try:
             if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
                 stat = (proc / "stat").read_text()
-                return {"pid": int(proc.name), "ppid": int(stat.rsplit(")", 1)[1].split()[1]),
-                        "comm": (proc / "comm").read_text().strip(),
-                        "cmdline": (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")}
+                return {
+                    "pid": int(proc.name),
+                    "ppid": int(stat.rsplit(")", 1)[1].split()[1]),
+                    "comm": (proc / "comm").read_text().strip(),
+                    "cmdline": (proc / "cmdline").read_bytes().decode(errors="replace").split("\0"),
+                }
         except OSError:
             continue
     return None
@@ -265,13 +303,19 @@ def explain_port(host: str, port: int) -> str:
         repo = next((a.split("=", 1)[1] for a in cmd if a.startswith("--model-repository=")), "?")
         parent = _cmdline(who["ppid"])
         if who["ppid"] == 1 or "serve" not in parent:
-            return (f"port {port} is held by tritonserver pid {pid} (model repository {repo}), left running by an "
-                    f"earlier `trtllm-nemotron serve` that was killed; stop it with `kill {pid}`")
-        return (f"port {port} is held by tritonserver pid {pid} (model repository {repo}) of a running "
-                f"`trtllm-nemotron serve` (pid {who['ppid']}); stop that with Ctrl-C or `kill {who['ppid']}`")
+            return (
+                f"port {port} is held by tritonserver pid {pid} (model repository {repo}), left running by an "
+                f"earlier `trtllm-nemotron serve` that was killed; stop it with `kill {pid}`"
+            )
+        return (
+            f"port {port} is held by tritonserver pid {pid} (model repository {repo}) of a running "
+            f"`trtllm-nemotron serve` (pid {who['ppid']}); stop that with Ctrl-C or `kill {who['ppid']}`"
+        )
     if any("trtllm_nemotron" in a or "trtllm-nemotron" in a for a in cmd) and "serve" in cmd:
-        return (f"port {port} is held by a running `trtllm-nemotron serve` (pid {pid}); stop it with Ctrl-C or "
-                f"`kill {pid}`")
+        return (
+            f"port {port} is held by a running `trtllm-nemotron serve` (pid {pid}); stop it with Ctrl-C or "
+            f"`kill {pid}`"
+        )
     return f"port {port} on {host} is in use by {who['comm']} (pid {pid})"
 
 
@@ -375,8 +419,15 @@ class TritonServer:
     The child gets a parent-death signal: it is stopped when the thread that started it dies, even by SIGKILL.
     """
 
-    def __init__(self, cfg: ServerConfig, *, log_path: Path | None = None, install: TritonInstall | None = None,
-                 echo: Callable[[str], None] | None = None, verbose: bool = True):
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        *,
+        log_path: Path | None = None,
+        install: TritonInstall | None = None,
+        echo: Callable[[str], None] | None = None,
+        verbose: bool = True,
+    ):
         self.cfg = cfg
         self.install = install or find_tritonserver()
         self.log_path = log_path
@@ -393,11 +444,22 @@ class TritonServer:
     def command(self) -> list[str]:
         c, inst = self.cfg, self.install
         http_host = "127.0.0.1" if c.http_guard else c.host
-        cmd = [str(inst.binary), f"--model-repository={Path(c.repo).resolve()}", f"--backend-directory={inst.backend_dir}",
-               f"--http-address={http_host}", f"--http-port={self.upstream_http_port}", f"--grpc-address={c.host}",
-               f"--grpc-port={c.grpc_port}", f"--metrics-address={c.host}", f"--metrics-port={c.metrics_port}",
-               "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={c.exit_timeout_s}",
-               f"--log-verbose={c.log_verbose}", "--model-control-mode=explicit"]
+        cmd = [
+            str(inst.binary),
+            f"--model-repository={Path(c.repo).resolve()}",
+            f"--backend-directory={inst.backend_dir}",
+            f"--http-address={http_host}",
+            f"--http-port={self.upstream_http_port}",
+            f"--grpc-address={c.host}",
+            f"--grpc-port={c.grpc_port}",
+            f"--metrics-address={c.host}",
+            f"--metrics-port={c.metrics_port}",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            f"--exit-timeout-secs={c.exit_timeout_s}",
+            f"--log-verbose={c.log_verbose}",
+            "--model-control-mode=explicit",
+        ]
         cmd += [f"--load-model={m}" for m in self.loaded]
         if inst.cache_dir is not None:
             cmd.append(f"--cache-directory={inst.cache_dir}")
@@ -409,16 +471,24 @@ class TritonServer:
         c = self.cfg
         busy = [p for p in (c.http_port, c.grpc_port, c.metrics_port) if not port_free(c.host, p)]
         if busy:
-            raise PackageError("; ".join(explain_port(c.host, p) for p in busy) +
-                               ". Or pass other --http-port/--grpc-port/--metrics-port")
+            raise PackageError(
+                "; ".join(explain_port(c.host, p) for p in busy)
+                + ". Or pass other --http-port/--grpc-port/--metrics-port"
+            )
         if c.http_guard:
             self.upstream_http_port = free_ports(1)[0]
             try:
-                self.guard = HttpGuard(c.host, c.http_port, ("127.0.0.1", self.upstream_http_port),
-                                       max_body_bytes=c.http_max_body_bytes).start()
+                self.guard = HttpGuard(
+                    c.host,
+                    c.http_port,
+                    ("127.0.0.1", self.upstream_http_port),
+                    max_body_bytes=c.http_max_body_bytes,
+                ).start()
             except OSError as e:
-                raise PackageError(f"cannot listen on {c.host}:{c.http_port} ({e.strerror}); "
-                                   f"{explain_port(c.host, c.http_port)}") from e
+                raise PackageError(
+                    f"cannot listen on {c.host}:{c.http_port} ({e.strerror}); "
+                    f"{explain_port(c.host, c.http_port)}"
+                ) from e
         try:
             self._launch()
             self.wait_ready(c.startup_timeout_s)
@@ -431,11 +501,18 @@ class TritonServer:
         self._shm_before = _shm_regions()
         self._envs_before = _python_envs()
         env = {**os.environ, **self.install.env}
-        self.proc = subprocess.Popen(self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=die_with_parent(os.getpid()))
-        self._pump = threading.Thread(target=self._read_output, args=(self.proc,), name="tritonserver-log",
-                                      daemon=True)
+        self.proc = subprocess.Popen(
+            self.command(),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent(os.getpid()),
+        )
+        self._pump = threading.Thread(
+            target=self._read_output, args=(self.proc,), name="tritonserver-log", daemon=True
+        )
         self._pump.start()
 
     def _read_output(self, proc: subprocess.Popen) -> None:
@@ -448,7 +525,9 @@ class TritonServer:
                     log.flush()
                 line = raw.decode(errors="replace").rstrip("\n")
                 self._tail.append(line)
-                if self.echo is not None and (self.verbose or quiet_filter(line, has_gpu=self.install.has_gpu)):
+                if self.echo is not None and (
+                    self.verbose or quiet_filter(line, has_gpu=self.install.has_gpu)
+                ):
                     self.echo(line)
         finally:
             if log is not None:
@@ -461,7 +540,6 @@ class TritonServer:
         lines = [ln for ln in self._tail if ln.strip() and not ln.startswith(("+", "|"))]  # no startup tables
         return "\n".join(lines[-n:]) or "(no output)"
 
-
     def wait_ready(self, timeout_s: float) -> None:
         url = f"http://{self.cfg.http_url}/v2/health/ready"
         deadline = time.monotonic() + timeout_s
@@ -469,8 +547,10 @@ class TritonServer:
             assert self.proc is not None
             rc = self.proc.poll()
             if rc is not None:
-                raise PackageError(f"tritonserver exited ({describe_exit(rc)}) before it was ready "
-                                   f"(models {self.loaded}). Last lines of its log:\n{self.log_tail()}")
+                raise PackageError(
+                    f"tritonserver exited ({describe_exit(rc)}) before it was ready "
+                    f"(models {self.loaded}). Last lines of its log:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:
@@ -478,8 +558,10 @@ class TritonServer:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.25)
-        raise PackageError(f"tritonserver was not ready after {timeout_s:.0f} s (models {self.loaded}). "
-                           f"Last lines of its log:\n{self.log_tail()}")
+        raise PackageError(
+            f"tritonserver was not ready after {timeout_s:.0f} s (models {self.loaded}). "
+            f"Last lines of its log:\n{self.log_tail()}"
+        )
 
     def restart(self) -> None:
         """Start tritonserver again after it died (same ports; the guard keeps the HTTP port meanwhile)."""
@@ -574,12 +656,16 @@ def serve(cfg: ServerConfig, *, echo=print, restart: bool = True, verbose: bool 
             raise PackageError(f"--openai-port {cfg.openai_port} on {cfg.host} is in use; pick another port")
         server.start()
         echo(f"ready: HTTP {cfg.http_url}  gRPC {cfg.grpc_url}  metrics {cfg.metrics_url}")
-        echo(f"try:   trtllm-nemotron generate --url {cfg.grpc_url} --stream \"def fibonacci(n):\"")
+        echo(f'try:   trtllm-nemotron generate --url {cfg.grpc_url} --stream "def fibonacci(n):"')
         if cfg.openai_port is not None and not stop_requested:
             from triton_repo.openai_front.launch import OpenAIFront, repo_engine_dir
 
-            front = OpenAIFront(grpc_url=cfg.grpc_url, engine_dir=repo_engine_dir(cfg.repo), host=cfg.host,
-                                port=cfg.openai_port).start()
+            front = OpenAIFront(
+                grpc_url=cfg.grpc_url,
+                engine_dir=repo_engine_dir(cfg.repo),
+                host=cfg.host,
+                port=cfg.openai_port,
+            ).start()
             echo(f"ready: OpenAI API {front.url}/v1 (models: nemotron)")
         while True:
             while server.proc is not None and server.proc.poll() is None and not stop_requested:

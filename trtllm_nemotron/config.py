@@ -127,8 +127,12 @@ class NemotronHConfig:
             )
         if self.num_nextn_predict_layers < 0:
             raise ConfigError(f"num_nextn_predict_layers must be >= 0, got {self.num_nextn_predict_layers}")
-        if self.num_nextn_predict_layers and (not self.mtp_pattern or set(self.mtp_pattern) - set(LAYER_CHARS)):
-            raise ConfigError(f"mtp_hybrid_override_pattern {self.mtp_pattern!r} is not a valid layer pattern")
+        if self.num_nextn_predict_layers and (
+            not self.mtp_pattern or set(self.mtp_pattern) - set(LAYER_CHARS)
+        ):
+            raise ConfigError(
+                f"mtp_hybrid_override_pattern {self.mtp_pattern!r} is not a valid layer pattern"
+            )
         checks: list[tuple[bool, str]] = [
             (self.hidden_size > 0 and self.vocab_size > 0, "hidden_size and vocab_size must be positive"),
         ]
@@ -159,7 +163,9 @@ class NemotronHConfig:
                 ),
             ]
             if g > 1:
-                checks.append((e // g >= 2, f"group-limited routing needs >= 2 experts per group, got {e // g}"))
+                checks.append(
+                    (e // g >= 2, f"group-limited routing needs >= 2 experts per group, got {e // g}")
+                )
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"invalid NemotronH config: {msg}")
@@ -240,7 +246,7 @@ class NemotronHConfig:
         else:
             raise ConfigError(
                 "config.json has neither 'hybrid_override_pattern' nor 'layers_block_type': "
-                "the layer stack is unknown. Add e.g. \"hybrid_override_pattern\": \"MEM*E\""
+                'the layer stack is unknown. Add e.g. "hybrid_override_pattern": "MEM*E"'
             )
         if "num_hidden_layers" in d and d["num_hidden_layers"] != len(kw["pattern"]):
             raise ConfigError(
@@ -297,9 +303,11 @@ class NemotronHConfig:
             keys = [k for k, c in ALIASES.items() if c == f.name and raw is not None and k in raw]
             key = f.name if (raw is None or f.name in raw or not keys) else keys[0]
             if raw is not None and key in raw:
-                if f.name == "time_step_limit" and raw[key] is not None and [
-                    _json_float(v) for v in raw[key]
-                ] == value:
+                if (
+                    f.name == "time_step_limit"
+                    and raw[key] is not None
+                    and [_json_float(v) for v in raw[key]] == value
+                ):
                     continue
                 if raw[key] == value:
                     continue
@@ -376,8 +384,7 @@ def _list_to_pattern(names: Any, key: str) -> str:
     bad = [n for n in names if n not in _NAME_TO_CHAR]
     if bad:
         raise ConfigError(
-            f"{key} has unknown layer types {sorted(set(map(str, bad)))}; expected "
-            f"{sorted(_NAME_TO_CHAR)}"
+            f"{key} has unknown layer types {sorted(set(map(str, bad)))}; expected {sorted(_NAME_TO_CHAR)}"
         )
     return "".join(_NAME_TO_CHAR[n] for n in names)
 
@@ -434,7 +441,9 @@ def expected_tensors(cfg: NemotronHConfig) -> dict[str, TensorSpec]:
     t["backbone.norm_f.weight"] = TensorSpec((D,))
     if not cfg.tie_word_embeddings:
         t["lm_head.weight"] = TensorSpec((cfg.vocab_size, D))
-    for j, ch in enumerate(cfg.mtp_pattern * cfg.num_nextn_predict_layers if cfg.num_nextn_predict_layers else ""):
+    for j, ch in enumerate(
+        cfg.mtp_pattern * cfg.num_nextn_predict_layers if cfg.num_nextn_predict_layers else ""
+    ):
         p = f"mtp.layers.{j}."
         if j % len(cfg.mtp_pattern) == 0:
             t[f"{p}enorm.weight"] = TensorSpec((D,))

@@ -233,8 +233,14 @@ class Tokenizer:
         if (path / "chat_template.jinja").is_file():
             template = (path / "chat_template.jinja").read_text()
         gen = _read_json(path / "generation_config.json").get("eos_token_id")
-        if not (gen is None or isinstance(gen, int) or (isinstance(gen, list) and all(isinstance(i, int) for i in gen))):
-            raise CheckpointError(f"{path / 'generation_config.json'}: eos_token_id must be an int or a list of ints")
+        if not (
+            gen is None
+            or isinstance(gen, int)
+            or (isinstance(gen, list) and all(isinstance(i, int) for i in gen))
+        ):
+            raise CheckpointError(
+                f"{path / 'generation_config.json'}: eos_token_id must be an int or a list of ints"
+            )
         extra = [] if gen is None else ([gen] if isinstance(gen, int) else gen)
         eos, bos = _content(cfg.get("eos_token")), _content(cfg.get("bos_token"))
         if (path / "tokenizer.json").is_file():
@@ -250,7 +256,9 @@ class Tokenizer:
                 f"{path} has no tokenizer.json and vocab_size {vocab_size} is too small for the byte-level "
                 f"fallback (needs >= {256 + len(_BYTE_SPECIALS)}); add a tokenizer.json to the checkpoint"
             )
-        log.warning("no tokenizer.json in %s: using a byte-level fallback tokenizer (ids 3..258 = bytes)", path)
+        log.warning(
+            "no tokenizer.json in %s: using a byte-level fallback tokenizer (ids 3..258 = bytes)", path
+        )
         return cls(
             byte_level_tokenizer(),
             chat_template=template,

@@ -59,11 +59,28 @@ def _weight_tile(w_ptr, s_ptr, s2, row0, offs_in, offs_out, n_in, mask, NVFP4: t
 
 @triton.jit
 def _experts(
-    x_ptr, w_ptr, counts_ptr, perm_ptr, up_ptr, up_s_ptr, up_s2_ptr, down_ptr, down_s_ptr, down_s2_ptr,
-    k, E, X, F, out_ptr,
-    NVFP4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
-    BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    w_ptr,
+    counts_ptr,
+    perm_ptr,
+    up_ptr,
+    up_s_ptr,
+    up_s2_ptr,
+    down_ptr,
+    down_s_ptr,
+    down_s2_ptr,
+    k,
+    E,
+    X,
+    F,
+    out_ptr,
+    NVFP4: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    F32_DOT: tl.constexpr,
+):
     e = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_n = tl.program_id(2)
@@ -100,16 +117,18 @@ def _experts(
             xa = tl.load(
                 x_ptr + tok[:, None] * X + offs_k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0
             )
-            wu = _weight_tile(up_ptr, up_s_ptr, up_s2, e * F, offs_k, offs_f, X, kmask[:, None] & fmask[None, :],
-                              NVFP4)  # fmt: skip
+            wu = _weight_tile(
+                up_ptr, up_s_ptr, up_s2, e * F, offs_k, offs_f, X, kmask[:, None] & fmask[None, :], NVFP4
+            )
             if F32_DOT:  # operands rounded to the activation dtype, multiplied in fp32
                 h += tl.dot(xa.to(xdt).to(tl.float32), wu.to(xdt).to(tl.float32), input_precision="ieee")
             else:
                 h += tl.dot(xa.to(xdt), wu.to(xdt))
         h = tl.maximum(h, 0.0)
         h = (h * h).to(xdt)  # relu(.)², rounded to the activation dtype as the network does
-        wd = _weight_tile(down_ptr, down_s_ptr, down_s2, e * X, offs_f, offs_n, F, fmask[:, None] & nmask[None, :],
-                          NVFP4)  # fmt: skip
+        wd = _weight_tile(
+            down_ptr, down_s_ptr, down_s2, e * X, offs_f, offs_n, F, fmask[:, None] & nmask[None, :], NVFP4
+        )
         if F32_DOT:
             acc += tl.dot(h.to(tl.float32), wd.to(xdt).to(tl.float32), input_precision="ieee")
         else:
@@ -121,24 +140,94 @@ def _experts(
 
 @triton.jit
 def _latent_moe_experts_kernel(
-    x_ptr, w_ptr, counts_ptr, perm_ptr, up_ptr, down_ptr,
-    k, E, X, F,
+    x_ptr,
+    w_ptr,
+    counts_ptr,
+    perm_ptr,
+    up_ptr,
+    down_ptr,
+    k,
+    E,
+    X,
+    F,
     out_ptr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
-):  # fmt: skip
-    _experts(x_ptr, w_ptr, counts_ptr, perm_ptr, up_ptr, up_ptr, w_ptr, down_ptr, down_ptr, w_ptr,
-             k, E, X, F, out_ptr, False, BLOCK_M, BLOCK_N, BLOCK_F, BLOCK_K, F32_DOT)  # fmt: skip
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    F32_DOT: tl.constexpr,
+):
+    _experts(
+        x_ptr,
+        w_ptr,
+        counts_ptr,
+        perm_ptr,
+        up_ptr,
+        up_ptr,
+        w_ptr,
+        down_ptr,
+        down_ptr,
+        w_ptr,
+        k,
+        E,
+        X,
+        F,
+        out_ptr,
+        False,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_F,
+        BLOCK_K,
+        F32_DOT,
+    )
 
 
 @triton.jit
 def _latent_moe_experts_nvfp4_kernel(
-    x_ptr, w_ptr, counts_ptr, perm_ptr, up_ptr, up_s_ptr, up_s2_ptr, down_ptr, down_s_ptr, down_s2_ptr,
-    k, E, X, F,
+    x_ptr,
+    w_ptr,
+    counts_ptr,
+    perm_ptr,
+    up_ptr,
+    up_s_ptr,
+    up_s2_ptr,
+    down_ptr,
+    down_s_ptr,
+    down_s2_ptr,
+    k,
+    E,
+    X,
+    F,
     out_ptr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
-):  # fmt: skip
-    _experts(x_ptr, w_ptr, counts_ptr, perm_ptr, up_ptr, up_s_ptr, up_s2_ptr, down_ptr, down_s_ptr, down_s2_ptr,
-             k, E, X, F, out_ptr, True, BLOCK_M, BLOCK_N, BLOCK_F, BLOCK_K, F32_DOT)  # fmt: skip
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    F32_DOT: tl.constexpr,
+):
+    _experts(
+        x_ptr,
+        w_ptr,
+        counts_ptr,
+        perm_ptr,
+        up_ptr,
+        up_s_ptr,
+        up_s2_ptr,
+        down_ptr,
+        down_s_ptr,
+        down_s2_ptr,
+        k,
+        E,
+        X,
+        F,
+        out_ptr,
+        True,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_F,
+        BLOCK_K,
+        F32_DOT,
+    )
 
 
 def _dtype_name(t: torch.Tensor) -> str:
@@ -173,8 +262,14 @@ def latent_moe_experts(
     if nvfp4:
         assert up_scale_2 is not None and down_scale is not None and down_scale_2 is not None
         byte = lambda t: t.contiguous().view(torch.uint8)  # noqa: E731  (E4M3 scales travel as their bytes)
-        wargs = (byte(up), byte(up_scale), up_scale_2.float().contiguous(), byte(down), byte(down_scale),
-                 down_scale_2.float().contiguous())  # fmt: skip
+        wargs = (
+            byte(up),
+            byte(up_scale),
+            up_scale_2.float().contiguous(),
+            byte(down),
+            byte(down_scale),
+            down_scale_2.float().contiguous(),
+        )
         wdt = "uint8"
     else:
         wargs = (up.contiguous(), down.contiguous())

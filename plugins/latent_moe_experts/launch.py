@@ -73,16 +73,28 @@ def launch_spec(
     else:
         block_n, block_k, block_f = _block(BLOCK_N, X), _block(BLOCK_K, X), _block(BLOCK_F, F)
     constexprs: dict[str, Any] = {
-        "BLOCK_M": BLOCK_M, "BLOCK_N": block_n, "BLOCK_F": block_f, "BLOCK_K": block_k,
+        "BLOCK_M": BLOCK_M,
+        "BLOCK_N": block_n,
+        "BLOCK_F": block_f,
+        "BLOCK_K": block_k,
         # dots in fp32 (IEEE, no TF32) for fp32 activations, and under Triton's interpreter (numpy has no bf16
         # dot); the operands are rounded to the activation dtype first, so the products are the same
         "F32_DOT": act_dtype == "float32" or f32_dot,
-    }  # fmt: skip
+    }
     a, w = TRITON_TYPES[act_dtype], TRITON_TYPES[weight_dtype]
     ptr = {
-        "x": a, "weights": "fp32", "counts": "i32", "perm": "i32", "up": w, "down": w,
-        "up_scale": w, "down_scale": w, "up_scale_2": "fp32", "down_scale_2": "fp32", "out": "fp32",
-    }  # fmt: skip
+        "x": a,
+        "weights": "fp32",
+        "counts": "i32",
+        "perm": "i32",
+        "up": w,
+        "down": w,
+        "up_scale": w,
+        "down_scale": w,
+        "up_scale_2": "fp32",
+        "down_scale_2": "fp32",
+        "out": "fp32",
+    }
     signature = {n: "*" + ptr[n] for n in (INPUTS_NVFP4 if nvfp4 else INPUTS)}
     signature.update({n: "i32" for n in SCALARS})
     signature.update({n: "*" + ptr[n] for n in OUTPUTS})
@@ -106,8 +118,14 @@ def launch_spec(
 def aot_variants(cfg: Any) -> list[tuple[str, LaunchSpec]]:
     """(name, spec) compiled ahead of time for a NemotronHConfig: BF16 and NVFP4 weights (T = 1 here)."""
     act = "float16" if str(cfg.torch_dtype) in ("float16", "half") else "bfloat16"
-    kw = dict(T=1, E=cfg.n_routed_experts, X=cfg.expert_dim, F=cfg.moe_intermediate_size,
-              k=cfg.num_experts_per_tok, act_dtype=act)  # fmt: skip
+    kw = dict(
+        T=1,
+        E=cfg.n_routed_experts,
+        X=cfg.expert_dim,
+        F=cfg.moe_intermediate_size,
+        k=cfg.num_experts_per_tok,
+        act_dtype=act,
+    )
     return [
         ("latent_moe_experts", launch_spec(**kw, nvfp4=False, weight_dtype=act)),
         ("latent_moe_experts_nvfp4", launch_spec(**kw, nvfp4=True, weight_dtype="int8")),

@@ -31,10 +31,16 @@ def _spec(x, weights, up, nvfp4: bool):
     T, X = x.shape_expr[0], x.shape_expr[1]
     F = up.shape_expr[1]  # up is [E, F, X] or packed [E, F, X/2]: dim 1 is F either way
     return launch_spec(
-        T=T, E=up.shape_expr[0], X=_known(X), F=_known(F), k=weights.shape_expr[1], nvfp4=nvfp4,
-        act_dtype=dtype_name(trt, x.dtype), weight_dtype="int8" if nvfp4 else dtype_name(trt, up.dtype),
+        T=T,
+        E=up.shape_expr[0],
+        X=_known(X),
+        F=_known(F),
+        k=weights.shape_expr[1],
+        nvfp4=nvfp4,
+        act_dtype=dtype_name(trt, x.dtype),
+        weight_dtype="int8" if nvfp4 else dtype_name(trt, up.dtype),
         cdiv=trtp.cdiv,
-    )  # fmt: skip
+    )
 
 
 def _out(x: trtp.TensorDesc, weights: trtp.TensorDesc) -> trtp.TensorDesc:
@@ -43,17 +49,26 @@ def _out(x: trtp.TensorDesc, weights: trtp.TensorDesc) -> trtp.TensorDesc:
 
 @trtp.register(EXPERTS)
 def latent_moe_experts_desc(
-    x: trtp.TensorDesc, weights: trtp.TensorDesc, counts: trtp.TensorDesc, perm: trtp.TensorDesc,
-    up: trtp.TensorDesc, down: trtp.TensorDesc,
-) -> trtp.TensorDesc:  # fmt: skip
+    x: trtp.TensorDesc,
+    weights: trtp.TensorDesc,
+    counts: trtp.TensorDesc,
+    perm: trtp.TensorDesc,
+    up: trtp.TensorDesc,
+    down: trtp.TensorDesc,
+) -> trtp.TensorDesc:
     return _out(x, weights)
 
 
 @trtp.autotune(EXPERTS)
 def latent_moe_experts_autotune(
-    x: trtp.TensorDesc, weights: trtp.TensorDesc, counts: trtp.TensorDesc, perm: trtp.TensorDesc,
-    up: trtp.TensorDesc, down: trtp.TensorDesc, outputs,
-) -> list[trtp.AutoTuneCombination]:  # fmt: skip
+    x: trtp.TensorDesc,
+    weights: trtp.TensorDesc,
+    counts: trtp.TensorDesc,
+    perm: trtp.TensorDesc,
+    up: trtp.TensorDesc,
+    down: trtp.TensorDesc,
+    outputs,
+) -> list[trtp.AutoTuneCombination]:
     return [
         trtp.AutoTuneCombination(f"{a}, FP32, INT32, INT32, {a}, {a}, FP32", "LINEAR")
         for a in ("BF16", "FP16")
@@ -62,27 +77,48 @@ def latent_moe_experts_autotune(
 
 @trtp.aot_impl(EXPERTS)
 def latent_moe_experts_aot_impl(
-    x: trtp.TensorDesc, weights: trtp.TensorDesc, counts: trtp.TensorDesc, perm: trtp.TensorDesc,
-    up: trtp.TensorDesc, down: trtp.TensorDesc, outputs, tactic: int,
-) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:  # fmt: skip
+    x: trtp.TensorDesc,
+    weights: trtp.TensorDesc,
+    counts: trtp.TensorDesc,
+    perm: trtp.TensorDesc,
+    up: trtp.TensorDesc,
+    down: trtp.TensorDesc,
+    outputs,
+    tactic: int,
+) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
     return to_trtp(trtp, aot_launch(_KERNELS, _spec(x, weights, up, nvfp4=False)))
 
 
 @trtp.register(EXPERTS_NVFP4)
 def latent_moe_experts_nvfp4_desc(
-    x: trtp.TensorDesc, weights: trtp.TensorDesc, counts: trtp.TensorDesc, perm: trtp.TensorDesc,
-    up: trtp.TensorDesc, up_scale: trtp.TensorDesc, up_scale_2: trtp.TensorDesc,
-    down: trtp.TensorDesc, down_scale: trtp.TensorDesc, down_scale_2: trtp.TensorDesc,
-) -> trtp.TensorDesc:  # fmt: skip
+    x: trtp.TensorDesc,
+    weights: trtp.TensorDesc,
+    counts: trtp.TensorDesc,
+    perm: trtp.TensorDesc,
+    up: trtp.TensorDesc,
+    up_scale: trtp.TensorDesc,
+    up_scale_2: trtp.TensorDesc,
+    down: trtp.TensorDesc,
+    down_scale: trtp.TensorDesc,
+    down_scale_2: trtp.TensorDesc,
+) -> trtp.TensorDesc:
     return _out(x, weights)
 
 
 @trtp.autotune(EXPERTS_NVFP4)
 def latent_moe_experts_nvfp4_autotune(
-    x: trtp.TensorDesc, weights: trtp.TensorDesc, counts: trtp.TensorDesc, perm: trtp.TensorDesc,
-    up: trtp.TensorDesc, up_scale: trtp.TensorDesc, up_scale_2: trtp.TensorDesc,
-    down: trtp.TensorDesc, down_scale: trtp.TensorDesc, down_scale_2: trtp.TensorDesc, outputs,
-) -> list[trtp.AutoTuneCombination]:  # fmt: skip
+    x: trtp.TensorDesc,
+    weights: trtp.TensorDesc,
+    counts: trtp.TensorDesc,
+    perm: trtp.TensorDesc,
+    up: trtp.TensorDesc,
+    up_scale: trtp.TensorDesc,
+    up_scale_2: trtp.TensorDesc,
+    down: trtp.TensorDesc,
+    down_scale: trtp.TensorDesc,
+    down_scale_2: trtp.TensorDesc,
+    outputs,
+) -> list[trtp.AutoTuneCombination]:
     return [
         trtp.AutoTuneCombination(
             f"{a}, FP32, INT32, INT32, INT8, INT8, FP32, INT8, INT8, FP32, FP32", "LINEAR"
@@ -93,8 +129,17 @@ def latent_moe_experts_nvfp4_autotune(
 
 @trtp.aot_impl(EXPERTS_NVFP4)
 def latent_moe_experts_nvfp4_aot_impl(
-    x: trtp.TensorDesc, weights: trtp.TensorDesc, counts: trtp.TensorDesc, perm: trtp.TensorDesc,
-    up: trtp.TensorDesc, up_scale: trtp.TensorDesc, up_scale_2: trtp.TensorDesc,
-    down: trtp.TensorDesc, down_scale: trtp.TensorDesc, down_scale_2: trtp.TensorDesc, outputs, tactic: int,
-) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:  # fmt: skip
+    x: trtp.TensorDesc,
+    weights: trtp.TensorDesc,
+    counts: trtp.TensorDesc,
+    perm: trtp.TensorDesc,
+    up: trtp.TensorDesc,
+    up_scale: trtp.TensorDesc,
+    up_scale_2: trtp.TensorDesc,
+    down: trtp.TensorDesc,
+    down_scale: trtp.TensorDesc,
+    down_scale_2: trtp.TensorDesc,
+    outputs,
+    tactic: int,
+) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
     return to_trtp(trtp, aot_launch(_KERNELS, _spec(x, weights, up, nvfp4=True)))

@@ -28,6 +28,11 @@ def latent_moe_routing(
     from plugins.latent_moe_routing.op import latent_moe_routing as _impl
 
     return _impl(
-        logits, bias, top_k=top_k, n_group=n_group, topk_group=topk_group, norm_topk_prob=norm_topk_prob,
+        logits,
+        bias,
+        top_k=top_k,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=norm_topk_prob,
         routed_scaling_factor=routed_scaling_factor,
-    )  # fmt: skip
+    )

@@ -29,15 +29,25 @@ def _rowmin(x):
 @triton.jit
 def _latent_moe_routing_kernel(
     # inputs
-    logits_ptr, bias_ptr,
+    logits_ptr,
+    bias_ptr,
     # scalars
-    T, E,
+    T,
+    E,
     # outputs
-    w_ptr, idx_ptr,
+    w_ptr,
+    idx_ptr,
     # meta-parameters
-    TOP_K: tl.constexpr, N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr, NORM: tl.constexpr, SCALE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_G: tl.constexpr,
-):  # fmt: skip
+    TOP_K: tl.constexpr,
+    N_GROUP: tl.constexpr,
+    TOPK_GROUP: tl.constexpr,
+    NORM: tl.constexpr,
+    SCALE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
     offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_e = tl.arange(0, BLOCK_E)[None, :]  # [1, BLOCK_E]
     mt = offs_t < T
@@ -97,12 +107,15 @@ def _expert_permutation_kernel(
     # inputs
     idx_ptr,
     # scalars
-    n_assign, E,
+    n_assign,
+    E,
     # outputs
-    counts_ptr, perm_ptr,
+    counts_ptr,
+    perm_ptr,
     # meta-parameters
-    BLOCK_A: tl.constexpr, BLOCK_E: tl.constexpr,
-):  # fmt: skip
+    BLOCK_A: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
     offs_e = tl.arange(0, BLOCK_E)
     ar = tl.arange(0, BLOCK_A)
     counts = tl.full([BLOCK_E], 0, tl.int32)
@@ -144,9 +157,14 @@ def latent_moe_routing(
         counts.zero_()
         return w, idx, counts, perm
     rs = route_spec(
-        T=T, E=E, top_k=top_k, n_group=n_group, topk_group=topk_group, norm_topk_prob=norm_topk_prob,
+        T=T,
+        E=E,
+        top_k=top_k,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=norm_topk_prob,
         routed_scaling_factor=routed_scaling_factor,
-    )  # fmt: skip
+    )
     _latent_moe_routing_kernel[rs.grid](
         logits, bias, *rs.scalars, w, idx, **rs.constexprs, num_warps=rs.num_warps
     )

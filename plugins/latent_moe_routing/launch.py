@@ -45,10 +45,16 @@ def route_spec(
     block_e = next_pow2(E)
     block_t = max(1, min(16, 2048 // block_e))
     constexprs: dict[str, Any] = {
-        "TOP_K": int(top_k), "N_GROUP": int(n_group), "TOPK_GROUP": int(topk_group),
-        "NORM": bool(norm_topk_prob), "SCALE": float(routed_scaling_factor),
-        "BLOCK_T": block_t, "BLOCK_E": block_e, "BLOCK_K": next_pow2(top_k), "BLOCK_G": next_pow2(n_group),
-    }  # fmt: skip
+        "TOP_K": int(top_k),
+        "N_GROUP": int(n_group),
+        "TOPK_GROUP": int(topk_group),
+        "NORM": bool(norm_topk_prob),
+        "SCALE": float(routed_scaling_factor),
+        "BLOCK_T": block_t,
+        "BLOCK_E": block_e,
+        "BLOCK_K": next_pow2(top_k),
+        "BLOCK_G": next_pow2(n_group),
+    }
     signature = {
         "logits": "*fp32",
         "bias": "*fp32",
@@ -94,7 +100,7 @@ def aot_variants(cfg: Any) -> list[tuple[str, LaunchSpec]]:
                 topk_group=cfg.topk_group,
                 norm_topk_prob=cfg.norm_topk_prob,
                 routed_scaling_factor=cfg.routed_scaling_factor,
-            ),  # fmt: skip
+            ),
         ),
         ("moe_expert_permutation", perm_spec(**kw)),
     ]

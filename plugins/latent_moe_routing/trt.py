@@ -26,9 +26,15 @@ _KERNELS = "plugins.latent_moe_routing.kernel"
 
 @trtp.register(ROUTING)
 def latent_moe_routing_desc(
-    logits: trtp.TensorDesc, bias: trtp.TensorDesc,
-    num_experts: int, top_k: int, n_group: int, topk_group: int, norm_topk_prob: int, routed_scaling_factor: float,
-) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:  # fmt: skip
+    logits: trtp.TensorDesc,
+    bias: trtp.TensorDesc,
+    num_experts: int,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    norm_topk_prob: int,
+    routed_scaling_factor: float,
+) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:
     T = logits.shape_expr[0]
     weights = trtp.from_shape_expr((T, top_k), dtype=trt.float32)
     idx = trtp.from_shape_expr((T, top_k), dtype=trt.int32)
@@ -44,15 +50,27 @@ def latent_moe_routing_autotune(
 
 @trtp.aot_impl(ROUTING)
 def latent_moe_routing_aot_impl(
-    logits: trtp.TensorDesc, bias: trtp.TensorDesc,
-    num_experts: int, top_k: int, n_group: int, topk_group: int, norm_topk_prob: int, routed_scaling_factor: float,
-    outputs, tactic: int,
-) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:  # fmt: skip
+    logits: trtp.TensorDesc,
+    bias: trtp.TensorDesc,
+    num_experts: int,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    norm_topk_prob: int,
+    routed_scaling_factor: float,
+    outputs,
+    tactic: int,
+) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
     spec = route_spec(
-        T=logits.shape_expr[0], E=num_experts,
-        top_k=top_k, n_group=n_group, topk_group=topk_group, norm_topk_prob=bool(norm_topk_prob),
-        routed_scaling_factor=routed_scaling_factor, cdiv=trtp.cdiv,
-    )  # fmt: skip
+        T=logits.shape_expr[0],
+        E=num_experts,
+        top_k=top_k,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=bool(norm_topk_prob),
+        routed_scaling_factor=routed_scaling_factor,
+        cdiv=trtp.cdiv,
+    )
     return to_trtp(trtp, aot_launch(_KERNELS, spec))
 
 

@@ -33,6 +33,16 @@ def mamba_state_update(
     from plugins.mamba_state_update.op import mamba_state_update as _impl
 
     return _impl(
-        xbc, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A, D, slot_idx,
-        n_groups=n_groups, keep_steps=keep_steps,
-    )  # fmt: skip
+        xbc,
+        dt,
+        conv_state,
+        ssm_state,
+        conv_weight,
+        conv_bias,
+        dt_bias,
+        A,
+        D,
+        slot_idx,
+        n_groups=n_groups,
+        keep_steps=keep_steps,
+    )

@@ -40,8 +40,19 @@ def _sigmoid(x):
 
 
 @triton.jit
-def _window(xbc_ptr, cs_ptr, xbc_row, cs_row, chan, mask, start, conv_dim,
-            WIDTH: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+def _window(
+    xbc_ptr,
+    cs_ptr,
+    xbc_row,
+    cs_row,
+    chan,
+    mask,
+    start,
+    conv_dim,
+    WIDTH: tl.constexpr,
+    K: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """seq[chan, start + j] for j < WIDTH as a [len(chan), BLOCK_K] fp32 tile (0 elsewhere and where ~mask),
     with seq = [conv_state[slot] (K-1 positions) | xbc[b] tokens]: two masked loads, no copy."""
     j = tl.arange(0, BLOCK_K)[None, :]
@@ -55,8 +66,9 @@ def _window(xbc_ptr, cs_ptr, xbc_row, cs_row, chan, mask, start, conv_dim,
 
 
 @triton.jit
-def _conv_silu(xbc_ptr, cs_ptr, xbc_row, cs_row, chan, mask, t, conv_dim, w, bias,
-               K: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+def _conv_silu(
+    xbc_ptr, cs_ptr, xbc_row, cs_row, chan, mask, t, conv_dim, w, bias, K: tl.constexpr, BLOCK_K: tl.constexpr
+):
     """silu(bias + sum_k w[:, k] * seq[chan, t + k]) in fp32; w [len(chan), BLOCK_K], bias [len(chan)]."""
     win = _window(xbc_ptr, cs_ptr, xbc_row, cs_row, chan, mask, t, conv_dim, K, K, BLOCK_K)
     acc = bias + tl.reduce(win * w, 1, tl.standard._sum_combine)
@@ -64,14 +76,30 @@ def _conv_silu(xbc_ptr, cs_ptr, xbc_row, cs_row, chan, mask, t, conv_dim, w, bia
 
 
 @triton.jit
-def _store_window(xbc_ptr, cs_ptr, xbc_row, cs_row, chan, mask, start, conv_dim, out_ptr, out_row, out_mask,
-                  K: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+def _store_window(
+    xbc_ptr,
+    cs_ptr,
+    xbc_row,
+    cs_row,
+    chan,
+    mask,
+    start,
+    conv_dim,
+    out_ptr,
+    out_row,
+    out_mask,
+    K: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """out[out_row + chan*(K-1) + j] = seq[chan, start + j] for j < K-1 (raw values, out dtype).
     Loads use `mask` (false on padding rows, giving 0), stores `out_mask`."""
     win = _window(xbc_ptr, cs_ptr, xbc_row, cs_row, chan, mask, start, conv_dim, K - 1, K, BLOCK_K)
     j = tl.arange(0, BLOCK_K)[None, :]
-    tl.store(out_ptr + out_row + chan[:, None] * (K - 1) + j, win.to(out_ptr.dtype.element_ty),
-             mask=out_mask[:, None] & (j < K - 1))  # fmt: skip
+    tl.store(
+        out_ptr + out_row + chan[:, None] * (K - 1) + j,
+        win.to(out_ptr.dtype.element_ty),
+        mask=out_mask[:, None] & (j < K - 1),
+    )
 
 
 @triton.jit
@@ -85,15 +113,37 @@ def _load_conv_params(w_ptr, b_ptr, chan, mask, K: tl.constexpr, BLOCK_K: tl.con
 @triton.jit
 def _mamba_state_update_kernel(
     # inputs
-    xbc_ptr, dt_ptr, conv_w_ptr, conv_b_ptr, dt_bias_ptr, A_ptr, D_ptr, slot_ptr, conv_in_ptr, ssm_in_ptr,
+    xbc_ptr,
+    dt_ptr,
+    conv_w_ptr,
+    conv_b_ptr,
+    dt_bias_ptr,
+    A_ptr,
+    D_ptr,
+    slot_ptr,
+    conv_in_ptr,
+    ssm_in_ptr,
     win_ptr,
     # scalars
-    T, H, P, N, G, conv_dim,
+    T,
+    H,
+    P,
+    N,
+    G,
+    conv_dim,
     # outputs
-    y_ptr, conv_out_ptr, ssm_out_ptr, ssm_steps_ptr, conv_steps_ptr,
+    y_ptr,
+    conv_out_ptr,
+    ssm_out_ptr,
+    ssm_steps_ptr,
+    conv_steps_ptr,
     # meta-parameters
-    K: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, KEEP_STEPS: tl.constexpr,
-):  # fmt: skip
+    K: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    KEEP_STEPS: tl.constexpr,
+):
     # conv_in_ptr is the pool conv_out_ptr aliases (TensorRT's in-place input); every conv read goes to the
     # per-sequence snapshot win_ptr [batch, conv_dim, K-1], so no program reads what another one writes.
     b = tl.program_id(0).to(tl.int64)
@@ -141,8 +191,21 @@ def _mamba_state_update_kernel(
             tl.store(
                 ssm_steps_ptr + step_off + state_tile, state.to(ssm_steps_ptr.dtype.element_ty), mask=m_pn_all
             )
-            _store_window(xbc_ptr, win_ptr, xbc_row, win_row, x_chan, mp, t + 1, conv_dim,
-                          conv_steps_ptr, (b * T + t) * conv_dim * (K - 1), p_in, K, BLOCK_K)  # fmt: skip
+            _store_window(
+                xbc_ptr,
+                win_ptr,
+                xbc_row,
+                win_row,
+                x_chan,
+                mp,
+                t + 1,
+                conv_dim,
+                conv_steps_ptr,
+                (b * T + t) * conv_dim * (K - 1),
+                p_in,
+                K,
+                BLOCK_K,
+            )
     tl.store(ssm_out_ptr + st_off + state_tile, state.to(ssm_out_ptr.dtype.element_ty), mask=m_pn)
     _store_window(
         xbc_ptr, win_ptr, xbc_row, win_row, x_chan, mp, T, conv_dim, conv_out_ptr, cs_row, mp, K, BLOCK_K
@@ -153,14 +216,42 @@ def _mamba_state_update_kernel(
         if KEEP_STEPS:
             for t in range(0, T):
                 steps_row = (b * T + t) * conv_dim * (K - 1)
-                _store_window(xbc_ptr, win_ptr, xbc_row, win_row, b_chan, mn, t + 1, conv_dim,
-                              conv_steps_ptr, steps_row, offs_n < N, K, BLOCK_K)  # fmt: skip
-                _store_window(xbc_ptr, win_ptr, xbc_row, win_row, c_chan, mn, t + 1, conv_dim,
-                              conv_steps_ptr, steps_row, offs_n < N, K, BLOCK_K)  # fmt: skip
-        _store_window(xbc_ptr, win_ptr, xbc_row, win_row, b_chan, mn, T, conv_dim, conv_out_ptr, cs_row, mn,
-                      K, BLOCK_K)  # fmt: skip
-        _store_window(xbc_ptr, win_ptr, xbc_row, win_row, c_chan, mn, T, conv_dim, conv_out_ptr, cs_row, mn,
-                      K, BLOCK_K)  # fmt: skip
+                _store_window(
+                    xbc_ptr,
+                    win_ptr,
+                    xbc_row,
+                    win_row,
+                    b_chan,
+                    mn,
+                    t + 1,
+                    conv_dim,
+                    conv_steps_ptr,
+                    steps_row,
+                    offs_n < N,
+                    K,
+                    BLOCK_K,
+                )
+                _store_window(
+                    xbc_ptr,
+                    win_ptr,
+                    xbc_row,
+                    win_row,
+                    c_chan,
+                    mn,
+                    t + 1,
+                    conv_dim,
+                    conv_steps_ptr,
+                    steps_row,
+                    offs_n < N,
+                    K,
+                    BLOCK_K,
+                )
+        _store_window(
+            xbc_ptr, win_ptr, xbc_row, win_row, b_chan, mn, T, conv_dim, conv_out_ptr, cs_row, mn, K, BLOCK_K
+        )
+        _store_window(
+            xbc_ptr, win_ptr, xbc_row, win_row, c_chan, mn, T, conv_dim, conv_out_ptr, cs_row, mn, K, BLOCK_K
+        )
 
 
 def _dtype_name(t: torch.Tensor) -> str:
@@ -197,9 +288,18 @@ def mamba_state_update(
     slot = slot_idx.to(torch.int32).contiguous()
     window = conv_state.index_select(0, slot.clamp(min=0).long())  # [batch, conv_dim, K-1] snapshot
     spec = launch_spec(
-        batch=batch, T=T, H=H, P=P, N=N, G=n_groups, K=K, keep_steps=keep_steps,
-        act_dtype=_dtype_name(xbc), weight_dtype=_dtype_name(w), state_dtype=_dtype_name(ssm_state),
-    )  # fmt: skip
+        batch=batch,
+        T=T,
+        H=H,
+        P=P,
+        N=N,
+        G=n_groups,
+        K=K,
+        keep_steps=keep_steps,
+        act_dtype=_dtype_name(xbc),
+        weight_dtype=_dtype_name(w),
+        state_dtype=_dtype_name(ssm_state),
+    )
     y = torch.empty(batch, T, H * P, dtype=torch.float32, device=xbc.device)
     if keep_steps:
         ssm_steps = torch.empty(batch, T, H, P, N, dtype=ssm_state.dtype, device=xbc.device)
@@ -211,9 +311,23 @@ def mamba_state_update(
     if batch == 0:
         return y, ssm_steps, conv_steps
     _mamba_state_update_kernel[spec.grid](
-        xbc, dt, w, cb, dt_bias, A, D, slot, conv_state, ssm_state, window,
+        xbc,
+        dt,
+        w,
+        cb,
+        dt_bias,
+        A,
+        D,
+        slot,
+        conv_state,
+        ssm_state,
+        window,
         *spec.scalars,
-        y, conv_state, ssm_state, *steps_args,
-        **spec.constexprs, num_warps=spec.num_warps,
-    )  # fmt: skip
+        y,
+        conv_state,
+        ssm_state,
+        *steps_args,
+        **spec.constexprs,
+        num_warps=spec.num_warps,
+    )
     return y, ssm_steps, conv_steps

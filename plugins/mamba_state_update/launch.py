@@ -126,7 +126,7 @@ def aot_variants(cfg: Any) -> list[dict[str, Any]]:
             keep_steps=keep,
             act_dtype=act,
             state_dtype=state,
-        )  # fmt: skip
+        )
         for state in ("float32", "float16")
         for keep in (False, True)
     ]

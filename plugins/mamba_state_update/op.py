@@ -149,9 +149,19 @@ def mamba_state_update(
         conv_bias = conv_weight.new_zeros(conv_dim)
     _expect(tuple(conv_bias.shape) == (conv_dim,), "conv_bias shape", (conv_dim,), tuple(conv_bias.shape))
     y, ssm_steps, conv_steps = torch.ops.trtllm_nemotron.mamba_state_update(
-        xbc, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A.float(), D, slot_idx.to(torch.int32),
-        G, bool(keep_steps),
-    )  # fmt: skip
+        xbc,
+        dt,
+        conv_state,
+        ssm_state,
+        conv_weight,
+        conv_bias,
+        dt_bias,
+        A.float(),
+        D,
+        slot_idx.to(torch.int32),
+        G,
+        bool(keep_steps),
+    )
     if squeeze:
         y = y.squeeze(1)
     return y, ssm_steps, conv_steps

@@ -24,11 +24,24 @@ PLUGIN = "trtllm_nemotron::mamba_state_update"
 
 @trtp.register(PLUGIN)
 def mamba_state_update_desc(
-    xbc: trtp.TensorDesc, dt: trtp.TensorDesc, conv_weight: trtp.TensorDesc, conv_bias: trtp.TensorDesc,
-    dt_bias: trtp.TensorDesc, A: trtp.TensorDesc, D: trtp.TensorDesc, slot_idx: trtp.TensorDesc,
-    conv_state: trtp.TensorDesc, ssm_state: trtp.TensorDesc, conv_window: trtp.TensorDesc,
-    num_heads: int, n_groups: int, head_dim: int, state_size: int, conv_kernel: int, keep_steps: int,
-) -> tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:  # fmt: skip
+    xbc: trtp.TensorDesc,
+    dt: trtp.TensorDesc,
+    conv_weight: trtp.TensorDesc,
+    conv_bias: trtp.TensorDesc,
+    dt_bias: trtp.TensorDesc,
+    A: trtp.TensorDesc,
+    D: trtp.TensorDesc,
+    slot_idx: trtp.TensorDesc,
+    conv_state: trtp.TensorDesc,
+    ssm_state: trtp.TensorDesc,
+    conv_window: trtp.TensorDesc,
+    num_heads: int,
+    n_groups: int,
+    head_dim: int,
+    state_size: int,
+    conv_kernel: int,
+    keep_steps: int,
+) -> tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:
     batch, T = xbc.shape_expr[0], xbc.shape_expr[1]
     y = trtp.from_shape_expr((batch, T, num_heads * head_dim), dtype=trt.float32)
     if keep_steps:
@@ -50,10 +63,19 @@ def type_combination(act: str, state: str) -> list[str]:
 
 @trtp.autotune(PLUGIN)
 def mamba_state_update_autotune(
-    xbc: trtp.TensorDesc, dt: trtp.TensorDesc, conv_weight: trtp.TensorDesc, conv_bias: trtp.TensorDesc,
-    dt_bias: trtp.TensorDesc, A: trtp.TensorDesc, D: trtp.TensorDesc, slot_idx: trtp.TensorDesc,
-    conv_state: trtp.TensorDesc, ssm_state: trtp.TensorDesc, conv_window: trtp.TensorDesc, outputs,
-) -> list[trtp.AutoTuneCombination]:  # fmt: skip
+    xbc: trtp.TensorDesc,
+    dt: trtp.TensorDesc,
+    conv_weight: trtp.TensorDesc,
+    conv_bias: trtp.TensorDesc,
+    dt_bias: trtp.TensorDesc,
+    A: trtp.TensorDesc,
+    D: trtp.TensorDesc,
+    slot_idx: trtp.TensorDesc,
+    conv_state: trtp.TensorDesc,
+    ssm_state: trtp.TensorDesc,
+    conv_window: trtp.TensorDesc,
+    outputs,
+) -> list[trtp.AutoTuneCombination]:
     return [
         trtp.AutoTuneCombination(", ".join(type_combination(act, state)), "LINEAR")
         for act in ("BF16", "FP16")
@@ -63,12 +85,26 @@ def mamba_state_update_autotune(
 
 @trtp.aot_impl(PLUGIN)
 def mamba_state_update_aot_impl(
-    xbc: trtp.TensorDesc, dt: trtp.TensorDesc, conv_weight: trtp.TensorDesc, conv_bias: trtp.TensorDesc,
-    dt_bias: trtp.TensorDesc, A: trtp.TensorDesc, D: trtp.TensorDesc, slot_idx: trtp.TensorDesc,
-    conv_state: trtp.TensorDesc, ssm_state: trtp.TensorDesc, conv_window: trtp.TensorDesc,
-    num_heads: int, n_groups: int, head_dim: int, state_size: int, conv_kernel: int, keep_steps: int,
-    outputs, tactic: int,
-) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:  # fmt: skip
+    xbc: trtp.TensorDesc,
+    dt: trtp.TensorDesc,
+    conv_weight: trtp.TensorDesc,
+    conv_bias: trtp.TensorDesc,
+    dt_bias: trtp.TensorDesc,
+    A: trtp.TensorDesc,
+    D: trtp.TensorDesc,
+    slot_idx: trtp.TensorDesc,
+    conv_state: trtp.TensorDesc,
+    ssm_state: trtp.TensorDesc,
+    conv_window: trtp.TensorDesc,
+    num_heads: int,
+    n_groups: int,
+    head_dim: int,
+    state_size: int,
+    conv_kernel: int,
+    keep_steps: int,
+    outputs,
+    tactic: int,
+) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
     spec = launch_spec(
         batch=xbc.shape_expr[0],
         T=xbc.shape_expr[1],

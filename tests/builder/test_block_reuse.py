@@ -26,8 +26,12 @@ def _stand_in(monkeypatch, defaults: dict, version: str) -> None:
         def get_model_defaults(cls, llm_args):
             return defaults
 
-    names = ["tensorrt_llm", "tensorrt_llm._torch", "tensorrt_llm._torch.models",
-             "tensorrt_llm._torch.models.modeling_nemotron_h"]
+    names = [
+        "tensorrt_llm",
+        "tensorrt_llm._torch",
+        "tensorrt_llm._torch.models",
+        "tensorrt_llm._torch.models.modeling_nemotron_h",
+    ]
     mods = {n: types.ModuleType(n) for n in names}
     mods["tensorrt_llm"].__version__ = version
     mods["tensorrt_llm._torch.models.modeling_nemotron_h"].NemotronHForCausalLM = NemotronHForCausalLM
@@ -38,7 +42,8 @@ def _stand_in(monkeypatch, defaults: dict, version: str) -> None:
 def _yaml_reuse() -> bool:
     plan = plan_for_build(SUPER, "b200", recipe="nvfp4-super", mtp=3)
     return llm_api_config(SUPER, "b200", recipe="nvfp4-super", mtp=3, plan=plan, expert_format="nvfp4")[
-        "kv_cache_config"]["enable_block_reuse"]
+        "kv_cache_config"
+    ]["enable_block_reuse"]
 
 
 def test_without_tensorrt_llm_block_reuse_stays_off(monkeypatch):
@@ -50,7 +55,11 @@ def test_without_tensorrt_llm_block_reuse_stays_off(monkeypatch):
 
 @pytest.mark.parametrize(
     ("defaults", "expect"),
-    [({"kv_cache_config": {"enable_block_reuse": False}}, False), ({}, True), ({"kv_cache_config": {}}, True)],
+    [
+        ({"kv_cache_config": {"enable_block_reuse": False}}, False),
+        ({}, True),
+        ({"kv_cache_config": {}}, True),
+    ],
 )
 def test_reuse_follows_the_installed_nemotron_h_defaults(monkeypatch, defaults, expect):
     _stand_in(monkeypatch, defaults, "9.9.9")

@@ -52,8 +52,11 @@ def test_build_onnx_writes_a_checked_network(engine):
     per_layer: dict[str, list[str]] = {}
     for n in plugin:
         per_layer.setdefault(_layer_of(n), []).append(n.op_type)
-    experts = "latent_moe_experts_nvfp4" if read_manifest(engine)["recipe"]["name"].startswith("nvfp4") else (
-        "latent_moe_experts")  # fmt: skip
+    experts = (
+        "latent_moe_experts_nvfp4"
+        if read_manifest(engine)["recipe"]["name"].startswith("nvfp4")
+        else ("latent_moe_experts")
+    )
     for i, ch in enumerate(pattern):
         want = {"M": ["mamba_state_update"], "E": ["latent_moe_routing", "moe_expert_permutation", experts]}
         assert sorted(per_layer.pop(f"backbone.layers.{i}", [])) == sorted(want.get(ch, [])), (i, ch)
@@ -115,9 +118,11 @@ def _registered_qdps() -> dict[str, tuple[list[str], list[str]]]:
     for path in PLUGINS_DIR.glob("*/trt.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):  # module constants such as PLUGIN = "trtllm_nemotron::mamba_state_update"
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(
-                node.value.value, str
-            ):  # fmt: skip
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
                 for t in node.targets:
                     if isinstance(t, ast.Name):
                         names[t.id] = node.value.value
@@ -157,8 +162,11 @@ def test_weights_are_stored_in_their_formats(engine):
         assert list(inits[scale_dq.input[0]].dims) == [t.dims[0], t.dims[1] // 16]
     if recipe.startswith("nvfp4"):  # NVFP4 experts reach their plugin as stored: packed bits as INT8
         node = next(n for n in model.graph.node if n.op_type == "latent_moe_experts_nvfp4")
-        assert [inits[x].data_type for x in node.input[4:]] == [onnx.TensorProto.INT8, onnx.TensorProto.INT8,
-                                                               onnx.TensorProto.FLOAT] * 2  # fmt: skip
+        assert [inits[x].data_type for x in node.input[4:]] == [
+            onnx.TensorProto.INT8,
+            onnx.TensorProto.INT8,
+            onnx.TensorProto.FLOAT,
+        ] * 2
     # the planner's estimate is exactly the exported tensor bytes (MTP tensors shared with the backbone once)
     cfg = json.loads((engine / "checkpoint" / "config.json").read_text())
     from trtllm_nemotron.config import NemotronHConfig
@@ -212,8 +220,9 @@ def test_greedy_through_the_graphs_equals_the_native_step(engine):
 
 
 def test_build_trt_says_why_it_was_skipped(tiny_ckpt, tmp_path):
-    out = build_engine(tiny_ckpt, tmp_path / "e", target="b200", recipe="bf16", mtp=1, trt=True, validate=True,
-                       **FAST)  # fmt: skip
+    out = build_engine(
+        tiny_ckpt, tmp_path / "e", target="b200", recipe="bf16", mtp=1, trt=True, validate=True, **FAST
+    )
     m = read_manifest(out)
     trt = next(s for s in m["stages"] if s["name"] == "trt")
     try:

@@ -33,7 +33,9 @@ def test_every_target_and_recipe_builds(tiny_ckpt, tmp_path, target, recipe):
     assert all(s["seconds"] >= 0 for s in m["stages"])
     assert m["tools"]["python"] and m["tools"]["torch"]
     assert set(m["inputs"]["files"]) >= {"config.json", "tokenizer.json"}
-    assert (out / "checkpoint" / "config.json").is_file() and (out / "checkpoint" / "tokenizer.json").is_file()
+    assert (out / "checkpoint" / "config.json").is_file() and (
+        out / "checkpoint" / "tokenizer.json"
+    ).is_file()
     # the planner's weight bytes are exactly the tensor bytes of the checkpoint written
     assert _tensor_bytes(out / "checkpoint") == m["plan"]["weights_bytes"]
     quantized = recipe != "bf16"
@@ -177,7 +179,9 @@ def test_validate_reports_why_it_was_skipped(tiny_ckpt, tmp_path):
 
 
 def test_validate_on_a_gpu_target_without_tensorrt_llm_says_why(tiny_ckpt, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # `import tensorrt_llm` fails, as on a host without it
+    monkeypatch.setitem(
+        sys.modules, "tensorrt_llm", None
+    )  # `import tensorrt_llm` fails, as on a host without it
     out = build_engine(tiny_ckpt, tmp_path / "e", target="h100", recipe="bf16", mtp=3, validate=True, **FAST)
     v = read_manifest(out)["validation"]
     assert v["status"] == "skipped" and "tensorrt_llm does not import" in v["reason"] and v["output"] is None
@@ -210,8 +214,18 @@ def test_validate_on_gpu_runs_the_tensorrt_engine(tiny_ckpt, tmp_path):
     major, minor = torch.cuda.get_device_capability()
     target = {(10, 0): "b200", (9, 0): "h100"}.get((major, minor))
     assert target, f"this GPU is sm_{major}{minor}; --trt needs an sm_100 or sm_90 build target"
-    out = build_engine(tiny_ckpt, tmp_path / "e", target=target, recipe="bf16", mtp=3, trt=True, validate=True,
-                       max_batch_size=4, max_seq_len=256, **FAST)  # fmt: skip
+    out = build_engine(
+        tiny_ckpt,
+        tmp_path / "e",
+        target=target,
+        recipe="bf16",
+        mtp=3,
+        trt=True,
+        validate=True,
+        max_batch_size=4,
+        max_seq_len=256,
+        **FAST,
+    )
     m = read_manifest(out)
     assert m["tensorrt_engine"]["plans"]["model"]["file"] == f"trt/sm_{major}{minor}.plan"
     assert m["kernel_versions"]["tensorrt"] and m["kernel_versions"]["ptx"]
@@ -222,17 +236,33 @@ def test_validate_on_gpu_runs_the_tensorrt_engine(tiny_ckpt, tmp_path):
 def test_cli_build_and_plan(tiny_ckpt, tmp_path):
     from trtllm_nemotron.cli import main
 
-    r = CliRunner().invoke(main, ["build", "--model", str(tiny_ckpt), "--target", "cpu", "--recipe", "bf16",
-                                  "--out", str(tmp_path / "e"), "--no-progress"])  # fmt: skip
+    r = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--model",
+            str(tiny_ckpt),
+            "--target",
+            "cpu",
+            "--recipe",
+            "bf16",
+            "--out",
+            str(tmp_path / "e"),
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "engine dir:" in r.output and verify_engine_dir(tmp_path / "e") == []
     r = CliRunner().invoke(main, ["inspect", str(tmp_path / "e")])
     assert r.exit_code == 0, r.output
     (tmp_path / "e" / "checkpoint" / "config.json").write_text(
-        (tmp_path / "e" / "checkpoint" / "config.json").read_text() + " ")  # fmt: skip
+        (tmp_path / "e" / "checkpoint" / "config.json").read_text() + " "
+    )
     r = CliRunner().invoke(main, ["inspect", str(tmp_path / "e")])
     assert r.exit_code == 1 and "hash mismatch: checkpoint/config.json" in r.output
-    r = CliRunner().invoke(main, ["plan", "--model", "super-120b", "--target", "h100", "--recipe", "nvfp4-super"])
+    r = CliRunner().invoke(
+        main, ["plan", "--model", "super-120b", "--target", "h100", "--recipe", "nvfp4-super"]
+    )
     assert r.exit_code == 1
     assert "DOES NOT FIT" in r.output and "79.01 GB" in r.output and ">= 2 x h100" in r.output
     r = CliRunner().invoke(main, ["plan", "--model", "super-120b", "--target", "b200", "--json"])
@@ -318,22 +348,53 @@ def test_cli_build_with_a_preset_and_refused_gpu_counts(tiny_ckpt, tmp_path):
     from trtllm_nemotron.cli import main
 
     out = tmp_path / "e"
-    r = CliRunner().invoke(main, ["build", "--model", str(tiny_ckpt), "--target", "h200", "--recipe", "nvfp4-super",
-                                  "--preset", "latency", "--out", str(out), "--no-progress",
-                                  "--calib-samples", "2"])  # fmt: skip
+    r = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--model",
+            str(tiny_ckpt),
+            "--target",
+            "h200",
+            "--recipe",
+            "nvfp4-super",
+            "--preset",
+            "latency",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--calib-samples",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert verify_engine_dir(out) == []
     cfg = yaml.safe_load((out / "trtllm" / "llm_api.yaml").read_text())
     assert unknown_keys(cfg) == []
     assert cfg["max_batch_size"] == 16 and cfg["stream_interval"] == 1 and cfg["enable_attention_dp"] is False
     assert cfg["speculative_config"]["num_nextn_predict_layers"] == 3
-    assert cfg["moe_config"] == {"backend": "MARLIN"} and cfg["nvfp4_gemm_config"] == {"allowed_backends": ["marlin"]}
+    assert cfg["moe_config"] == {"backend": "MARLIN"} and cfg["nvfp4_gemm_config"] == {
+        "allowed_backends": ["marlin"]
+    }
     m = read_manifest(out)
     assert m["trtllm"]["preset"] == "latency" and m["trtllm"]["moe_backend"] == "MARLIN"
     assert any("FP8 is the recommended recipe on H100/H200" in n for n in m["trtllm"]["notes"])
     assert "note: FP8 is the recommended recipe on H100/H200" in r.output  # told on the command line too
     assert m["mtp"]["max_draft_len"] == 3
-    r = CliRunner().invoke(main, ["build", "--model", str(tiny_ckpt), "--target", "b200", "--gpus", "3",
-                                  "--out", str(tmp_path / "e3"), "--no-progress"])  # fmt: skip
+    r = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--model",
+            str(tiny_ckpt),
+            "--target",
+            "b200",
+            "--gpus",
+            "3",
+            "--out",
+            str(tmp_path / "e3"),
+            "--no-progress",
+        ],
+    )
     assert r.exit_code != 0 and "tensor-parallel size 1, 2, 4 or 8" in r.output
     assert not (tmp_path / "e3").exists()

@@ -11,7 +11,15 @@ from trtllm_nemotron.errors import BuildError
 SUPER = preset("super-120b")
 
 # ---- Super dimensions, written out by hand (spec §2.2) ----
-H, V, L, F, S, E, X = 4096, 131072, 88, 2688, 5376, 512, 1024  # hidden, vocab, layers, expert F, shared, E, latent
+H, V, L, F, S, E, X = (
+    4096,
+    131072,
+    88,
+    2688,
+    5376,
+    512,
+    1024,
+)  # hidden, vocab, layers, expert F, shared, E, latent
 N_M, N_E, N_A = 40, 40, 8  # Mamba, MoE, attention layers
 D_INNER, D_STATE, G, NH, K = 8192, 128, 8, 128, 4
 CONV_DIM = D_INNER + 2 * G * D_STATE  # 10240
@@ -75,16 +83,21 @@ def test_super_weights_nvfp4_super_hand_computed():
 
 
 def test_super_weights_per_recipe_are_ordered():
-    w = {r: plan_memory(SUPER, "b200", recipe=r, gpus=8, max_seq_len=4096, batch=1, mtp=0).weights_bytes
-         for r in ("bf16", "fp8", "nvfp4-super", "nvfp4")}  # fmt: skip
+    w = {
+        r: plan_memory(SUPER, "b200", recipe=r, gpus=8, max_seq_len=4096, batch=1, mtp=0).weights_bytes
+        for r in ("bf16", "fp8", "nvfp4-super", "nvfp4")
+    }
     assert w["bf16"] > w["fp8"] > w["nvfp4-super"] > w["nvfp4"]
 
 
 def test_super_mamba_state_per_layer_fp32():
-    p = plan_memory(SUPER, "h100", recipe="bf16", gpus=4, max_seq_len=4096, batch=1, mtp=0, ssm_dtype="float32")
+    p = plan_memory(
+        SUPER, "h100", recipe="bf16", gpus=4, max_seq_len=4096, batch=1, mtp=0, ssm_dtype="float32"
+    )
     # TP=4 divides heads and conv channels; at TP=1 it is the spec's 4.25 MB
-    p1 = plan_memory(SUPER, "b200", recipe="nvfp4-super", gpus=1, max_seq_len=4096, batch=1, mtp=0,
-                     ssm_dtype="float32")  # fmt: skip
+    p1 = plan_memory(
+        SUPER, "b200", recipe="nvfp4-super", gpus=1, max_seq_len=4096, batch=1, mtp=0, ssm_dtype="float32"
+    )
     conv = CONV_DIM * (K - 1) * 2  # bf16 conv window: 61 440 B
     ssm = NH * 64 * D_STATE * 4  # fp32 SSM state: 4 194 304 B
     assert (p1.conv_bytes_per_layer, p1.ssm_bytes_per_layer) == (conv, ssm)
@@ -97,16 +110,21 @@ def test_super_mamba_state_per_layer_fp32():
 def test_super_kv_per_token_and_mtp_copies():
     p = plan_memory(SUPER, "b200", recipe="bf16", gpus=2, max_seq_len=4096, batch=1, mtp=0)
     assert p.kv_bytes_per_token == N_A * 2 * 1 * 128 * 2  # 8 layers, K+V, 2 kv heads / TP 2, bf16
-    q = plan_memory(SUPER, "b200", recipe="nvfp4-super", gpus=1, max_seq_len=4096, batch=1, mtp=3,
-                    ssm_dtype="float32")  # fmt: skip
-    assert q.kv_dtype == "fp8" and q.kv_bytes_per_token == (N_A + 1) * 2 * 2 * 128  # + the MTP attention layer
+    q = plan_memory(
+        SUPER, "b200", recipe="nvfp4-super", gpus=1, max_seq_len=4096, batch=1, mtp=3, ssm_dtype="float32"
+    )
+    assert (
+        q.kv_dtype == "fp8" and q.kv_bytes_per_token == (N_A + 1) * 2 * 2 * 128
+    )  # + the MTP attention layer
     assert q.state_bytes_per_seq == N_M * 4_255_744 * (1 + 4)  # + per-draft-step copies for N+1 = 4 steps
 
 
 def test_impossible_plan_refused_with_numbers():
     p = plan_memory(SUPER, "h100", recipe="nvfp4-super", gpus=1, max_seq_len=131072, batch=1, mtp=3)
     assert not p.fits and p.max_batch == 0
-    with pytest.raises(BuildError, match=r"(?s)weights per device +79\.\d\d GB.*DOES NOT FIT.*> 80\.00 GB.*>= 2 x h100"):
+    with pytest.raises(
+        BuildError, match=r"(?s)weights per device +79\.\d\d GB.*DOES NOT FIT.*> 80\.00 GB.*>= 2 x h100"
+    ):
         p.check()
     assert plan_memory(SUPER, "h100", recipe="nvfp4-super", gpus=2, max_seq_len=131072, batch=1, mtp=3).fits
     assert plan_memory(SUPER, "b200", recipe="nvfp4-super", gpus=1, max_seq_len=131072, batch=1, mtp=3).fits
@@ -157,7 +175,10 @@ def test_tensor_parallel_sizes_nemotron_h_refuses_are_refused(gpus):
 
 @pytest.mark.parametrize("gpus", [1, 2, 4, 8])
 def test_tensor_parallel_sizes_nemotron_h_accepts(gpus):
-    assert plan_memory(SUPER, "b200", recipe="nvfp4-super", gpus=gpus, max_seq_len=4096, batch=1, mtp=0).gpus == gpus
+    assert (
+        plan_memory(SUPER, "b200", recipe="nvfp4-super", gpus=gpus, max_seq_len=4096, batch=1, mtp=0).gpus
+        == gpus
+    )
 
 
 def test_plan_prints_the_estimated_build_time_for_super():

@@ -74,11 +74,19 @@ def _build_options(
 ):
     p = get_preset(name)
     gpus = gpus or GPUS[name]
-    plan = plan_for_build(SUPER, target, recipe=recipe, mtp=p.mtp, gpus=gpus, max_seq_len=SEQ.get(name),
-                          batch=p.options.get("max_batch_size"))  # fmt: skip
+    plan = plan_for_build(
+        SUPER,
+        target,
+        recipe=recipe,
+        mtp=p.mtp,
+        gpus=gpus,
+        max_seq_len=SEQ.get(name),
+        batch=p.options.get("max_batch_size"),
+    )
     notes: list[str] = []
-    cfg = llm_api_config(SUPER, target, recipe=recipe, mtp=p.mtp, plan=plan, expert_format=fmt, preset=name,
-                         notes=notes)  # fmt: skip
+    cfg = llm_api_config(
+        SUPER, target, recipe=recipe, mtp=p.mtp, plan=plan, expert_format=fmt, preset=name, notes=notes
+    )
     return cfg, notes
 
 
@@ -167,9 +175,12 @@ def test_value_types_and_enums_are_checked(bad, problem):
 
 
 def test_valid_values_pass():
-    ok = {"max_batch_size": None, "kv_cache_config": {"free_gpu_memory_fraction": 1},
-          "cuda_graph_config": {"batch_sizes": [1, 2, 4], "max_batch_size": 0},
-          "nvfp4_gemm_config": {"allowed_backends": ["cutlass", "marlin"]}}  # fmt: skip
+    ok = {
+        "max_batch_size": None,
+        "kv_cache_config": {"free_gpu_memory_fraction": 1},
+        "cuda_graph_config": {"batch_sizes": [1, 2, 4], "max_batch_size": 0},
+        "nvfp4_gemm_config": {"allowed_backends": ["cutlass", "marlin"]},
+    }
     assert unknown_keys(ok) == []
 
 

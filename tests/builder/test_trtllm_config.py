@@ -35,14 +35,33 @@ def test_key_table_records_its_source():
     assert len(TRTLLM_SOURCE["commit"]) == 40
     classes = llm_args_keys()["classes"]
     # fields NVIDIA's Super recipes use (spec §2.5) are all present
-    for key in ("max_batch_size", "max_num_tokens", "tensor_parallel_size", "moe_expert_parallel_size",
-                "enable_attention_dp", "cuda_graph_config", "kv_cache_config", "num_postprocess_workers",
-                "speculative_config", "moe_config", "stream_interval", "enable_chunked_prefill", "trust_remote_code"):
+    for key in (
+        "max_batch_size",
+        "max_num_tokens",
+        "tensor_parallel_size",
+        "moe_expert_parallel_size",
+        "enable_attention_dp",
+        "cuda_graph_config",
+        "kv_cache_config",
+        "num_postprocess_workers",
+        "speculative_config",
+        "moe_config",
+        "stream_interval",
+        "enable_chunked_prefill",
+        "trust_remote_code",
+    ):
         assert key in classes["TorchLlmArgs"]["fields"], key
-    for key in ("free_gpu_memory_fraction", "enable_block_reuse", "mamba_ssm_cache_dtype",
-                "mamba_ssm_stochastic_rounding", "mamba_ssm_philox_rounds"):
+    for key in (
+        "free_gpu_memory_fraction",
+        "enable_block_reuse",
+        "mamba_ssm_cache_dtype",
+        "mamba_ssm_stochastic_rounding",
+        "mamba_ssm_philox_rounds",
+    ):
         assert key in classes["KvCacheConfig"]["fields"], key
-    assert {"decoding_type", "max_draft_len", "allow_advanced_sampling"} <= set(classes["MTPDecodingConfig"]["fields"])
+    assert {"decoding_type", "max_draft_len", "allow_advanced_sampling"} <= set(
+        classes["MTPDecodingConfig"]["fields"]
+    )
 
 
 def test_nvidia_super_recipe_yaml_passes_the_check():
@@ -75,7 +94,9 @@ num_postprocess_workers: 4
 """)
     assert unknown_keys(recipe) == [] and unknown_keys(throughput) == []
     assert unknown_keys({"max_batch_sizes": 1}) == ["max_batch_sizes"]
-    assert unknown_keys({"kv_cache_config": {"enable_block_resue": False}}) == ["kv_cache_config.enable_block_resue"]
+    assert unknown_keys({"kv_cache_config": {"enable_block_resue": False}}) == [
+        "kv_cache_config.enable_block_resue"
+    ]
     assert unknown_keys({"moe_config": {"backend": "FASTEST"}})[0].startswith("moe_config.backend='FASTEST'")
 
 
@@ -97,7 +118,10 @@ def test_super_config_per_target(target, recipe, backend):
     assert kv.get("mamba_ssm_stochastic_rounding", False) is (target == "b200")
     assert cfg["tensor_parallel_size"] == cfg["moe_expert_parallel_size"] == plan.gpus
     assert (cfg["max_batch_size"], cfg["max_seq_len"], cfg["max_num_tokens"]) == (
-        plan.batch, plan.max_seq_len, plan.max_num_tokens)
+        plan.batch,
+        plan.max_seq_len,
+        plan.max_num_tokens,
+    )
     assert cfg["cuda_graph_config"] == {"enable_padding": True, "max_batch_size": min(plan.batch, 64)}
 
 
@@ -134,7 +158,11 @@ def test_yaml_round_trip_and_rejects_unknown(tmp_path):
 
 def test_targets_table():
     assert {n: (t.sm, t.memory_gb) for n, t in TARGETS.items()} == {
-        "b200": (100, 192), "h200": (90, 141), "h100": (90, 80), "cpu": (None, None)}
+        "b200": (100, 192),
+        "h200": (90, 141),
+        "h100": (90, 80),
+        "cpu": (None, None),
+    }
     b200, h100 = get_target("B200"), get_target("h100")
     assert b200.is_native("nvfp4") and not h100.is_native("nvfp4") and h100.is_native("fp8")
     assert "W4A4" in b200.weight_mode("nvfp4") and "W4A16" in h100.weight_mode("nvfp4")

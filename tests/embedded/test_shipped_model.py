@@ -45,8 +45,15 @@ def sample():
 
 def test_files_and_size():
     names = {p.name for p in ASSET.iterdir()}
-    for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "special_tokens_map.json", "training_log.json", "loss.png"):
+    for f in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "training_log.json",
+        "loss.png",
+    ):
         assert f in names, f"{f} missing from {ASSET}"
     assert any(n.endswith(".safetensors") for n in names)
     size = sum(p.stat().st_size for p in ASSET.iterdir() if p.is_file())
@@ -57,7 +64,9 @@ def test_architecture_and_dtypes():
     from safetensors import safe_open
 
     cfg = NemotronHConfig.from_json(ASSET)
-    assert set(cfg.pattern) == {"M", "E", "*"} and cfg.num_nextn_predict_layers == 1 and cfg.mtp_pattern == "*E"
+    assert (
+        set(cfg.pattern) == {"M", "E", "*"} and cfg.num_nextn_predict_layers == 1 and cfg.mtp_pattern == "*E"
+    )
     assert cfg.moe_latent_size and cfg.n_group > 1
     assert linear_in_dims_not_multiple(cfg, 16) == {}
     seen = 0
@@ -70,7 +79,10 @@ def test_architecture_and_dtypes():
                 if len(shape) == 2 and not name.endswith("embeddings.weight"):
                     assert shape[1] % 16 == 0, (name, shape)
                 seen += 1
-    assert any(n.startswith("mtp.") for n in json.loads((ASSET / "model.safetensors.index.json").read_text())["weight_map"])
+    assert any(
+        n.startswith("mtp.")
+        for n in json.loads((ASSET / "model.safetensors.index.json").read_text())["weight_map"]
+    )
     assert seen > 50
 
 
@@ -84,7 +96,10 @@ def test_tokenizer_special_tokens_and_chat_template():
     assert tok.chat_template == CHATML_TEMPLATE  # the package's one template
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
     # Nemotron 3's shape: a system turn always (empty here), the generation prompt opens the reasoning
-    assert text == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    assert (
+        text
+        == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    )
     code = "def f(x):\n    return x + 1\n"
     assert tok.decode(tok.encode(code)) == code
     gen = json.loads((ASSET / "generation_config.json").read_text())

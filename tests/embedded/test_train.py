@@ -26,7 +26,9 @@ from trtllm_nemotron.train.train import (
 
 def test_tiny_model_config_is_super_shaped_and_nvfp4_ready():
     cfg = tiny_model_config(4096)
-    assert set(cfg.pattern) == {"M", "E", "*"} and cfg.mtp_pattern == "*E" and cfg.num_nextn_predict_layers == 1
+    assert (
+        set(cfg.pattern) == {"M", "E", "*"} and cfg.mtp_pattern == "*E" and cfg.num_nextn_predict_layers == 1
+    )
     assert cfg.moe_latent_size and cfg.n_group > 1 and cfg.topk_group < cfg.n_group
     assert linear_in_dims_not_multiple(cfg, 16) == {}
     n = sum(math.prod(s.shape) for s in expected_tensors(cfg).values())
@@ -86,15 +88,28 @@ def test_bias_update_moves_toward_balance():
 
 def test_two_step_training_run_writes_a_loadable_checkpoint(tmp_path):
     tc = TrainConfig(
-        steps=2, batch_size=2, seq_len=32, vocab_size=512, warmup_steps=1, eval_every=1, eval_windows=2,
-        final_eval_windows=2, accept_prompts=1, accept_prompt_len=8, accept_gen_tokens=6, completion_tokens=3,
+        steps=2,
+        batch_size=2,
+        seq_len=32,
+        vocab_size=512,
+        warmup_steps=1,
+        eval_every=1,
+        eval_windows=2,
+        final_eval_windows=2,
+        accept_prompts=1,
+        accept_prompt_len=8,
+        accept_gen_tokens=6,
+        completion_tokens=3,
         threads=1,
     )
     cfg = tiny_model_config(512, hidden_size=64, pattern="ME*")
     out = tmp_path / "ckpt"
     log = train_tiny(out, tc, DataRecipe(max_chars=40_000), model_config=cfg, progress=False)
     assert len(log["train"]) == 2 and len(log["heldout"]) == 2
-    assert log["final"]["unigram"]["ppl"] > 1 and 1.0 <= log["final"]["mtp_acceptance"]["acceptance_length"] <= 4.0
+    assert (
+        log["final"]["unigram"]["ppl"] > 1
+        and 1.0 <= log["final"]["mtp_acceptance"]["acceptance_length"] <= 4.0
+    )
     saved = json.loads((out / "training_log.json").read_text())
     assert saved["corpus"]["sha256"] == log["corpus"]["sha256"]
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -108,9 +123,20 @@ def test_retraining_is_bit_reproducible(tmp_path):
     from safetensors.torch import load_file
 
     tc = TrainConfig(
-        steps=2, batch_size=2, seq_len=32, vocab_size=512, warmup_steps=1, eval_every=2, eval_windows=1,
-        final_eval_windows=1, accept_prompts=1, accept_prompt_len=8, accept_gen_tokens=4, completion_tokens=2,
-        threads=1, seed=7,
+        steps=2,
+        batch_size=2,
+        seq_len=32,
+        vocab_size=512,
+        warmup_steps=1,
+        eval_every=2,
+        eval_windows=1,
+        final_eval_windows=1,
+        accept_prompts=1,
+        accept_prompt_len=8,
+        accept_gen_tokens=4,
+        completion_tokens=2,
+        threads=1,
+        seed=7,
     )
     cfg = tiny_model_config(512, hidden_size=64, pattern="ME*")
     logs = [
@@ -120,4 +146,6 @@ def test_retraining_is_bit_reproducible(tmp_path):
     assert [r["loss"] for r in logs[0]["train"]] == [r["loss"] for r in logs[1]["train"]]
     a, b = (load_file(str(tmp_path / n / "model-00001-of-00001.safetensors")) for n in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
+        tmp_path / "b" / "tokenizer.json"
+    ).read_bytes()

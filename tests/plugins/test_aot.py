@@ -110,8 +110,9 @@ def test_launch_rules_accept_symbolic_sizes():
     rs = rl.route_spec(T=T, E=512, top_k=22, cdiv=lambda a, b: f"cdiv({a},{b})")
     assert rs.grid == ("cdiv(T,4)", 1, 1) and rs.scalars == (T, 512)
     assert rl.perm_spec(T=T, E=512, top_k=22).scalars[0].name == "(T*22)"
-    xs = xl.launch_spec(T=T, E=512, X=1024, F=2688, k=22, nvfp4=True, weight_dtype="int8",
-                        cdiv=lambda a, b: f"cdiv({a},{b})")  # fmt: skip
+    xs = xl.launch_spec(
+        T=T, E=512, X=1024, F=2688, k=22, nvfp4=True, weight_dtype="int8", cdiv=lambda a, b: f"cdiv({a},{b})"
+    )
     assert xs.grid == (512, "cdiv(T,16)", 4) and xs.scalars == (22, 512, 1024, 2688)
     assert list(xs.signature)[: len(xl.INPUTS_NVFP4)] == list(xl.INPUTS_NVFP4)
 

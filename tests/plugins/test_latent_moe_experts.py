@@ -33,9 +33,13 @@ def make(T, E, k, X, F, *, act=torch.float32, quant=False, seed=0, device="cpu",
         pu, su, s2u = zip(*(nvfp4.quantize(u) for u in up), strict=True)
         pd, sd, s2d = zip(*(nvfp4.quantize(d) for d in down), strict=True)
         kw.update(
-            up=torch.stack(pu), down=torch.stack(pd), up_scale=torch.stack(su), up_scale_2=torch.stack(s2u),
-            down_scale=torch.stack(sd), down_scale_2=torch.stack(s2d),
-        )  # fmt: skip
+            up=torch.stack(pu),
+            down=torch.stack(pd),
+            up_scale=torch.stack(su),
+            up_scale_2=torch.stack(s2u),
+            down_scale=torch.stack(sd),
+            down_scale_2=torch.stack(s2d),
+        )
     else:
         kw.update(up=up.to(act), down=down.to(act))
     return kw
@@ -43,9 +47,17 @@ def make(T, E, k, X, F, *, act=torch.float32, quant=False, seed=0, device="cpu",
 
 def ref(kw):
     return latent_moe_experts_ref(
-        kw["x"], kw["weights"], kw["counts"], kw["perm"], kw["up"], kw["down"],
-        kw.get("up_scale"), kw.get("up_scale_2"), kw.get("down_scale"), kw.get("down_scale_2"),
-    )  # fmt: skip
+        kw["x"],
+        kw["weights"],
+        kw["counts"],
+        kw["perm"],
+        kw["up"],
+        kw["down"],
+        kw.get("up_scale"),
+        kw.get("up_scale_2"),
+        kw.get("down_scale"),
+        kw.get("down_scale_2"),
+    )
 
 
 def close(got, want, act):
@@ -198,6 +210,15 @@ def test_cuda_kernel_matches_reference_super_shapes(T, quant):
     from plugins.latent_moe_experts import latent_moe_experts
 
     c = SUPER
-    kw = make(T, c.n_routed_experts, c.num_experts_per_tok, c.expert_dim, c.moe_intermediate_size,
-              act=torch.bfloat16, quant=quant, seed=T, device="cuda")  # fmt: skip
+    kw = make(
+        T,
+        c.n_routed_experts,
+        c.num_experts_per_tok,
+        c.expert_dim,
+        c.moe_intermediate_size,
+        act=torch.bfloat16,
+        quant=quant,
+        seed=T,
+        device="cuda",
+    )
     close(latent_moe_experts(**kw), ref(kw), torch.bfloat16)

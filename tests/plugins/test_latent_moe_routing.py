@@ -33,9 +33,14 @@ def test_reference_matches_hf_router(c):
 
     T, hidden = 9, 32
     hf_cfg = HFConfig(
-        hidden_size=hidden, n_routed_experts=c["E"], num_experts_per_tok=c["top_k"], n_group=c["n_group"],
-        topk_group=c["topk_group"], norm_topk_prob=True, routed_scaling_factor=c["scale"],
-    )  # fmt: skip
+        hidden_size=hidden,
+        n_routed_experts=c["E"],
+        num_experts_per_tok=c["top_k"],
+        n_group=c["n_group"],
+        topk_group=c["topk_group"],
+        norm_topk_prob=True,
+        routed_scaling_factor=c["scale"],
+    )
     router = NemotronHTopkRouter(hf_cfg)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -66,9 +71,14 @@ def _check_kernel(monkeypatch, logits, bias, c, norm=True):
 
     monkeypatch.setenv("TRTLLM_NEMOTRON_KERNELS", "interpret")
     got = latent_moe_routing(
-        logits, bias, top_k=c["top_k"], n_group=c["n_group"], topk_group=c["topk_group"], norm_topk_prob=norm,
+        logits,
+        bias,
+        top_k=c["top_k"],
+        n_group=c["n_group"],
+        topk_group=c["topk_group"],
+        norm_topk_prob=norm,
         routed_scaling_factor=c["scale"],
-    )  # fmt: skip
+    )
     want = ref(logits, bias, c, norm)
     torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-6)
     for name, a, b in zip(("idx", "counts", "perm"), got[1:], want[1:], strict=True):
@@ -137,9 +147,14 @@ def test_matches_model_ops_route(monkeypatch, c):
     logits, bias = make(6, c["E"], seed=3)
     w, idx, _, _ = ref(logits, bias, c)
     mw, midx = route(
-        logits, bias, top_k=c["top_k"], n_group=c["n_group"], topk_group=c["topk_group"], norm_topk_prob=True,
+        logits,
+        bias,
+        top_k=c["top_k"],
+        n_group=c["n_group"],
+        topk_group=c["topk_group"],
+        norm_topk_prob=True,
         routed_scaling_factor=c["scale"],
-    )  # fmt: skip
+    )
     o, mo = idx.long().argsort(-1), midx.argsort(-1)
     assert torch.equal(idx.long().gather(1, o), midx.gather(1, mo))
     torch.testing.assert_close(w.gather(1, o), mw.gather(1, mo), rtol=1e-6, atol=1e-7)

@@ -135,9 +135,19 @@ def test_custom_op_registered_with_fake(monkeypatch):
     case = make_case(batch=2, T=2, H=2, P=2, N=2, G=1)
     w = case.pop("conv_weight").reshape(-1, 4)
     args = (
-        case["xbc"], case["dt"], case["conv_state"], case["ssm_state"], w, case["conv_bias"], case["dt_bias"],
-        case["A"], case["D"], torch.tensor([0, 2], dtype=torch.int32), 1, True,
-    )  # fmt: skip
+        case["xbc"],
+        case["dt"],
+        case["conv_state"],
+        case["ssm_state"],
+        w,
+        case["conv_bias"],
+        case["dt_bias"],
+        case["A"],
+        case["D"],
+        torch.tensor([0, 2], dtype=torch.int32),
+        1,
+        True,
+    )
     torch.library.opcheck(torch.ops.trtllm_nemotron.mamba_state_update.default, args)
 
 

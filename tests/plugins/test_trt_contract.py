@@ -105,9 +105,13 @@ def test_latent_moe_routing_aot(st, monkeypatch, name, sm):
     dt = st.trt.DataType
     for T in (1, 300):
         attrs = dict(
-            num_experts=E, top_k=k, n_group=cfg.n_group, topk_group=cfg.topk_group,
-            norm_topk_prob=int(cfg.norm_topk_prob), routed_scaling_factor=float(cfg.routed_scaling_factor),
-        )  # fmt: skip
+            num_experts=E,
+            top_k=k,
+            n_group=cfg.n_group,
+            topk_group=cfg.topk_group,
+            norm_topk_prob=int(cfg.norm_topk_prob),
+            routed_scaling_factor=float(cfg.routed_scaling_factor),
+        )
         ins = [Tensor(dt.FLOAT, (T, E), (0,)), Tensor(dt.FLOAT, (E,))]
         res = aot_build(
             st, "trtllm_nemotron::latent_moe_routing", ins, attrs, [dt.FLOAT, dt.FLOAT, dt.FLOAT, dt.INT32]
@@ -120,15 +124,21 @@ def test_latent_moe_routing_aot(st, monkeypatch, name, sm):
         # different code
         if T == 1:
             other = aot_build(
-                st, "trtllm_nemotron::latent_moe_routing", ins, dict(attrs, routed_scaling_factor=1.0),
+                st,
+                "trtllm_nemotron::latent_moe_routing",
+                ins,
+                dict(attrs, routed_scaling_factor=1.0),
                 [dt.FLOAT, dt.FLOAT, dt.FLOAT, dt.INT32],
-            )  # fmt: skip
+            )
             assert other.ptx != res.ptx
 
         perm = aot_build(
-            st, "trtllm_nemotron::moe_expert_permutation", [Tensor(dt.INT32, (T, k), (0,))], dict(num_experts=E),
+            st,
+            "trtllm_nemotron::moe_expert_permutation",
+            [Tensor(dt.INT32, (T, k), (0,))],
+            dict(num_experts=E),
             [dt.INT32, dt.INT32, dt.INT32],
-        )  # fmt: skip
+        )
         _check_abi(perm, n_in=1, n_extra=2, n_out=2, sm=sm)
         assert perm.extra_args == (T * k, E)
         assert perm.output_shapes == [(E,), (T * k,)]
@@ -139,9 +149,12 @@ def test_missing_node_attribute_is_refused(st):
     dt = st.trt.DataType
     with pytest.raises(AssertionError, match="lacks attribute top_k"):
         aot_build(
-            st, "trtllm_nemotron::latent_moe_routing", [Tensor(dt.FLOAT, (1, 8)), Tensor(dt.FLOAT, (8,))],
-            dict(num_experts=8), [dt.FLOAT, dt.FLOAT, dt.FLOAT, dt.INT32],
-        )  # fmt: skip
+            st,
+            "trtllm_nemotron::latent_moe_routing",
+            [Tensor(dt.FLOAT, (1, 8)), Tensor(dt.FLOAT, (8,))],
+            dict(num_experts=8),
+            [dt.FLOAT, dt.FLOAT, dt.FLOAT, dt.INT32],
+        )
 
 
 @pytest.mark.parametrize("sm", SMS)
@@ -163,9 +176,13 @@ def test_latent_moe_experts_aot(st, monkeypatch, name, sm, quant):
         ]
         if quant:
             ins += [
-                Tensor(dt.INT8, (E, F, X // 2)), Tensor(dt.INT8, (E, F, X // 16)), Tensor(dt.FLOAT, (E,)),
-                Tensor(dt.INT8, (E, X, F // 2)), Tensor(dt.INT8, (E, X, F // 16)), Tensor(dt.FLOAT, (E,)),
-            ]  # fmt: skip
+                Tensor(dt.INT8, (E, F, X // 2)),
+                Tensor(dt.INT8, (E, F, X // 16)),
+                Tensor(dt.FLOAT, (E,)),
+                Tensor(dt.INT8, (E, X, F // 2)),
+                Tensor(dt.INT8, (E, X, F // 16)),
+                Tensor(dt.FLOAT, (E,)),
+            ]
             plugin = "trtllm_nemotron::latent_moe_experts_nvfp4"
         else:
             ins += [Tensor(dt.BF16, (E, F, X)), Tensor(dt.BF16, (E, X, F))]

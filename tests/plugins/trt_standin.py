@@ -255,28 +255,54 @@ def make_tensorrt_module() -> types.ModuleType:
     trt.__path__ = []  # a package, so `import tensorrt.plugin` resolves through sys.modules
     trt.__version__ = "11.4.0.106"
     for e in (
-        DataType, TensorFormat, DimensionOperation, PluginFieldType, QuickPluginCreationRequest, TensorRTPhase,
-        PluginArgType, PluginArgDataType,
-    ):  # fmt: skip
+        DataType,
+        TensorFormat,
+        DimensionOperation,
+        PluginFieldType,
+        QuickPluginCreationRequest,
+        TensorRTPhase,
+        PluginArgType,
+        PluginArgDataType,
+    ):
         setattr(trt, e.__name__, e)
     for cls in (
-        Dims, DimsExprs, IDimensionExpr, IExprBuilder, PluginField, PluginFieldCollection, PluginTensorDesc,
-        DynamicPluginTensorDesc, Logger,
-    ):  # fmt: skip
+        Dims,
+        DimsExprs,
+        IDimensionExpr,
+        IExprBuilder,
+        PluginField,
+        PluginFieldCollection,
+        PluginTensorDesc,
+        DynamicPluginTensorDesc,
+        Logger,
+    ):
         setattr(trt, cls.__name__, cls)
     for name in BASES:
         setattr(trt, name, _empty_class(name))
     aliases = {
-        "float32": DataType.FLOAT, "float16": DataType.HALF, "bfloat16": DataType.BF16, "int8": DataType.INT8,
-        "int32": DataType.INT32, "int64": DataType.INT64, "bool": DataType.BOOL, "uint8": DataType.UINT8,
-        "fp8": DataType.FP8, "int4": DataType.INT4, "fp4": DataType.FP4,
-    }  # fmt: skip
+        "float32": DataType.FLOAT,
+        "float16": DataType.HALF,
+        "bfloat16": DataType.BF16,
+        "int8": DataType.INT8,
+        "int32": DataType.INT32,
+        "int64": DataType.INT64,
+        "bool": DataType.BOOL,
+        "uint8": DataType.UINT8,
+        "fp8": DataType.FP8,
+        "int4": DataType.INT4,
+        "fp4": DataType.FP4,
+    }
     for k, v in aliases.items():
         setattr(trt, k, v)
     np_types = {
-        DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32,
-        DataType.INT64: np.int64, DataType.BOOL: np.bool_, DataType.UINT8: np.uint8,
-    }  # fmt: skip
+        DataType.FLOAT: np.float32,
+        DataType.HALF: np.float16,
+        DataType.INT8: np.int8,
+        DataType.INT32: np.int32,
+        DataType.INT64: np.int64,
+        DataType.BOOL: np.bool_,
+        DataType.UINT8: np.uint8,
+    }
     trt.nptype = lambda t: np_types[t]
     registry = _Registry()
     trt.get_plugin_registry = lambda: registry
@@ -308,9 +334,12 @@ class StandIn:
         return self
 
     def _ours(self, name: str) -> bool:
-        return name == "tensorrt" or name.startswith("tensorrt.") or name in self.FORGET or (
-            name.startswith("plugins.") and name.endswith(".trt")
-        )  # fmt: skip
+        return (
+            name == "tensorrt"
+            or name.startswith("tensorrt.")
+            or name in self.FORGET
+            or (name.startswith("plugins.") and name.endswith(".trt"))
+        )
 
     def __exit__(self, *exc: Any) -> None:
         for k in [k for k in sys.modules if self._ours(k)]:

@@ -63,9 +63,21 @@ def test_quantize_and_accuracy_cli(tmp_path, tiny_src):
 def test_quantize_device_option(tmp_path, tiny_src):
     import torch
 
-    args = ["quantize", str(tiny_src), str(tmp_path / "o"), "--no-accuracy", "--no-progress", "--calib-samples", "1"]
+    args = [
+        "quantize",
+        str(tiny_src),
+        str(tmp_path / "o"),
+        "--no-accuracy",
+        "--no-progress",
+        "--calib-samples",
+        "1",
+    ]
     res = CliRunner().invoke(main, [*args, "--device", "tpu"])
-    assert res.exit_code == 1 and "is not a device name" in res.output and "use cpu, cuda or cuda:N" in res.output
+    assert (
+        res.exit_code == 1
+        and "is not a device name" in res.output
+        and "use cpu, cuda or cuda:N" in res.output
+    )
     res = CliRunner().invoke(main, [*args, "--device", "meta"])
     assert res.exit_code == 1 and "quantization runs on cpu or cuda, not meta" in res.output
     if not torch.cuda.is_available():

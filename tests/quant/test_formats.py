@@ -37,8 +37,9 @@ def test_nvfp4_paths_agree_on_a_large_weight_with_every_tie(dtype):
     g = torch.Generator().manual_seed(5)
     w = (torch.randn(384, 512, generator=g) * 0.02).to(dtype)
     # exact E2M1 midpoints under a divisor of 1: block scale 448 when weight_scale_2 = 1/448
-    w[0, :16] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, -0.25, -0.75, -1.25, -1.75, -2.5,
-                              -3.5, -5.0, 6.0])  # fmt: skip
+    w[0, :16] = torch.tensor(
+        [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, -0.25, -0.75, -1.25, -1.75, -2.5, -3.5, -5.0, 6.0]
+    )
     ref_q, ref_s, ref_s2 = NVFP4QTensor.quantize(w, 16)
     packed, scale, s2 = nvfp4.quantize(w)
     assert torch.equal(packed, ref_q._quantized_data)

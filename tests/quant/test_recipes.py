@@ -172,16 +172,23 @@ def test_every_recipe_lists_experts_per_expert_and_mtp_as_modelopt(recipe):
         return
     body = q["quantization"]
     cfg = quantization_config(q)
-    keys = list(body.get("quantized_layers", {})) + [t for g in cfg["config_groups"].values() for t in g["targets"]]
+    keys = list(body.get("quantized_layers", {})) + [
+        t for g in cfg["config_groups"].values() for t in g["targets"]
+    ]
     per_expert = re.compile(r"^backbone\.layers\.\d+\.mixer\.experts\.\d+\.(up|down)_proj$")
     for k in keys:
         assert not k.endswith(".experts"), k  # the coarse key TensorRT-LLM's prefix lookup never matches
         if ".experts." in k:
             assert per_expert.match(k), k
-    assert body["exclude_modules"][-1] == "mtp*" and not any(e.startswith("mtp.") for e in body["exclude_modules"])
+    assert body["exclude_modules"][-1] == "mtp*" and not any(
+        e.startswith("mtp.") for e in body["exclude_modules"]
+    )
     # TensorRT-LLM (modeling_nemotron_h.py at 00620eb0): keys renamed `backbone` -> `model`, then each MoE
     # layer's experts take the first key starting with `model.layers.{i}.mixer.experts.`
-    renamed = {re.sub(r"(model\.layers\.)?backbone", "model", k): v for k, v in body.get("quantized_layers", {}).items()}
+    renamed = {
+        re.sub(r"(model\.layers\.)?backbone", "model", k): v
+        for k, v in body.get("quantized_layers", {}).items()
+    }
     for i, kind in enumerate(CFG.pattern):
         if kind == "E" and body["quant_algo"] == "MIXED_PRECISION":
             hits = [v for k, v in renamed.items() if k.startswith(f"model.layers.{i}.mixer.experts.")]

@@ -124,8 +124,9 @@ def test_protocol_matches_the_uncached_network(backend, variant):
     ref = make_pool(model)
     with torch.inference_mode():
         for b, r in enumerate([2, 0]):
-            model.hidden_states(torch.tensor([prompt[b] + [dec[b]] + ver[b][: keep[b]]]), ref.cache,
-                                rows=torch.tensor([r]))  # fmt: skip
+            model.hidden_states(
+                torch.tensor([prompt[b] + [dec[b]] + ver[b][: keep[b]]]), ref.cache, rows=torch.tensor([r])
+            )
     got = o["cache_after_commit"]
     for r in (2, 0):
         n = int(got.lengths[r])  # KV past the committed length is the rejected tokens' (masked by the length)

@@ -101,16 +101,31 @@ def test_engine_and_cli_run_the_onnx_backend(tmp_path, native_tokens):
     from trtllm_nemotron.cli import main
     from trtllm_nemotron.runtime import Engine, SamplingParams
 
-    out = build_engine(default_model_dir(), tmp_path / "e", target="cpu", recipe="bf16", mtp=3, onnx=True,
-                       progress=False)  # fmt: skip
+    out = build_engine(
+        default_model_dir(), tmp_path / "e", target="cpu", recipe="bf16", mtp=3, onnx=True, progress=False
+    )
     eng = Engine.load(out, max_batch_size=2, max_seq_len=64, backend="onnx")
     assert eng.backend == "onnx" and eng.step.onnx_dir == out / "onnx" and eng.mtp == 3
     c = eng.generate(PROMPT, SamplingParams(max_tokens=N, ignore_eos=True))
     assert c.token_ids == native_tokens and c.stats["backend"] == "onnx"
     texts = {}
     for backend in ("onnx", "native"):
-        r = CliRunner().invoke(main, ["generate", "--model", str(out), "--backend", backend, "--max-tokens", "4",
-                                      "--max-seq-len", "64", "--json", "def f(x):"])  # fmt: skip
+        r = CliRunner().invoke(
+            main,
+            [
+                "generate",
+                "--model",
+                str(out),
+                "--backend",
+                backend,
+                "--max-tokens",
+                "4",
+                "--max-seq-len",
+                "64",
+                "--json",
+                "def f(x):",
+            ],
+        )
         assert r.exit_code == 0, r.output
         texts[backend] = json.loads(r.output)["text"]
     assert texts["onnx"] == texts["native"] and texts["onnx"]

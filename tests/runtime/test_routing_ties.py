@@ -24,8 +24,15 @@ def _model_route(logits, bias, n_group, topk_group, monkeypatch):
     from trtllm_nemotron.model.ops import route
 
     monkeypatch.setenv("TRTLLM_NEMOTRON_KERNELS", "reference")
-    return route(logits, bias, top_k=TOP_K, n_group=n_group, topk_group=topk_group, norm_topk_prob=True,
-                 routed_scaling_factor=2.5)  # fmt: skip
+    return route(
+        logits,
+        bias,
+        top_k=TOP_K,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+    )
 
 
 def _plugin_reference(logits, bias, n_group, topk_group, monkeypatch):
@@ -39,16 +46,30 @@ def _triton_interpreted(logits, bias, n_group, topk_group, monkeypatch):
     from plugins.latent_moe_routing import latent_moe_routing
 
     monkeypatch.setenv("TRTLLM_NEMOTRON_KERNELS", "interpret")
-    w, idx, _, _ = latent_moe_routing(logits, bias, top_k=TOP_K, n_group=n_group, topk_group=topk_group,
-                                              norm_topk_prob=True, routed_scaling_factor=2.5)  # fmt: skip
+    w, idx, _, _ = latent_moe_routing(
+        logits,
+        bias,
+        top_k=TOP_K,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+    )
     return w, idx
 
 
 def _native(logits, bias, n_group, topk_group, monkeypatch):
     from trtllm_nemotron.runtime import native
 
-    return native.route(logits, bias, top_k=TOP_K, n_group=n_group, topk_group=topk_group,
-                        norm_topk_prob=True, routed_scaling_factor=2.5)  # fmt: skip
+    return native.route(
+        logits,
+        bias,
+        top_k=TOP_K,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+    )
 
 
 IMPLS = {

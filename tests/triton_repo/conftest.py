@@ -20,14 +20,28 @@ def assemble_engine(model_dir: Path, out: Path, target: str = "cpu") -> Path:
     out.mkdir(parents=True)
     shutil.copytree(model_dir, out / "checkpoint")
     gpu = target != "cpu"
-    (out / "build.json").write_text(json.dumps({"format_version": 1, "target": {"name": target, "sm": 100 if gpu else None},
-                                                "mtp": {"max_draft_len": 0}}))
+    (out / "build.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "target": {"name": target, "sm": 100 if gpu else None},
+                "mtp": {"max_draft_len": 0},
+            }
+        )
+    )
     if gpu:
         (out / "trtllm").mkdir()
-        (out / "trtllm" / "llm_api.yaml").write_text(yaml.safe_dump({
-            "backend": "pytorch", "tensor_parallel_size": 1, "trust_remote_code": True,
-            "kv_cache_config": {"enable_block_reuse": False, "free_gpu_memory_fraction": 0.8},
-            "speculative_config": {"decoding_type": "MTP", "max_draft_len": 3}}))
+        (out / "trtllm" / "llm_api.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "backend": "pytorch",
+                    "tensor_parallel_size": 1,
+                    "trust_remote_code": True,
+                    "kv_cache_config": {"enable_block_reuse": False, "free_gpu_memory_fraction": 0.8},
+                    "speculative_config": {"decoding_type": "MTP", "max_draft_len": 3},
+                }
+            )
+        )
     return out
 
 
@@ -70,14 +84,36 @@ def serve_repo(engine_dir: Path, repo: Path, tmp: Path, *, openai: bool = False)
     h, g, m, o = free_ports(4)
     log = tmp / "serve.log"
     shm_before = _shm_regions()
-    cmd = [sys.executable, "-m", "trtllm_nemotron", "serve", str(repo), "--http-port", str(h), "--grpc-port", str(g),
-           "--metrics-port", str(m)] + (["--openai-port", str(o)] if openai else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "trtllm_nemotron",
+        "serve",
+        str(repo),
+        "--http-port",
+        str(h),
+        "--grpc-port",
+        str(g),
+        "--metrics-port",
+        str(m),
+    ] + (["--openai-port", str(o)] if openai else [])
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    s = Served(engine_dir, repo, proc, log, f"127.0.0.1:{h}", f"127.0.0.1:{g}", f"http://127.0.0.1:{m}/metrics",
-               shm_before, f"http://127.0.0.1:{o}/v1" if openai else None)
+    s = Served(
+        engine_dir,
+        repo,
+        proc,
+        log,
+        f"127.0.0.1:{h}",
+        f"127.0.0.1:{g}",
+        f"http://127.0.0.1:{m}/metrics",
+        shm_before,
+        f"http://127.0.0.1:{o}/v1" if openai else None,
+    )
     deadline = time.monotonic() + 300
-    while not clients.server_ready(s.http, "http", timeout=2) or (openai and "ready: OpenAI API" not in log.read_text()):
+    while not clients.server_ready(s.http, "http", timeout=2) or (
+        openai and "ready: OpenAI API" not in log.read_text()
+    ):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"serve did not become ready (rc={proc.poll()}):\n{log.read_text()[-4000:]}")

@@ -36,7 +36,9 @@ def test_connection_failure_is_a_clear_error(protocol):
 
 def test_result_json_keys():
     r = clients.ClientResult(text="x", num_tokens=1)
-    assert {"text", "num_tokens", "tokens_per_s", "ttft_s", "acceptance_rate", "acceptance_length"} <= set(r.to_json())
+    assert {"text", "num_tokens", "tokens_per_s", "ttft_s", "acceptance_rate", "acceptance_length"} <= set(
+        r.to_json()
+    )
 
 
 def test_percentile():
@@ -47,9 +49,23 @@ def test_percentile():
 
 def test_cli_exit_status_on_connection_failure():
     port = free_ports(1)[0]
-    out = subprocess.run([sys.executable, "-m", "clients", "hi", "--url", f"127.0.0.1:{port}"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "clients", "hi", "--url", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and "cannot reach Triton" in out.stderr
-    assert "torch" not in subprocess.run(
-        [sys.executable, "-c", "import sys, clients, clients.bench, clients.client; print(sorted(sys.modules))"],
-        capture_output=True, text=True, timeout=60).stdout
+    assert (
+        "torch"
+        not in subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, clients, clients.bench, clients.client; print(sorted(sys.modules))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )

@@ -24,9 +24,14 @@ from trtllm_nemotron.errors import PackageError
 
 
 def _spec(**kw) -> ModelConfigSpec:
-    base = dict(name="m", inputs=(TensorSpec("x", "TYPE_STRING", (-1,)), TensorSpec("n", "TYPE_INT32", (1,), optional=True)),
-                outputs=(TensorSpec("y", "TYPE_FP32", (-1, 4)),), decoupled=True,
-                instance_groups=(InstanceGroup(2, "KIND_CPU"),), parameters=(("engine_dir", 'a "quoted" \\ path'),))
+    base = dict(
+        name="m",
+        inputs=(TensorSpec("x", "TYPE_STRING", (-1,)), TensorSpec("n", "TYPE_INT32", (1,), optional=True)),
+        outputs=(TensorSpec("y", "TYPE_FP32", (-1, 4)),),
+        decoupled=True,
+        instance_groups=(InstanceGroup(2, "KIND_CPU"),),
+        parameters=(("engine_dir", 'a "quoted" \\ path'),),
+    )
     base.update(kw)
     return ModelConfigSpec(**base)
 
@@ -48,12 +53,15 @@ def test_unset_batching_fields_are_left_out():
     assert "max_batch_size" not in text and "model_transaction_policy" not in text
 
 
-@pytest.mark.parametrize("corrupt, match", [
-    (lambda t: t.replace("data_type", "datatype", 1), "does not parse"),
-    (lambda t: t.replace("TYPE_FP32", "TYPE_FLOAT32"), "does not parse"),
-    (lambda t: t.replace('name: "y"', 'name: "z"'), "outputs"),
-    (lambda t: t.replace("decoupled: true", "decoupled: false"), "decoupled"),
-])
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda t: t.replace("data_type", "datatype", 1), "does not parse"),
+        (lambda t: t.replace("TYPE_FP32", "TYPE_FLOAT32"), "does not parse"),
+        (lambda t: t.replace('name: "y"', 'name: "z"'), "outputs"),
+        (lambda t: t.replace("decoupled: true", "decoupled: false"), "decoupled"),
+    ],
+)
 def test_validation_catches_edits(corrupt, match):
     spec = _spec()
     with pytest.raises(PackageError, match=match):
@@ -76,27 +84,49 @@ def test_llmapi_tables_match_tensorrt_llm():
     assert ins["streaming"] == ("TYPE_BOOL", (1,), True)
     assert ins["sampling_param_max_tokens"][0] == ins["sampling_param_top_k"][0] == "TYPE_INT32"
     assert ins["sampling_param_temperature"][0] == ins["sampling_param_top_p"][0] == "TYPE_FP32"
-    assert ins["sampling_param_seed"][0] == "TYPE_UINT64" and ins["sampling_param_stop"][:2] == ("TYPE_STRING", (-1,))
+    assert ins["sampling_param_seed"][0] == "TYPE_UINT64" and ins["sampling_param_stop"][:2] == (
+        "TYPE_STRING",
+        (-1,),
+    )
     outs = {t.name: (t.dtype, t.dims) for t in LLMAPI_OUTPUTS}
     assert outs["text_output"] == outs["finish_reason"] == ("TYPE_STRING", (-1,))
     assert outs["acceptance_rate"] == ("TYPE_FP32", (1,))
     assert outs["total_accepted_draft_tokens"] == outs["total_draft_tokens"] == ("TYPE_INT32", (1,))
-    assert all(outs[f"{k}_time_ns"] == ("TYPE_INT64", (1,)) for k in ("arrival", "first_scheduled", "first_token", "last_token"))
+    assert all(
+        outs[f"{k}_time_ns"] == ("TYPE_INT64", (1,))
+        for k in ("arrival", "first_scheduled", "first_token", "last_token")
+    )
 
 
 def test_nemotron_protocol_is_the_llmapi_protocol_plus_optional_extensions():
     llm_in = {t.name: t for t in LLMAPI_INPUTS}
     llm_out = {t.name: t for t in LLMAPI_OUTPUTS}
     extra_in = [t for t in NEMOTRON_INPUTS if t.name not in llm_in]
-    assert [t.name for t in extra_in] == ["sampling_param_ignore_eos", *INFLIGHT_ALIASES, "return_num_input_tokens",
-                                          "return_num_output_tokens"]
+    assert [t.name for t in extra_in] == [
+        "sampling_param_ignore_eos",
+        *INFLIGHT_ALIASES,
+        "return_num_input_tokens",
+        "return_num_output_tokens",
+    ]
     assert all(t.optional for t in extra_in)
     assert all(t == llm_in[t.name] for t in NEMOTRON_INPUTS if t.name in llm_in)
     assert all(t == llm_out[t.name] for t in NEMOTRON_OUTPUTS if t.name in llm_out)
-    assert [t.name for t in NEMOTRON_OUTPUTS if t.name not in llm_out] == ["num_output_tokens", "num_input_tokens"]
-    for name in ("text_input", "streaming", "sampling_param_max_tokens", "sampling_param_stop", "text_output",
-                 "finish_reason", "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens",
-                 "first_token_time_ns"):
+    assert [t.name for t in NEMOTRON_OUTPUTS if t.name not in llm_out] == [
+        "num_output_tokens",
+        "num_input_tokens",
+    ]
+    for name in (
+        "text_input",
+        "streaming",
+        "sampling_param_max_tokens",
+        "sampling_param_stop",
+        "text_output",
+        "finish_reason",
+        "acceptance_rate",
+        "total_accepted_draft_tokens",
+        "total_draft_tokens",
+        "first_token_time_ns",
+    ):
         assert name in llm_in or name in llm_out
         assert name in {t.name for t in NEMOTRON_INPUTS + NEMOTRON_OUTPUTS}
 

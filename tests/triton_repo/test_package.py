@@ -37,7 +37,9 @@ def test_gpu_engine_adds_tensorrt_llm_llmapi_model(b200_engine, tmp_path):
     repo = package(b200_engine, tmp_path / "repo")
     assert repo_models(repo) == ["nemotron", "tensorrt_llm"]
     pb = parse_pbtxt((repo / "tensorrt_llm" / "config.pbtxt").read_text())
-    assert pb.name == "tensorrt_llm" and pb.max_batch_size == 0 and not pb.HasField("model_transaction_policy")
+    assert (
+        pb.name == "tensorrt_llm" and pb.max_batch_size == 0 and not pb.HasField("model_transaction_policy")
+    )
     assert pb.input[0].name == "text_input" and pb.output[0].name == "text_output"
     model_yaml = yaml.safe_load((repo / "tensorrt_llm" / "1" / "model.yaml").read_text())
     assert model_yaml["model"] == str((b200_engine / "checkpoint").resolve())
@@ -63,7 +65,9 @@ def test_trtllm_backend_dir_copies_nvidias_model_files(b200_engine, tmp_path):
     src.mkdir(parents=True)
     (src / "model.py").write_text("# model\n")
     (src / "helpers.py").write_text("# helpers\n")
-    repo = package(b200_engine, tmp_path / "repo", PackageConfig(trtllm_backend_dir=tmp_path / "TensorRT-LLM"))
+    repo = package(
+        b200_engine, tmp_path / "repo", PackageConfig(trtllm_backend_dir=tmp_path / "TensorRT-LLM")
+    )
     assert (repo / "tensorrt_llm" / "1" / "helpers.py").read_text() == "# helpers\n"
     with pytest.raises(PackageError, match="not found"):
         package(b200_engine, tmp_path / "repo2", PackageConfig(trtllm_backend_dir=tmp_path))
@@ -92,7 +96,9 @@ def test_refuses_what_is_not_an_engine_and_foreign_outputs(cpu_engine, tmp_path)
 
 
 def test_package_cli(b200_engine, tmp_path):
-    r = CliRunner().invoke(main, ["package", str(b200_engine), "--out", str(tmp_path / "repo"), "--no-trtllm"])
+    r = CliRunner().invoke(
+        main, ["package", str(b200_engine), "--out", str(tmp_path / "repo"), "--no-trtllm"]
+    )
     assert r.exit_code == 0, r.output
     assert "nemotron" in r.output and repo_models(tmp_path / "repo") == ["nemotron"]
     r = CliRunner().invoke(main, ["package", str(tmp_path), "--out", str(tmp_path / "r2")])

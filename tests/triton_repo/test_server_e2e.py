@@ -24,13 +24,21 @@ from tests.triton_repo.conftest import Served, serve_repo
 from triton_repo.package import PackageConfig, package
 from triton_repo.server import _shm_regions, free_ports, port_free
 
-pytestmark = pytest.mark.slow  # a real tritonserver (make test runs it; -m "not slow" skips it in a quick loop)
+pytestmark = (
+    pytest.mark.slow
+)  # a real tritonserver (make test runs it; -m "not slow" skips it in a quick loop)
 
 MAX_SEQ_LEN = 2048  # long enough that a full-length generation outlasts the cancel tests on a fast host
 MAX_TOKENS = 8
 PROMPTS = [
-    "def fibonacci(n):", "The capital of France is", "import numpy as np", "Once upon a time",
-    "class Stack:", "SELECT * FROM", "Mamba is a state space model", "for i in range(10):",
+    "def fibonacci(n):",
+    "The capital of France is",
+    "import numpy as np",
+    "Once upon a time",
+    "class Stack:",
+    "SELECT * FROM",
+    "Mamba is a state space model",
+    "for i in range(10):",
 ]
 
 
@@ -41,16 +49,25 @@ def default_engine(tmp_path_factory) -> Path:
     from builder.pipeline import build_engine
 
     out = tmp_path_factory.mktemp("e2e") / "engine"
-    return build_engine(default_model_dir(), out, target=DEFAULT_TARGET, recipe=DEFAULT_RECIPE, mtp=DEFAULT_MTP,
-                        progress=False)
+    return build_engine(
+        default_model_dir(),
+        out,
+        target=DEFAULT_TARGET,
+        recipe=DEFAULT_RECIPE,
+        mtp=DEFAULT_MTP,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def served(default_engine, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("served")
     # stream_interval 2: streamed responses carry merged deltas (first token, then every 2nd iteration, last)
-    repo = package(default_engine, tmp / "repo", PackageConfig(max_batch_size=8, max_seq_len=MAX_SEQ_LEN, device="cpu",
-                                                               stream_interval=2))
+    repo = package(
+        default_engine,
+        tmp / "repo",
+        PackageConfig(max_batch_size=8, max_seq_len=MAX_SEQ_LEN, device="cpu", stream_interval=2),
+    )
     yield from serve_repo(default_engine, repo, tmp)
 
 
@@ -71,7 +88,9 @@ def reference(default_engine):
         """All prompts in flight together on the in-process scheduler (continuous batching, as in the server)."""
         sched = engine.scheduler()
         try:
-            handles = [sched.submit(p, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)) for p in prompts]
+            handles = [
+                sched.submit(p, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)) for p in prompts
+            ]
             return [h.result() for h in handles]
         finally:
             sched.shutdown()
@@ -129,7 +148,9 @@ def test_greedy_text_matches_in_process_runtime(served, reference, protocol, str
     prompt = PROMPTS[0]
     ref = reference(prompt)
     url = served.grpc if protocol == "grpc" else served.http
-    r = clients.generate(prompt, url=url, protocol=protocol, stream=stream, max_tokens=MAX_TOKENS, temperature=0.0)
+    r = clients.generate(
+        prompt, url=url, protocol=protocol, stream=stream, max_tokens=MAX_TOKENS, temperature=0.0
+    )
     assert r.text == ref.text
     assert r.finish_reason == ref.finish_reason
     assert r.num_tokens == len(ref.token_ids)
@@ -144,17 +165,27 @@ def test_generate_cli_with_url(served, reference):
     """`trtllm-nemotron generate --url` (what `make client` runs) prints the same greedy text."""
     prompt = PROMPTS[0]
     base = [sys.executable, "-m", "trtllm_nemotron", "generate", "--max-tokens", str(MAX_TOKENS)]
-    out = subprocess.run(base + ["--url", served.grpc, "--protocol", "grpc", "--stream", prompt], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        base + ["--url", served.grpc, "--protocol", "grpc", "--stream", prompt],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.rstrip("\n") == reference(prompt).text.rstrip("\n")
-    out = subprocess.run(base + ["--url", served.http, "--protocol", "http", "--json", prompt], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        base + ["--url", served.http, "--protocol", "http", "--json", prompt],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["text"] == reference(prompt).text and got["num_tokens"] == len(reference(prompt).token_ids)
     port = free_ports(1)[0]
-    out = subprocess.run(base + ["--url", f"127.0.0.1:{port}", prompt], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        base + ["--url", f"127.0.0.1:{port}", prompt], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 1 and "cannot reach Triton" in out.stderr
 
 
@@ -179,8 +210,9 @@ def test_eight_concurrent_streams_all_complete_correctly(served, reference):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        results = clients.generate_batch(PROMPTS, url=served.grpc, protocol="grpc", concurrency=8, stream=True,
-                                         max_tokens=MAX_TOKENS)
+        results = clients.generate_batch(
+            PROMPTS, url=served.grpc, protocol="grpc", concurrency=8, stream=True, max_tokens=MAX_TOKENS
+        )
     finally:
         done.set()
         watcher.join()
@@ -197,12 +229,23 @@ def test_thirty_two_concurrent_streams_over_grpc_and_http_complete_correctly(ser
 
     prompts = [p + " " * (i // len(PROMPTS)) for i, p in enumerate(PROMPTS * 4)]
     with ThreadPoolExecutor(2) as pool:  # 16 gRPC and 16 HTTP streams in flight together
-        futs = [pool.submit(clients.generate_batch, part, url=url, protocol=proto, concurrency=16, stream=True,
-                            max_tokens=MAX_TOKENS)
-                for part, url, proto in ((prompts[:16], served.grpc, "grpc"), (prompts[16:], served.http, "http"))]
+        futs = [
+            pool.submit(
+                clients.generate_batch,
+                part,
+                url=url,
+                protocol=proto,
+                concurrency=16,
+                stream=True,
+                max_tokens=MAX_TOKENS,
+            )
+            for part, url, proto in ((prompts[:16], served.grpc, "grpc"), (prompts[16:], served.http, "http"))
+        ]
         grpc, http = (f.result() for f in futs)
     assert [r.text for r in grpc + http] == [reference(p).text for p in prompts]
-    assert all(r.finish_reason == reference(p).finish_reason for r, p in zip(grpc + http, prompts, strict=True))
+    assert all(
+        r.finish_reason == reference(p).finish_reason for r, p in zip(grpc + http, prompts, strict=True)
+    )
     assert _wait_idle(served) < 60
 
 
@@ -261,8 +304,14 @@ def test_text_input_only_gets_generated_text_without_the_prompt(served, referenc
     ref = reference.engine.generate(prompt, SamplingParams())
     assert out[0]["text_output"] == ref.text and not out[0]["text_output"].startswith(prompt)
     assert out[0]["num_output_tokens"] == len(ref.token_ids)
-    echoed = _raw_grpc_stream(served, [_prompt(prompt), ("sampling_param_max_tokens", np.array([2], np.int32), "INT32"),
-                                       ("sampling_param_exclude_input_from_output", np.array([False]), "BOOL")])
+    echoed = _raw_grpc_stream(
+        served,
+        [
+            _prompt(prompt),
+            ("sampling_param_max_tokens", np.array([2], np.int32), "INT32"),
+            ("sampling_param_exclude_input_from_output", np.array([False]), "BOOL"),
+        ],
+    )
     assert echoed[-1]["text_output"].startswith(prompt)
 
 
@@ -271,19 +320,32 @@ def test_inflight_batcher_names_over_grpc(served, reference):
     frontend's `return_num_*` flags."""
     prompt = PROMPTS[0]
     ref = reference(prompt)
-    out = _raw_grpc_stream(served, [
-        _prompt(prompt), ("max_tokens", np.array([MAX_TOKENS], np.int32), "INT32"),
-        ("exclude_input_in_output", np.array([True]), "BOOL"), ("stream", np.array([True]), "BOOL"),
-        ("temperature", np.array([0.0], np.float32), "FP32"), ("top_p", np.array([1.0], np.float32), "FP32"),
-        ("return_num_input_tokens", np.array([True]), "BOOL"), ("return_num_output_tokens", np.array([True]), "BOOL"),
-    ])
+    out = _raw_grpc_stream(
+        served,
+        [
+            _prompt(prompt),
+            ("max_tokens", np.array([MAX_TOKENS], np.int32), "INT32"),
+            ("exclude_input_in_output", np.array([True]), "BOOL"),
+            ("stream", np.array([True]), "BOOL"),
+            ("temperature", np.array([0.0], np.float32), "FP32"),
+            ("top_p", np.array([1.0], np.float32), "FP32"),
+            ("return_num_input_tokens", np.array([True]), "BOOL"),
+            ("return_num_output_tokens", np.array([True]), "BOOL"),
+        ],
+    )
     assert all(isinstance(o, dict) for o in out) and len(out) >= 2  # streamed
     assert out[-1]["text_output"] == ref.text and out[-1]["num_output_tokens"] == len(ref.token_ids)
     assert out[-1]["num_input_tokens"] == ref.stats["prompt_tokens"]
     msg = _raw_grpc(served, [_prompt(prompt), ("presence_penalty", np.array([0.5], np.float32), "FP32")])
     assert "presence_penalty" in msg and "not supported" in msg
-    msg = _raw_grpc(served, [_prompt(prompt), ("max_tokens", np.array([3], np.int32), "INT32"),
-                             ("sampling_param_max_tokens", np.array([4], np.int32), "INT32")])
+    msg = _raw_grpc(
+        served,
+        [
+            _prompt(prompt),
+            ("max_tokens", np.array([3], np.int32), "INT32"),
+            ("sampling_param_max_tokens", np.array([4], np.int32), "INT32"),
+        ],
+    )
     assert "different values" in msg
 
 
@@ -292,11 +354,16 @@ def test_bad_requests_get_error_responses_and_server_stays_healthy(served):
     msg = _raw_grpc(served, [("sampling_param_max_tokens", np.array([4], np.int32), "INT32")])
     assert "text_input" in msg
     msg = _raw_grpc(served, [prompt, ("sampling_param_max_tokens", np.array([4.0], np.float32), "FP32")])
-    assert "sampling_param_max_tokens" in msg and ("FP32" in msg or "data-type" in msg or "datatype" in msg.lower())
+    assert "sampling_param_max_tokens" in msg and (
+        "FP32" in msg or "data-type" in msg or "datatype" in msg.lower()
+    )
     msg = _raw_grpc(served, [("text_input", np.array([7], np.int32), "INT32")])
     assert "text_input" in msg
-    for kw, what in ((dict(max_tokens=-1), "max_tokens"), (dict(temperature=1e6), "temperature"),
-                     (dict(top_p=0.0), "top_p")):
+    for kw, what in (
+        (dict(max_tokens=-1), "max_tokens"),
+        (dict(temperature=1e6), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+    ):
         for protocol, url in (("grpc", served.grpc), ("http", served.http)):
             with pytest.raises(clients.RequestRejected, match=what):
                 clients.generate("hello", url=url, protocol=protocol, **kw)
@@ -313,7 +380,9 @@ def test_bad_requests_get_error_responses_and_server_stays_healthy(served):
 def test_client_that_disconnects_mid_stream_frees_its_slot(served, protocol):
     url = served.grpc if protocol == "grpc" else served.http
     _wait_idle(served)  # earlier requests have released their slots
-    s = clients.stream("Once upon a time", url=url, protocol=protocol, max_tokens=MAX_SEQ_LEN - 16, ignore_eos=True)
+    s = clients.stream(
+        "Once upon a time", url=url, protocol=protocol, max_tokens=MAX_SEQ_LEN - 16, ignore_eos=True
+    )
     next(s)  # the request holds a slot and is generating
     assert _active(served) == 1
     s.close()  # drop the stream mid-way
@@ -339,8 +408,16 @@ def test_stop_request_by_id_cancels(served):
         c.start_stream(callback=lambda result, error: errors.append(error))
         # sampled (not greedy): each iteration is several calls, so the 240 tokens take long enough for the stop
         # to arrive even when the prompt's prefix is cached and the host is quiet
-        s = clients.TextStream("for i in range(10):", url=served.grpc, protocol="grpc", max_tokens=MAX_SEQ_LEN - 16,
-                               ignore_eos=True, request_id="cancel-me", temperature=1.0, seed=3)
+        s = clients.TextStream(
+            "for i in range(10):",
+            url=served.grpc,
+            protocol="grpc",
+            max_tokens=MAX_SEQ_LEN - 16,
+            ignore_eos=True,
+            request_id="cancel-me",
+            temperature=1.0,
+            seed=3,
+        )
         next(s)
         c.async_stream_infer("nemotron", [x], request_id="cancel-me")
         with pytest.raises(clients.RequestRejected, match="cancelled"):
@@ -353,15 +430,20 @@ def test_stop_request_by_id_cancels(served):
 
 def test_prefix_cache_is_on_by_default_and_reported(served, reference):
     """The packaged nemotron model reuses a repeated long prompt's blocks: same text, kv_cache_* outputs, gauges."""
-    prompt = "\n".join(f"def helper_{i}(x):\n    return x * {i} + {i % 7}" for i in range(9)) + "\ndef main():"
+    prompt = (
+        "\n".join(f"def helper_{i}(x):\n    return x * {i} + {i % 7}" for i in range(9)) + "\ndef main():"
+    )
     first = clients.generate(prompt, url=served.grpc, protocol="grpc", max_tokens=MAX_TOKENS, temperature=0.0)
     again = clients.generate(prompt, url=served.grpc, protocol="grpc", max_tokens=MAX_TOKENS, temperature=0.0)
     assert again.text == first.text == reference(prompt).text
     assert first.kv_cache_reused_block == 0 and again.kv_cache_reused_block >= 2
     assert 0 < again.kv_cache_hit_rate <= 1
     text = urllib.request.urlopen(served.metrics, timeout=10).read().decode()
-    gauges = {ln.split("{")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-              if ln.startswith("nemotron_prefix_cache_")}
+    gauges = {
+        ln.split("{")[0]: float(ln.rsplit(" ", 1)[1])
+        for ln in text.splitlines()
+        if ln.startswith("nemotron_prefix_cache_")
+    }
     assert gauges["nemotron_prefix_cache_reused_blocks"] >= again.kv_cache_reused_block
     assert 0 < gauges["nemotron_prefix_cache_used_bytes"] <= gauges["nemotron_prefix_cache_budget_bytes"]
 

@@ -36,9 +36,16 @@ def test_command_line_binds_loopback_and_loads_explicitly(cpu_engine, tmp_path):
     h, g, m = free_ports(3)
     server = TritonServer(ServerConfig(repo, http_port=h, grpc_port=g, metrics_port=m))
     cmd = " ".join(server.command())
-    for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
-                 "--model-control-mode=explicit", "--load-model=nemotron", f"--grpc-port={g}", "--exit-timeout-secs=5",
-                 "--strict-readiness=true"):
+    for flag in (
+        "--http-address=127.0.0.1",
+        "--grpc-address=127.0.0.1",
+        "--metrics-address=127.0.0.1",
+        "--model-control-mode=explicit",
+        "--load-model=nemotron",
+        f"--grpc-port={g}",
+        "--exit-timeout-secs=5",
+        "--strict-readiness=true",
+    ):
         assert flag in cmd
     assert server.loaded == ["nemotron"] and server.skipped == {}
     with pytest.raises(PackageError, match="not in"):
@@ -53,7 +60,9 @@ def test_busy_port_and_bad_port_sets_are_refused(cpu_engine, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", g))
         s.listen()
-        with pytest.raises(PackageError, match=rf"port {g} on 127.0.0.1 is in use by python \(pid {os.getpid()}\)"):
+        with pytest.raises(
+            PackageError, match=rf"port {g} on 127.0.0.1 is in use by python \(pid {os.getpid()}\)"
+        ):
             TritonServer(ServerConfig(repo, http_port=h, grpc_port=g, metrics_port=m)).start()
 
 
@@ -68,10 +77,14 @@ def _alive(pid: int) -> bool:
 
 def test_orphans_of_a_dead_server_are_reaped():
     # a group leader that exits at once, leaving a child that ignores SIGTERM (like an orphaned stub)
-    code = ("import subprocess, sys; "
-            "c = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)']); print(c.pid, flush=True)")
-    leader = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    code = (
+        "import subprocess, sys; "
+        "c = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)']); print(c.pid, flush=True)"
+    )
+    leader = subprocess.Popen(
+        [sys.executable, "-c", code], start_new_session=True, stdout=subprocess.PIPE, text=True
+    )
     child = int(leader.stdout.readline())
     leader.wait(10)
     assert _alive(child)

@@ -232,4 +232,3 @@ def save_checkpoint(
             p = tmp / fname
             p.write_bytes(content) if isinstance(content, bytes) else p.write_text(content)
     return out_dir
-

@@ -8,12 +8,29 @@ from trtllm_nemotron.commands import user_errors
 
 
 @click.command("compile-plugins")
-@click.option("--sm", "sms", type=int, multiple=True, default=(100, 90), show_default=True,
-              help="Target SM (repeatable), e.g. --sm 100 --sm 90.")  # fmt: skip
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Output directory; writes <out>/sm_<N>/ (PTX, cubin, index.json).")  # fmt: skip
-@click.option("--config", "config", default="super-120b", show_default=True,
-              help="A preset name (super-120b, nano-30b, tiny) or a config.json path: its shapes fix the constexprs.")  # fmt: skip
+@click.option(
+    "--sm",
+    "sms",
+    type=int,
+    multiple=True,
+    default=(100, 90),
+    show_default=True,
+    help="Target SM (repeatable), e.g. --sm 100 --sm 90.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Output directory; writes <out>/sm_<N>/ (PTX, cubin, index.json).",
+)
+@click.option(
+    "--config",
+    "config",
+    default="super-120b",
+    show_default=True,
+    help="A preset name (super-120b, nano-30b, tiny) or a config.json path: its shapes fix the constexprs.",
+)
 @user_errors
 def compile_plugins(sms: tuple[int, ...], out_dir: str, config: str) -> None:
     """Compile the Triton-lang plugin kernels ahead of time (PTX + cubin per SM) and write a JSON index."""

@@ -24,7 +24,11 @@ from trtllm_nemotron.commands import user_errors
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @user_errors
 def train_tiny(
-    out: Path | None, steps: int | None, seed: int | None, threads: int | None, batch_size: int | None,
+    out: Path | None,
+    steps: int | None,
+    seed: int | None,
+    threads: int | None,
+    batch_size: int | None,
     no_progress: bool,
 ) -> None:
     """Train the embedded 5.5M-parameter Nemotron-3-Super-architecture model (fixed seed, CPU, 15-35 min).

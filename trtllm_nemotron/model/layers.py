@@ -28,7 +28,9 @@ LAYER_TYPES: dict[str, Callable[..., nn.Module]] = {
     "M": lambda cfg, clamp_dt_min=False, moe_routed=None: Mamba2Mixer(cfg, clamp_dt_min=clamp_dt_min),
     "*": lambda cfg, clamp_dt_min=False, moe_routed=None: Attention(cfg),
     "E": lambda cfg, clamp_dt_min=False, moe_routed=None: MoE(cfg, routed=moe_routed),
-    "-": lambda cfg, clamp_dt_min=False, moe_routed=None: MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias),
+    "-": lambda cfg, clamp_dt_min=False, moe_routed=None: MLP(
+        cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+    ),
 }
 STATEFUL = {"M": "mamba", "*": "attention"}  # chars whose mixer reads/writes the HybridCache
 
@@ -61,7 +63,11 @@ class Block(nn.Module):
 
 
 def build_layer(
-    cfg: NemotronHConfig, char: str, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
+    cfg: NemotronHConfig,
+    char: str,
+    *,
+    clamp_dt_min: ClampMode = False,
+    moe_routed: RoutedExperts | None = None,
 ) -> Block:
     """The block for pattern char `char`. `moe_routed`: the MoE routed-experts sum (None: the reference)."""
     if char not in LAYER_TYPES:

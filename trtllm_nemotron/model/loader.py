@@ -172,5 +172,7 @@ def load_model(
             with torch.no_grad():
                 for n in missing:
                     targets[n].copy_(fresh[n])
-    model.source_path = str(resolve_checkpoint_dir(path))  # the checkpoint dir (an engine dir's checkpoint/): its onnx/ sibling
+    model.source_path = str(
+        resolve_checkpoint_dir(path)
+    )  # the checkpoint dir (an engine dir's checkpoint/): its onnx/ sibling
     return model.eval()

@@ -108,7 +108,6 @@ class MoE(nn.Module):
         return out
 
 
-
 # (moe, r [tokens, X], w [tokens, k] fp32, idx [tokens, k]) -> Σ_j w[:, j]·Expert_{idx[:, j]}(r), [tokens, X] fp32
 RoutedExperts = Callable[[MoE, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -33,7 +33,11 @@ from trtllm_nemotron.model.norms import RMSNorm
 
 class Backbone(nn.Module):
     def __init__(
-        self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
+        self,
+        cfg: NemotronHConfig,
+        *,
+        clamp_dt_min: ClampMode = False,
+        moe_routed: RoutedExperts | None = None,
     ) -> None:
         super().__init__()
         self.embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
@@ -78,7 +82,11 @@ class MTPSublayer(nn.Module):
 
 class MTPBlock(nn.Module):
     def __init__(
-        self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
+        self,
+        cfg: NemotronHConfig,
+        *,
+        clamp_dt_min: ClampMode = False,
+        moe_routed: RoutedExperts | None = None,
     ) -> None:
         super().__init__()
         p = cfg.mtp_pattern
@@ -86,7 +94,12 @@ class MTPBlock(nn.Module):
         self.depth_len = n
         self.layers = nn.ModuleList(
             MTPSublayer(
-                cfg, ch, first=j % n == 0, last=j % n == n - 1, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed
+                cfg,
+                ch,
+                first=j % n == 0,
+                last=j % n == n - 1,
+                clamp_dt_min=clamp_dt_min,
+                moe_routed=moe_routed,
             )
             for j, ch in enumerate(p * cfg.num_nextn_predict_layers)
         )
@@ -112,7 +125,11 @@ class NemotronHForCausalLM(nn.Module):
     source_path: str | None = None  # set by `load_model`: the checkpoint dir the weights came from
 
     def __init__(
-        self, cfg: NemotronHConfig, *, clamp_dt_min: ClampMode = False, moe_routed: RoutedExperts | None = None
+        self,
+        cfg: NemotronHConfig,
+        *,
+        clamp_dt_min: ClampMode = False,
+        moe_routed: RoutedExperts | None = None,
     ) -> None:
         """`moe_routed`: how every MoE sums its routed experts (None: `moe.routed_experts_index_add`)."""
         super().__init__()
@@ -123,7 +140,9 @@ class NemotronHForCausalLM(nn.Module):
             None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         )
         self.mtp = (
-            MTPBlock(cfg, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed) if cfg.num_nextn_predict_layers else None
+            MTPBlock(cfg, clamp_dt_min=clamp_dt_min, moe_routed=moe_routed)
+            if cfg.num_nextn_predict_layers
+            else None
         )
 
     # convenient aliases (the runtime and quantizer use the backbone's modules directly)

@@ -95,9 +95,19 @@ def mamba_decode_step(
         floor = _softplus_inverse(dt_min) - dt_bias.float()  # [H]
         dt = torch.maximum(dt.float(), floor)  # the plugin upcasts dt to fp32 anyway
     return mamba_state_update(
-        xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A, D, slot_idx,
-        n_groups=n_groups, keep_steps=keep_steps,
-    )  # fmt: skip
+        xBC,
+        dt,
+        conv_state,
+        ssm_state,
+        conv_weight,
+        conv_bias,
+        dt_bias,
+        A,
+        D,
+        slot_idx,
+        n_groups=n_groups,
+        keep_steps=keep_steps,
+    )
 
 
 __all__ = ["route", "mamba_decode_step"]

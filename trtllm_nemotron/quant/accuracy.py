@@ -161,7 +161,10 @@ def accuracy_report(
                 f"{src.config.pattern!r}); pass the checkpoint the quantized one was made from"
             )
         windows = _windows(
-            list(texts) if texts is not None else list(HELDOUT_TEXTS), source_dir, src.config.vocab_size, max_len
+            list(texts) if texts is not None else list(HELDOUT_TEXTS),
+            source_dir,
+            src.config.vocab_size,
+            max_len,
         )
         ref_logits, test_logits = streamed_logits(src, q, windows)
         qcfg = (q.config.raw or {}).get("quantization_config") or {}

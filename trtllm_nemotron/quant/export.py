@@ -419,7 +419,9 @@ def quantize_checkpoint(
                 stage2.close()
                 bar.close()
 
-        def _convert(name: str, w: torch.Tensor, amax: dict[str, float]) -> Iterator[tuple[str, torch.Tensor]]:
+        def _convert(
+            name: str, w: torch.Tensor, amax: dict[str, float]
+        ) -> Iterator[tuple[str, torch.Tensor]]:
             module = name.removesuffix(".weight")
             fmt = quantized.get(module) if name.endswith(".weight") else None
             if fmt == FP8:

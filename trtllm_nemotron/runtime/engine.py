@@ -126,13 +126,21 @@ class Engine:
             raise RuntimeStateError(f"prefix_block must be >= 1 token, got {block}")
         if mb is None:
             budget = default_budget_bytes(
-                self.config, block, mtp=bool(self.mtp), max_batch_size=self.max_batch_size,
-                max_seq_len=self.max_seq_len, dtype=self.model.backbone.embeddings.weight.dtype, ssm_dtype=ssm_dtype,
+                self.config,
+                block,
+                mtp=bool(self.mtp),
+                max_batch_size=self.max_batch_size,
+                max_seq_len=self.max_seq_len,
+                dtype=self.model.backbone.embeddings.weight.dtype,
+                ssm_dtype=ssm_dtype,
             )
         else:
             budget = int(mb * 2**20)
         return PrefixCache(
-            self.pool.cache, self.pool.mtp_cache, block_size=block, budget_bytes=budget,
+            self.pool.cache,
+            self.pool.mtp_cache,
+            block_size=block,
+            budget_bytes=budget,
             hidden_size=self.config.hidden_size,
         )
 
@@ -418,7 +426,9 @@ class Engine:
             b = stop // B - 1
             if stop % B == 0 and b < len(req.block_keys) and not self.prefix.contains(req.block_keys[b]):
                 parent = req.block_keys[b - 1] if b else None
-                self.prefix.insert(req.block_keys[b], parent, req.prompt_ids[stop - B : stop], req.slot, req.last_h)
+                self.prefix.insert(
+                    req.block_keys[b], parent, req.prompt_ids[stop - B : stop], req.slot, req.last_h
+                )
             s = stop
         req.last_h = None
 

@@ -63,8 +63,15 @@ class _Graph:
     per call. Outputs are written back into the same arrays, so arrays that view other memory (the slot pool's
     tensors) are updated in place."""
 
-    def __init__(self, d: Path, meta: dict[str, Any], pool: int, max_seq_len: int, runner: str,
-                 bind: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        d: Path,
+        meta: dict[str, Any],
+        pool: int,
+        max_seq_len: int,
+        runner: str,
+        bind: dict[str, Any] | None = None,
+    ) -> None:
         self.meta = meta
         self.path = d / meta["file"]
         self.inputs = {e["name"]: e for e in meta["inputs"]}
@@ -118,8 +125,10 @@ def _ort_unsupported(path: Path) -> str | None:
             return f"{path.name} holds NVFP4 (FLOAT4E2M1) weights, which onnxruntime's CPU provider cannot dequantize"
     for vi in m.graph.input:
         if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT and vi.name not in (
-            "input_ids", "past_lengths", "slot_idx"
-        ):  # fmt: skip
+            "input_ids",
+            "past_lengths",
+            "slot_idx",
+        ):
             return f"{path.name} has {vi.name} in a non-float32 dtype (the custom ops are registered for float32)"
     return None
 
@@ -181,8 +190,15 @@ def _ort_session(path: Path):
 class OnnxNetwork:
     """The exported backbone and MTP graphs with their state pools (see the module docstring)."""
 
-    def __init__(self, onnx_dir: str | Path, *, pool: int, max_seq_len: int, runner: str = "auto",
-                 bind: dict[str, dict[str, Any]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        onnx_dir: str | Path,
+        *,
+        pool: int,
+        max_seq_len: int,
+        runner: str = "auto",
+        bind: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         """bind: {"model": {state name: array or (key, value)}, "mtp": {...}} to run on existing state memory
         (each state updated in place) instead of zeroed arrays of the graph's own."""
         d = Path(onnx_dir)
@@ -301,8 +317,15 @@ def verify_greedy(net: GraphNetwork, seqs: list[list[int]], past: list[int], slo
     return y.tolist(), acc, np.stack(drafts, axis=1).tolist()
 
 
-def greedy_generate(net: GraphNetwork, prompt: list[int], max_tokens: int, *, mtp: int = 0, slot: int = 0,
-                    eos: tuple[int, ...] = ()) -> list[int]:  # fmt: skip
+def greedy_generate(
+    net: GraphNetwork,
+    prompt: list[int],
+    max_tokens: int,
+    *,
+    mtp: int = 0,
+    slot: int = 0,
+    eos: tuple[int, ...] = (),
+) -> list[int]:
     """Greedy decoding of one prompt through the graphs (whole prompt as one prefill); with mtp=K, MTP drafts
     and verification. Returns the generated token ids (stops after `max_tokens` or at an `eos` id)."""
     n = len(prompt)

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from trtllm_nemotron.tokenizer import CHATML_TEMPLATE, Tokenizer, byte_level_tokenizer
 
-__all__ = ["CHATML_TEMPLATE", "IncrementalDetokenizer", "StopStringFilter", "Tokenizer", "byte_level_tokenizer"]
+__all__ = [
+    "CHATML_TEMPLATE",
+    "IncrementalDetokenizer",
+    "StopStringFilter",
+    "Tokenizer",
+    "byte_level_tokenizer",
+]
 
 
 class IncrementalDetokenizer:

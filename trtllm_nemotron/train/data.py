@@ -87,7 +87,9 @@ class Corpus:
 
 
 def stdlib_root(recipe: DataRecipe | None = None) -> Path:
-    root = Path(recipe.stdlib) if recipe is not None and recipe.stdlib else Path(sysconfig.get_paths()["stdlib"])
+    root = (
+        Path(recipe.stdlib) if recipe is not None and recipe.stdlib else Path(sysconfig.get_paths()["stdlib"])
+    )
     if not root.is_dir():
         raise ConfigError(
             f"standard library directory {root} does not exist; pass DataRecipe(stdlib=...) pointing at a "

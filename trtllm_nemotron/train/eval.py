@@ -82,7 +82,9 @@ def unigram_baseline(train_stream: np.ndarray, windows: np.ndarray, vocab_size: 
 
 
 @torch.no_grad()
-def greedy_generate(model: NemotronHForCausalLM, ids: list[int], max_new_tokens: int, stop_ids: set[int] | None = None) -> list[int]:
+def greedy_generate(
+    model: NemotronHForCausalLM, ids: list[int], max_new_tokens: int, stop_ids: set[int] | None = None
+) -> list[int]:
     """Greedy continuation with the network's HybridCache (prefill, then one token per step). Returns new ids."""
     cache = model.allocate_cache(1, len(ids) + max_new_tokens + 1)
     logits = model(torch.tensor([ids]), cache)  # [1, T, V]
@@ -160,7 +162,12 @@ def mtp_acceptance(
     )
 
 
-def completions(model: NemotronHForCausalLM, tokenizer: Tokenizer, prompts: tuple[str, ...] = CODE_PROMPTS, max_new_tokens: int = 48) -> list[dict]:
+def completions(
+    model: NemotronHForCausalLM,
+    tokenizer: Tokenizer,
+    prompts: tuple[str, ...] = CODE_PROMPTS,
+    max_new_tokens: int = 48,
+) -> list[dict]:
     """Greedy completions of code prompts: [{"prompt", "completion"}]."""
     stop = set(tokenizer.eos_token_ids())
     out = []
@@ -208,6 +215,8 @@ def evaluate_checkpoint(
     return {
         "heldout": heldout_losses(model, windows),
         "unigram": unigram_baseline(train_stream, windows, model.config.vocab_size),
-        "mtp_acceptance": mtp_acceptance(model, prompts, n_draft=n_draft, gen_tokens=accept_gen_tokens).to_dict(),
+        "mtp_acceptance": mtp_acceptance(
+            model, prompts, n_draft=n_draft, gen_tokens=accept_gen_tokens
+        ).to_dict(),
         "completions": completions(model, tok),
     }

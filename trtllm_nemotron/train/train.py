@@ -92,7 +92,9 @@ class TrainConfig:
             raise ConfigError(f"lr must be in (0, 1), got {self.lr}")
 
 
-def tiny_model_config(vocab_size: int = 4096, *, hidden_size: int = 256, pattern: str = "MEM*EME") -> NemotronHConfig:
+def tiny_model_config(
+    vocab_size: int = 4096, *, hidden_size: int = 256, pattern: str = "MEM*EME"
+) -> NemotronHConfig:
     """The embedded model's architecture: Super's layer types and routing at toy size.
 
     Every linear input dim (hidden 256, d_inner 256, attention 8x32, latent 64, expert 128, shared expert 512,
@@ -241,7 +243,11 @@ def plot_losses(log: dict[str, Any]) -> bytes:
 
     steps = np.array([r["step"] for r in log["train"]])
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    for key, label in (("loss", "train next-token"), ("mtp", "train MTP t+2"), ("mtp_chain", "train MTP chained t+3")):
+    for key, label in (
+        ("loss", "train next-token"),
+        ("mtp", "train MTP t+2"),
+        ("mtp_chain", "train MTP chained t+3"),
+    ):
         y = np.array([r[key] for r in log["train"]])
         if not np.any(y):
             continue
@@ -295,7 +301,9 @@ def train_tiny(
     recipe = recipe or DataRecipe()
     cfg = model_config or tiny_model_config(tc.vocab_size)
     if cfg.vocab_size != tc.vocab_size:
-        raise ConfigError(f"model_config.vocab_size ({cfg.vocab_size}) != TrainConfig.vocab_size ({tc.vocab_size})")
+        raise ConfigError(
+            f"model_config.vocab_size ({cfg.vocab_size}) != TrainConfig.vocab_size ({tc.vocab_size})"
+        )
     out_dir = Path(out_dir)
     t_start = time.time()
     torch.set_num_threads(tc.threads)

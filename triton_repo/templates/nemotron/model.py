@@ -89,7 +89,8 @@ class TritonPythonModel:
         if not engine_dir.is_dir():
             raise pb_utils.TritonModelException(
                 f"engine dir {engine_dir} does not exist; re-run `trtllm-nemotron package ENGINE --out REPO` "
-                f"or set NEMOTRON_ENGINE_DIR")
+                f"or set NEMOTRON_ENGINE_DIR"
+            )
 
         import torch
 
@@ -103,8 +104,14 @@ class TritonPythonModel:
         # prefix cache: on by default ("" = the budget the memory plan picks), "0" turns it off
         prefix_mb = float(params["prefix_cache_mb"]) if params.get("prefix_cache_mb", "") != "" else None
         t0 = time.perf_counter()
-        self.engine = Engine.load(engine_dir, device=device, max_batch_size=int(params.get("max_batch_size", "8")),
-                                  max_seq_len=max_seq_len, mtp=mtp, prefix_cache_mb=prefix_mb)
+        self.engine = Engine.load(
+            engine_dir,
+            device=device,
+            max_batch_size=int(params.get("max_batch_size", "8")),
+            max_seq_len=max_seq_len,
+            mtp=mtp,
+            prefix_cache_mb=prefix_mb,
+        )
         self.SamplingParams = SamplingParams
         stream_interval = int(params.get("stream_interval", "") or 1)
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -114,22 +121,32 @@ class TritonPythonModel:
             f"[nemotron] engine {engine_dir} on {device}: max_batch_size={self.engine.max_batch_size} "
             f"max_seq_len={self.engine.max_seq_len} mtp={self.engine.mtp} stream_interval={stream_interval} "
             f"torch_threads={torch.get_num_threads()} "
-            + (f"prefix_cache={prefix.budget_bytes / 2**20:.0f} MiB in blocks of {prefix.block_size} " if prefix
-               else "prefix_cache=off ")
-            + f"({time.perf_counter() - t0:.1f} s)")
+            + (
+                f"prefix_cache={prefix.budget_bytes / 2**20:.0f} MiB in blocks of {prefix.block_size} "
+                if prefix
+                else "prefix_cache=off "
+            )
+            + f"({time.perf_counter() - t0:.1f} s)"
+        )
 
         self.lock = threading.Lock()
         self.live: dict[int, _Live] = {}  # id(RequestHandle) -> its request
         self.running = True
-        self.metric_family = pb_utils.MetricFamily(name="nemotron_active_requests",
-                                       description="requests queued or holding an engine slot",
-                                       kind=pb_utils.MetricFamily.GAUGE)
+        self.metric_family = pb_utils.MetricFamily(
+            name="nemotron_active_requests",
+            description="requests queued or holding an engine slot",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
         self.active_metric = self.metric_family.Metric(labels={"model": args["model_name"]})
         self.active_metric.set(0)
-        self.prefix_metrics = self._prefix_metrics(args["model_name"]) if self.engine.prefix is not None else None
-        self.cancelled_family = pb_utils.MetricFamily(name="nemotron_cancelled_requests",
-                                                      description="requests cancelled before they finished",
-                                                      kind=pb_utils.MetricFamily.COUNTER)
+        self.prefix_metrics = (
+            self._prefix_metrics(args["model_name"]) if self.engine.prefix is not None else None
+        )
+        self.cancelled_family = pb_utils.MetricFamily(
+            name="nemotron_cancelled_requests",
+            description="requests cancelled before they finished",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
         self.cancelled_metric = self.cancelled_family.Metric(labels={"model": args["model_name"]})
         self.watcher = threading.Thread(target=self._watch_cancellation, name="nemotron-cancel", daemon=True)
         self.watcher.start()
@@ -160,11 +177,17 @@ class TritonPythonModel:
             params.validate()
             live = _Live(sender, req, request.request_id(), arrival_ns)
             with self.lock:  # registered before the sender can look its first events up
-                live.handle = self.scheduler.submit(req.prompt, params, request_id=request.request_id() or None)
+                live.handle = self.scheduler.submit(
+                    req.prompt, params, request_id=request.request_id() or None
+                )
                 self.live[id(live.handle)] = live
                 self.active_metric.set(len(self.live))
         except Exception as e:  # noqa: BLE001 - every request problem becomes that request's error response
-            kind = "INVALID_ARG" if isinstance(e, (RequestError, ValueError, TypeError)) or _is_user_error(e) else None
+            kind = (
+                "INVALID_ARG"
+                if isinstance(e, (RequestError, ValueError, TypeError)) or _is_user_error(e)
+                else None
+            )
             self._send(sender, error=(f"bad request: {e}", kind), final=True)
             return
 
@@ -190,7 +213,9 @@ class TritonPythonModel:
                     live = self.live.get(key)
                 if live is None:
                     continue
-                if not live.started and len(evs) > 1:  # the first token goes out on its own (the client's TTFT)
+                if (
+                    not live.started and len(evs) > 1
+                ):  # the first token goes out on its own (the client's TTFT)
                     self._respond(key, live, evs[:1])
                     evs = evs[1:]
                 self._respond(key, live, evs)
@@ -209,9 +234,16 @@ class TritonPythonModel:
             n_prompt = live.handle.num_prompt_tokens
             if ev.finish_reason is None:
                 if req.streaming and any(e.text for e in evs) and not live.cancelled:
-                    arrays = response_arrays(req, text=live.text, num_tokens=live.num_tokens, finish_reason=None,
-                                             stop_reason=None, stats=None, times_ns=live.times,
-                                             num_input_tokens=n_prompt)
+                    arrays = response_arrays(
+                        req,
+                        text=live.text,
+                        num_tokens=live.num_tokens,
+                        finish_reason=None,
+                        stop_reason=None,
+                        stats=None,
+                        times_ns=live.times,
+                        num_input_tokens=n_prompt,
+                    )
                     if not live.send(self, arrays=arrays):
                         live.cancelled = True
                         live.handle.cancel()
@@ -222,9 +254,16 @@ class TritonPythonModel:
                 self.cancelled_metric.increment(1)
                 live.send(self, error=("Request cancelled by client", "CANCELLED"), final=True)
             else:
-                arrays = response_arrays(req, text=live.text, num_tokens=live.num_tokens,
-                                         finish_reason=ev.finish_reason, stop_reason=None, stats=ev.stats,
-                                         times_ns=live.times, num_input_tokens=n_prompt)
+                arrays = response_arrays(
+                    req,
+                    text=live.text,
+                    num_tokens=live.num_tokens,
+                    finish_reason=ev.finish_reason,
+                    stop_reason=None,
+                    stats=ev.stats,
+                    times_ns=live.times,
+                    num_input_tokens=n_prompt,
+                )
                 live.send(self, arrays=arrays, final=True)
         except Exception as e:  # noqa: BLE001 - report, never kill the stub
             pb_utils.Logger.log_error(f"[nemotron] request {live.user_id or key} failed: {e!r}")
@@ -251,8 +290,9 @@ class TritonPythonModel:
     def _prefix_metrics(self, model_name: str) -> dict:
         out = {}
         for key, desc in self._PREFIX_GAUGES.items():
-            fam = pb_utils.MetricFamily(name=f"nemotron_prefix_cache_{key}", description=desc,
-                                        kind=pb_utils.MetricFamily.GAUGE)
+            fam = pb_utils.MetricFamily(
+                name=f"nemotron_prefix_cache_{key}", description=desc, kind=pb_utils.MetricFamily.GAUGE
+            )
             out[key] = (fam, fam.Metric(labels={"model": model_name}))
         return out
 
@@ -264,15 +304,27 @@ class TritonPythonModel:
         for key, (_, metric) in metrics.items():
             metric.set(float(rep[key]))
 
-    def _send(self, sender, *, arrays: dict | None = None, error: tuple[str, str | None] | None = None,
-              final: bool = False) -> bool:
+    def _send(
+        self,
+        sender,
+        *,
+        arrays: dict | None = None,
+        error: tuple[str, str | None] | None = None,
+        final: bool = False,
+    ) -> bool:
         tensors = [pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in (arrays or {}).items()]
         err = None
         if error is not None:
             msg, code = error
-            err = pb_utils.TritonError(msg, getattr(pb_utils.TritonError, code)) if code else pb_utils.TritonError(msg)
+            err = (
+                pb_utils.TritonError(msg, getattr(pb_utils.TritonError, code))
+                if code
+                else pb_utils.TritonError(msg)
+            )
         try:
-            sender.send(pb_utils.InferenceResponse(output_tensors=tensors, error=err), flags=_FINAL if final else 0)
+            sender.send(
+                pb_utils.InferenceResponse(output_tensors=tensors, error=err), flags=_FINAL if final else 0
+            )
             return True
         except Exception as e:  # noqa: BLE001 - the client went away; the caller cancels the request
             pb_utils.Logger.log_warn(f"[nemotron] could not send a response: {e}")

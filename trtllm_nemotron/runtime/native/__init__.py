@@ -49,7 +49,16 @@ from trtllm_nemotron.runtime.backend import StepBackendBase, register
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("step.cpp")
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
+FLAGS = [
+    "-O3",
+    "-march=native",
+    "-fopenmp-simd",
+    "-pthread",
+    "-shared",
+    "-fPIC",
+    "-std=c++17",
+    "-fno-math-errno",
+]
 PAR_MIN = 1 << 17  # multiply-adds from which one matvec / expert batch is split over threads
 # float32 weight bytes from which weights that are exactly bfloat16 are streamed as bfloat16: a model this big
 # does not stay in the CPU caches, so its decode step is bound by memory bandwidth and half the bytes is ~1.3x
@@ -68,20 +77,31 @@ def _struct(name: str, ints: str, *, floats: str = "", ptrs: str, state: str = "
 
 
 MambaDesc = _struct(
-    "MambaDesc", "H P G N K d_inner conv_dim group has_dt_min", floats="dt_min",
-    ptrs="in_proj in_bias conv_w conv_b A_log D dt_bias norm out_proj out_bias", state="conv_state ssm_state",
-)  # fmt: skip
+    "MambaDesc",
+    "H P G N K d_inner conv_dim group has_dt_min",
+    floats="dt_min",
+    ptrs="in_proj in_bias conv_w conv_b A_log D dt_bias norm out_proj out_bias",
+    state="conv_state ssm_state",
+)
 AttnDesc = _struct(
-    "AttnDesc", "nh nkv hd cap", ptrs="q_proj q_proj_b k_proj k_proj_b v_proj v_proj_b o_proj o_proj_b",
+    "AttnDesc",
+    "nh nkv hd cap",
+    ptrs="q_proj q_proj_b k_proj k_proj_b v_proj v_proj_b o_proj o_proj_b",
     state="kc vc",
-)  # fmt: skip
+)
 MoeDesc = _struct(
-    "MoeDesc", "E F X top_k n_group topk_group norm_topk_prob shared_F", floats="scale",
+    "MoeDesc",
+    "E F X top_k n_group topk_group norm_topk_prob shared_F",
+    floats="scale",
     ptrs="gate bias up down fc1 fc2 sh_up sh_down",
-)  # fmt: skip
+)
 MlpDesc = _struct("MlpDesc", "F", ptrs="up up_b down down_b")
-_ADD = {"M": ("nt_add_mamba", MambaDesc), "*": ("nt_add_attn", AttnDesc), "E": ("nt_add_moe", MoeDesc),
-        "-": ("nt_add_mlp", MlpDesc)}  # fmt: skip
+_ADD = {
+    "M": ("nt_add_mamba", MambaDesc),
+    "*": ("nt_add_attn", AttnDesc),
+    "E": ("nt_add_moe", MoeDesc),
+    "-": ("nt_add_mlp", MlpDesc),
+}
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -144,8 +164,15 @@ def route(logits, bias, *, top_k, n_group, topk_group, norm_topk_prob, routed_sc
     logits = logits.float().contiguous()
     bias = bias.float().contiguous()
     n, E = logits.shape
-    d = MoeDesc(E=E, top_k=top_k, n_group=n_group, topk_group=topk_group, norm_topk_prob=int(norm_topk_prob),
-                scale=routed_scaling_factor, bias=bias.data_ptr())  # fmt: skip
+    d = MoeDesc(
+        E=E,
+        top_k=top_k,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=int(norm_topk_prob),
+        scale=routed_scaling_factor,
+        bias=bias.data_ptr(),
+    )
     idx = torch.empty(n, top_k, dtype=torch.int64)
     w = torch.empty(n, top_k)
     _ok(library().nt_route(ctypes.byref(d), logits.data_ptr(), n, idx.data_ptr(), w.data_ptr()), "route")
@@ -174,9 +201,14 @@ class NativeBackend(StepBackendBase):
         lm_head = emb if model.lm_head is None else model.lm_head.weight
         eps = cfg.layer_norm_epsilon
         self.handle = self.lib.nt_new(
-            self.hidden, self.vocab, eps, self._p(emb), self._p(model.backbone.norm_f.weight), self._p(lm_head),
+            self.hidden,
+            self.vocab,
+            eps,
+            self._p(emb),
+            self._p(model.backbone.norm_f.weight),
+            self._p(lm_head),
             int(bf16),
-        )  # fmt: skip
+        )
         if not self.handle:
             raise NativeUnavailable("nt_new failed")
         for i, block in enumerate(model.backbone.layers):
@@ -186,16 +218,23 @@ class NativeBackend(StepBackendBase):
             mtp = model.mtp.layers
             first, last = mtp[0], mtp[len(cfg.mtp_pattern) - 1]
             self.lib.nt_set_mtp(
-                self.handle, eps, self._p(first.enorm.weight), self._p(first.hnorm.weight),
-                self._p(first.eh_proj.weight), self._p(last.final_layernorm.weight),
-            )  # fmt: skip
+                self.handle,
+                eps,
+                self._p(first.enorm.weight),
+                self._p(first.hnorm.weight),
+                self._p(first.eh_proj.weight),
+                self._p(last.final_layernorm.weight),
+            )
             for i, block in enumerate(mtp):
                 self._add(1, i, block, self.mtp_cache)
         mc = self.mtp_cache if self.has_mtp else None
         self.lib.nt_set_caches(
-            self.handle, self.cache.batch_size, self.cache.max_seq_len,
-            mc.batch_size if mc is not None else 0, mc.max_seq_len if mc is not None else 0,
-        )  # fmt: skip
+            self.handle,
+            self.cache.batch_size,
+            self.cache.max_seq_len,
+            mc.batch_size if mc is not None else 0,
+            mc.max_seq_len if mc is not None else 0,
+        )
         self.weight_bytes = int(self.lib.nt_weight_bytes(self.handle))
         self._verify_start: torch.Tensor | None = None
 
@@ -315,8 +354,19 @@ class NativeBackend(StepBackendBase):
         out = torch.empty(batch, T, self.hidden)
         lg = torch.empty(batch, T, self.vocab) if logits else None
         self._threads()
-        _ok(fn(self.handle, *(t.data_ptr() for t in ins), batch, T, *flags, out.data_ptr(),
-               None if lg is None else lg.data_ptr(), None), what)  # fmt: skip
+        _ok(
+            fn(
+                self.handle,
+                *(t.data_ptr() for t in ins),
+                batch,
+                T,
+                *flags,
+                out.data_ptr(),
+                None if lg is None else lg.data_ptr(),
+                None,
+            ),
+            what,
+        )
         return out, lg
 
     def _at_lengths(self, tokens: list[list[int]], rows: list[int], *, record: bool, logits: bool, what: str):
@@ -345,9 +395,12 @@ class NativeBackend(StepBackendBase):
         arr = ctypes.c_int64 * n
         out = arr()
         self._threads()
-        _ok(self.lib.nt_decode_greedy(
-            self.handle, arr(*tokens), arr(*rows), self._lengths(self.cache), n, None, out
-        ), "decode step")  # fmt: skip
+        _ok(
+            self.lib.nt_decode_greedy(
+                self.handle, arr(*tokens), arr(*rows), self._lengths(self.cache), n, None, out
+            ),
+            "decode step",
+        )
         return list(out)
 
     def verify(self, tokens: list[list[int]], rows: list[int]):
@@ -403,10 +456,21 @@ class NativeBackend(StepBackendBase):
         if start is not None:
             start = start.to(torch.int64).contiguous()
         self._threads()
-        _ok(self.lib.nt_spec_greedy(
-            self.handle, ids.data_ptr(), rows.data_ptr(), None if start is None else start.data_ptr(), batch, K,
-            y.data_ptr(), j.data_ptr(), drafts.data_ptr(), *lengths,
-        ), "MTP iteration")  # fmt: skip
+        _ok(
+            self.lib.nt_spec_greedy(
+                self.handle,
+                ids.data_ptr(),
+                rows.data_ptr(),
+                None if start is None else start.data_ptr(),
+                batch,
+                K,
+                y.data_ptr(),
+                j.data_ptr(),
+                drafts.data_ptr(),
+                *lengths,
+            ),
+            "MTP iteration",
+        )
         return y, j, drafts
 
 
