@@ -418,26 +418,26 @@ class Engine:
         boundaries, and each whole prompt block is snapshotted right after it ran (complete before published)."""
         s, e = req.prefilled, min(len(req.prompt_ids), req.prefilled + self.prefill_chunk)
         if self.prefix is None:
-            return self._prefill_piece(req, s, e, events)
+            self._prefill_piece(req, s, e, events)
+            return
         B = self.prefix.block_size
         while s < e:
             stop = min(e, (s // B + 1) * B)
-            self._prefill_piece(req, s, stop, events)
+            h_last = self._prefill_piece(req, s, stop, events)[:, -1]
             b = stop // B - 1
             if stop % B == 0 and b < len(req.block_keys) and not self.prefix.contains(req.block_keys[b]):
                 parent = req.block_keys[b - 1] if b else None
                 self.prefix.insert(
-                    req.block_keys[b], parent, req.prompt_ids[stop - B : stop], req.slot, req.last_h
+                    req.block_keys[b], parent, req.prompt_ids[stop - B : stop], req.slot, h_last
                 )
             s = stop
-        req.last_h = None
 
-    def _prefill_piece(self, req: Request, s: int, e: int, events) -> None:
-        """Prompt tokens s..e through the backbone (and the MTP block); the last piece of the prompt samples."""
+    def _prefill_piece(self, req: Request, s: int, e: int, events) -> torch.Tensor:
+        """Prompt tokens s..e through the backbone (and the MTP block); the last piece of the prompt samples.
+        -> the final-normed hidden states [1, T, hidden] of the piece."""
         step = self.step
         h = step.prefill(req.prompt_ids[s:e], req.slot)  # [1, T, hidden]
         req.prefilled = e
-        req.last_h = h[:, -1] if self.prefix is not None else None
         last = e == len(req.prompt_ids)
         # MTP pairs (h_t, x_{t+1}); after a restored prefix, the pair at the prefix's last position comes first
         hh, first = h, s + 1
@@ -447,7 +447,7 @@ class Engine:
         if not last:
             if self.mtp:
                 step.mtp(hh, torch.tensor([nxt], device=self.device), [req.slot], logits=False)
-            return
+            return h
         tok = self._sample(req, self.model.logits(h[:, -1]))[0]
         req.pending = tok
         if self.mtp:
@@ -455,6 +455,7 @@ class Engine:
             dl = self.model.logits(g[:, -1])
             req.drafts = step.draft_after_prefill(g[:, -1:], dl, [req.slot])[0]
         self._emit(req, [tok], events)
+        return h
 
     def _decode(self, reqs: list[Request], events) -> None:
         slots = [r.slot for r in reqs]

@@ -61,7 +61,6 @@ class Request:
     prefix_reused: int = 0  # prompt tokens restored from the prefix cache
     prefix_eligible: int = 0  # whole prompt blocks the prefix cache could have served
     mtp_h: torch.Tensor | None = None  # restored prefix: h of its last position, the MTP block's next input
-    last_h: torch.Tensor | None = None  # h of the last prefilled position (a block snapshot's input)
     consumed: list[int] = field(default_factory=list)  # generated tokens written into the cache, in order
 
     @property
